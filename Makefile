@@ -1,0 +1,21 @@
+# Two entry points: `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv on first use and install xaibench with the pinned constraints.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,timm,web]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/xaibench demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.faithfulness

@@ -1,0 +1,5 @@
+import sys
+
+from xaibench.cli import main
+
+sys.exit(main())

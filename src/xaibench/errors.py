@@ -1,0 +1,22 @@
+"""Exception types raised by xaibench. Every user-facing error derives from `XaibenchError`."""
+
+from __future__ import annotations
+
+
+class XaibenchError(Exception):
+    """Base class of all errors raised on purpose by xaibench."""
+
+
+class InputError(XaibenchError, ValueError):
+    """Bad input: wrong shapes, NaN/Inf values, out-of-range targets, unreadable files."""
+
+
+class UnknownNameError(XaibenchError, KeyError):
+    """A name that is not in a registry; the message lists the closest registered names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsUnavailableError(XaibenchError, RuntimeError):
+    """Pretrained weights (or a backbone) cannot be found locally and cannot be downloaded."""

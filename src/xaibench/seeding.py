@@ -1,0 +1,17 @@
+"""One seed controls all randomness: every random draw in xaibench goes through a `torch.Generator`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """Return a generator on `device`: a given generator is passed through, an int seeds a new one.
+
+    ``None`` means seed 0, so results are reproducible unless the caller asks otherwise.
+    """
+    if isinstance(seed, torch.Generator):
+        return seed
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(0 if seed is None else int(seed))
+    return gen

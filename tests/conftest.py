@@ -1,0 +1,47 @@
+"""Shared test fixtures. Keep tests deterministic: every random draw is seeded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Trained built-in models are cached here between local test runs (ignored by git).
+os.environ.setdefault("XAIBENCH_CACHE_DIR", str(REPO / ".pytest_cache" / "xaibench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+
+class TinyCNN(torch.nn.Module):
+    """A small random-init CNN (3x16x16 -> 5 classes) for fast oracle tests."""
+
+    def __init__(self, num_classes: int = 5, channels: int = 3) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.ReLU(),
+        )
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture
+def tiny_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return TinyCNN().eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """A batch of 4 random images [4, 3, 16, 16] in [0, 1]."""
+    return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
