@@ -1,0 +1,328 @@
+"""Benchmark configuration: one TOML file, validated up front, hashed to identify the run.
+
+Layout (every key except ``[model] spec``, ``[data] spec``, one method and one metric is optional)::
+
+    name = "digits"              # title shown in the report
+    seed = 0                     # the one seed: data subset, explainer noise, metric draws
+    device = "cpu"               # not part of the config hash (a run may resume elsewhere)
+    target = "predicted"         # class explained: "predicted" (model's argmax) or "label"
+    shard_size = 32              # images per shard (unit of work, resume and caching)
+    explain_batch = 32           # images per explainer call
+    max_batch = 256              # passed to every metric that takes ``max_batch``
+
+    [model]
+    spec = "builtin:digits-cnn"  # + optional weights, num_classes
+
+    [data]
+    spec = "builtin:digits"      # + optional split ("test"), n (all), seed (run seed), image_size
+
+    [methods.ig]                 # table name = label in the results
+    method = "integrated_gradients"   # registry name; defaults to the table name
+    steps = 16                   # every other key is a parameter of the method
+
+    [metrics.rma_square]
+    metric = "relevance_mass_accuracy"  # registry name; defaults to the table name
+    mask = "square"              # which human mask (metrics that take masks); dataset default otherwise
+    # every other key is a parameter of the metric, checked against its signature
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import inspect
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xaibench.errors import InputError, UnknownNameError
+
+TARGET_POLICIES = ("predicted", "label")
+
+# key -> (accepted types, default); REQUIRED marks a key without default.
+REQUIRED = object()
+_TOP: dict[str, tuple[tuple[type, ...], Any]] = {
+    "name": ((str,), ""),
+    "seed": ((int,), 0),
+    "device": ((str,), "cpu"),
+    "target": ((str,), "predicted"),
+    "shard_size": ((int,), 32),
+    "explain_batch": ((int,), 32),
+    "max_batch": ((int,), 256),
+    "model": ((dict,), REQUIRED),
+    "data": ((dict,), REQUIRED),
+    "methods": ((dict,), REQUIRED),
+    "metrics": ((dict,), REQUIRED),
+}
+_MODEL: dict[str, tuple[tuple[type, ...], Any]] = {
+    "spec": ((str,), REQUIRED),
+    "weights": ((str,), None),
+    "num_classes": ((int,), None),
+}
+_DATA: dict[str, tuple[tuple[type, ...], Any]] = {
+    "spec": ((str,), REQUIRED),
+    "split": ((str,), "test"),
+    "n": ((int,), None),
+    "seed": ((int,), None),
+    "image_size": ((int,), None),
+}
+# Keys of the metric function that the runner supplies itself (a config may still set them).
+RUNNER_SUPPLIED = ("seed", "max_batch")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One explanation method of a run: the label used in results, registry name and parameters."""
+
+    label: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric of a run: label (alias) used in results, registry name, mask name and parameters."""
+
+    label: str
+    metric: str
+    mask: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated benchmark configuration. `raw` is the canonical dict the hash is computed from."""
+
+    raw: dict[str, Any]
+    name: str
+    seed: int
+    device: str
+    target: str
+    shard_size: int
+    explain_batch: int
+    max_batch: int
+    model: dict[str, Any]
+    data: dict[str, Any]
+    methods: tuple[MethodSpec, ...]
+    metrics: tuple[MetricSpec, ...]
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.raw)
+
+    def with_device(self, device: str | None) -> RunConfig:
+        """The same run on another device (the device is not part of the hash)."""
+        if device is None:
+            return self
+        raw = copy.deepcopy(self.raw)
+        raw["device"] = device
+        return parse_config(raw)
+
+
+def config_hash(raw: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a validated config, without ``device``."""
+    body = {k: v for k, v in raw.items() if k != "device"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: invalid TOML: {err}") from None
+    return parse_config(raw)
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join("table" if t is dict else t.__name__ for t in types)
+
+
+def _is_instance(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # TOML booleans are not integers
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, types)
+
+
+def _unknown_key(where: str, key: str, known: list[str]) -> InputError:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    place = f"config {where.rstrip('.')}" if where else "config"
+    return InputError(f"{place}: unknown key {key!r}.{hint} Allowed: {', '.join(sorted(known))}.")
+
+
+def _section(where: str, table: Mapping[str, Any], schema: dict[str, tuple[tuple[type, ...], Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in schema:
+            raise _unknown_key(where, key, list(schema))
+    for key, (types, default) in schema.items():
+        if key not in table:
+            if default is REQUIRED:
+                raise InputError(f"config {where}: missing required key {key!r}")
+            out[key] = default
+            continue
+        value = table[key]
+        if value is None and default is None:
+            out[key] = None
+            continue
+        if not _is_instance(value, types):
+            raise InputError(
+                f"config {where}{key}: expected {_type_name(types)}, got {type(value).__name__} {value!r}"
+            )
+        out[key] = value
+    return out
+
+
+def _check_param(where: str, name: str, value: Any, default: Any) -> None:
+    """A parameter must have the type of its default (ints are accepted where floats are)."""
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        return
+    if not ok:
+        raise InputError(
+            f"config {where}.{name}: expected {type(default).__name__} (like the default {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+
+def _check_params(where: str, fn: Any, params: Mapping[str, Any], skip: tuple[str, ...]) -> None:
+    """Check `params` against the keyword parameters of `fn` (names and default types)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        allowed = None
+    else:
+        allowed = [n for n in sig.parameters if n not in skip]
+    for name, value in params.items():
+        if allowed is not None and name not in allowed:
+            raise _unknown_key(where, name, allowed)
+        if name in sig.parameters:
+            _check_param(where, name, value, sig.parameters[name].default)
+
+
+def _lookup(where: str, registry: Any, name: str) -> Any:
+    try:
+        return registry.get(name)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"config {where}: {err}") from None
+
+
+def _method_factory(entry: Any) -> Any:
+    """The callable whose signature lists a method's parameters (class, factory or function)."""
+    for attr in ("factory", "cls", "fn"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def _entries(section: Mapping[str, Any], kind: str, name_key: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(label, where, registry name, parameters) of each ``[<kind>.<label>]`` table."""
+    if not section:
+        raise InputError(f"config [{kind}]: at least one {name_key} is required")
+    out = []
+    for label, table in section.items():
+        where = f"[{kind}.{label}]"
+        if not isinstance(table, dict):
+            raise InputError(f"config {where}: expected a table, got {type(table).__name__} {table!r}")
+        params = dict(table)
+        name = params.pop(name_key, label)
+        if not isinstance(name, str):
+            raise InputError(f"config {where}.{name_key}: expected str, got {type(name).__name__}")
+        out.append((label, where, name, params))
+    return out
+
+
+def parse_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate a config dict (as read from TOML) and return the `RunConfig`.
+
+    Errors name the offending key (``config [metrics.rma].mask: ...``) and suggest close names.
+    """
+    from xaibench.explainers import METHODS
+    from xaibench.metrics import METRICS
+    from xaibench.metrics.base import VOCABULARY
+
+    if not isinstance(raw, Mapping):
+        raise InputError(f"config must be a table, got {type(raw).__name__}")
+    top = _section("", raw, _TOP)
+    if top["target"] not in TARGET_POLICIES:
+        raise InputError(f"config target: must be one of {TARGET_POLICIES}, got {top['target']!r}")
+    for key in ("shard_size", "explain_batch", "max_batch"):
+        if top[key] < 1:
+            raise InputError(f"config {key}: must be >= 1, got {top[key]}")
+    model = _section("[model].", top["model"], _MODEL)
+    data = _section("[data].", top["data"], _DATA)
+    if data["n"] is not None and data["n"] < 1:
+        raise InputError(f"config [data].n: must be >= 1, got {data['n']}")
+    if data["seed"] is None:
+        data["seed"] = top["seed"]
+
+    methods: list[MethodSpec] = []
+    canon_methods: dict[str, Any] = {}
+    for label, where, name, params in _entries(top["methods"], "methods", "method"):
+        entry = _lookup(where, METHODS, name)
+        _check_params(where, _method_factory(entry), params, skip=("model", "self"))
+        methods.append(MethodSpec(label, name, params))
+        canon_methods[label] = {"method": name, **params}
+
+    metrics: list[MetricSpec] = []
+    canon_metrics: dict[str, Any] = {}
+    for label, where, name, params in _entries(top["metrics"], "metrics", "metric"):
+        mask = params.pop("mask", None)
+        entry = _lookup(where, METRICS, name)
+        if mask is not None:
+            if not isinstance(mask, str):
+                raise InputError(f"config {where}.mask: expected str, got {type(mask).__name__}")
+            if "masks" not in entry.info.requires:
+                raise InputError(f"config {where}.mask: metric {name!r} does not use human masks")
+        _check_params(where, entry.fn, params, skip=VOCABULARY)
+        metrics.append(MetricSpec(label, name, mask, params))
+        canon_metrics[label] = {"metric": name, "mask": mask, **params}
+
+    canonical = {
+        **{k: top[k] for k in ("name", "seed", "device", "target", "shard_size", "explain_batch", "max_batch")},
+        "model": model,
+        "data": data,
+        "methods": canon_methods,
+        "metrics": canon_metrics,
+    }
+    # Canonical = what JSON would give back (tuples -> lists), so hashes survive a round trip.
+    canonical = json.loads(json.dumps(canonical))
+    return RunConfig(
+        raw=canonical,
+        name=top["name"],
+        seed=top["seed"],
+        device=top["device"],
+        target=top["target"],
+        shard_size=top["shard_size"],
+        explain_batch=top["explain_batch"],
+        max_batch=top["max_batch"],
+        model=model,
+        data=data,
+        methods=tuple(methods),
+        metrics=tuple(metrics),
+    )

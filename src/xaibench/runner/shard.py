@@ -1,0 +1,337 @@
+"""One shard: a fixed chunk of images, explained by every method and scored by every metric.
+
+A shard is an independent unit of work: `execute_shard(spec)` needs nothing but the `ShardSpec`
+(which is plain data) and the run directory, so any executor may run shards in any order or in
+parallel. Every random draw of a shard is seeded from (run seed, shard index, method, metric),
+never from a shared stream, so a shard's rows do not depend on which shards ran before it.
+
+Conventions: the class explained is the model's prediction (``target = "predicted"``) or the true
+label (``"label"``); maps are float32 [B, H, W] as the explainer returns them (input resolution by
+default), cached per (method, shard) on disk and reused when their key (method, parameters, model
+hash, image ids, targets) matches.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from xaibench.errors import InputError
+from xaibench.runner import layout
+from xaibench.runner.config import RunConfig, parse_config
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Plain-data description of one shard (picklable, JSON-able)."""
+
+    out: str  # run directory
+    index: int  # shard index
+    positions: tuple[int, ...]  # dataset indices of the shard's images
+    config: dict[str, Any]  # canonical config (RunConfig.raw)
+    config_hash: str
+    model_hash: str  # hash of the model the run started with; a shard refuses other weights
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    index: int
+    rows: int
+    seconds: float
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed in [0, 2**60) determined by the run seed and `parts` (shard index, method, metric)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def select_positions(n_total: int, n: int | None, seed: int) -> list[int]:
+    """The dataset indices a run uses: all of them, or a seeded random subset of `n` in index order."""
+    if n is None or n == n_total:
+        return list(range(n_total))
+    if n > n_total:
+        raise InputError(f"config [data].n = {n}, but the split has only {n_total} images")
+    gen = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n_total, generator=gen)[:n].tolist())
+
+
+class Context:
+    """What a process needs to run shards of one config: the model on its device and the dataset."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from xaibench import load_model
+        from xaibench.data import load_dataset
+        from xaibench.models import model_hash
+
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        mkw = {k: cfg.model[k] for k in ("weights", "num_classes") if cfg.model.get(k) is not None}
+        model = load_model(cfg.model["spec"], **mkw)
+        self.model: nn.Module = model.to(self.device).eval()
+        dkw = {"image_size": cfg.data["image_size"]} if cfg.data.get("image_size") is not None else {}
+        self.dataset = load_dataset(cfg.data["spec"], split=cfg.data["split"], **dkw)
+        self.model_hash = model_hash(self.model)
+        self._default_mask: str | None | bool = False  # False = not resolved yet
+
+    def provenance(self) -> dict[str, Any]:
+        import captum
+
+        import xaibench
+
+        return {
+            "config_hash": self.cfg.hash,
+            "seed": self.cfg.seed,
+            "model_spec": self.cfg.model["spec"],
+            "model_hash": self.model_hash,
+            "dataset_spec": self.cfg.data["spec"],
+            "dataset_split": self.cfg.data["split"],
+            "xaibench_version": xaibench.__version__,
+            "torch_version": torch.__version__,
+            "captum_version": captum.__version__,
+            "python_version": platform.python_version(),
+        }
+
+    def default_mask(self, sample: Any) -> str | None:
+        """Name of the dataset's default mask: the entry of ``sample.masks`` that is ``sample.mask``."""
+        if self._default_mask is False:
+            masks = dict(getattr(sample, "masks", {}) or {})
+            default = getattr(sample, "mask", None)
+            name = None
+            if default is not None:
+                name = next((k for k, m in masks.items() if m is default), None)
+                if name is None:
+                    name = next((k for k, m in masks.items() if torch.equal(m, default)), None)
+            elif len(masks) == 1:
+                name = next(iter(masks))
+            self._default_mask = name
+        return self._default_mask  # type: ignore[return-value]
+
+    def make_explainer(self, method: Any, seed: int) -> Any:
+        """A fresh explainer for one shard; a ``seed`` parameter, when the method takes one, is derived."""
+        from xaibench import explainer
+
+        params = dict(method.params)
+        if "seed" not in params and _accepts_seed(method.method):
+            params["seed"] = seed
+        return explainer(method.method, self.model, **params)
+
+
+@functools.lru_cache(maxsize=2)
+def _context(config_json: str) -> Context:
+    return Context(parse_config(json.loads(config_json)))
+
+
+def get_context(cfg: RunConfig) -> Context:
+    """The process-wide `Context` of a config (model and dataset are loaded once per process)."""
+    return _context(json.dumps(cfg.raw, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_seed(method: str) -> bool:
+    from xaibench.explainers import METHODS
+    from xaibench.runner.config import _method_factory
+
+    try:
+        return "seed" in inspect.signature(_method_factory(METHODS.get(method))).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _metric_accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def load_batch(ctx: Context, positions: tuple[int, ...]) -> Any:
+    from xaibench.data import collate
+
+    samples = [ctx.dataset[i] for i in positions]
+    return collate(samples), samples[0]
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, inputs: Tensor, max_batch: int) -> Tensor:
+    return torch.cat([model(inputs[s : s + max_batch]).argmax(1) for s in range(0, inputs.shape[0], max_batch)])
+
+
+def _maps(ctx: Context, spec: ShardSpec, method: Any, inputs: Tensor, targets: Tensor, ids: list[str], seed: int) -> Tensor:
+    """Maps of one method for one shard, from the cache when its key matches, else computed and cached."""
+    key = {
+        "method": method.method,
+        "params": method.params,
+        "model_hash": ctx.model_hash,
+        "ids": ids,
+        "targets": targets.tolist(),
+    }
+    path = layout.maps_path(Path(spec.out), method.label, spec.index)
+    if path.exists():
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if cached.get("key") == json.dumps(key, sort_keys=True):
+            return cached["maps"].to(ctx.device)
+    explainer = ctx.make_explainer(method, seed)
+    torch.manual_seed(seed)  # explainers that draw from the global generator
+    step = ctx.cfg.explain_batch
+    maps = torch.cat(
+        [explainer(inputs[s : s + step], targets[s : s + step]).detach() for s in range(0, inputs.shape[0], step)]
+    ).float()
+    from xaibench.checks import check_maps
+
+    check_maps(maps, inputs.shape[0], name=f"maps of method {method.label!r}")
+    layout.write_torch(path, {"key": json.dumps(key, sort_keys=True), "maps": maps.cpu()})
+    return maps
+
+
+def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Rows, curves and gallery images of one shard. Maps are read from / written to the run's cache."""
+    from xaibench.metrics import METRICS
+
+    cfg = parse_config(spec.config)
+    if cfg.hash != spec.config_hash:
+        raise InputError("shard spec: config does not match its hash")
+    ctx = get_context(cfg)
+    batch, first = load_batch(ctx, spec.positions)
+    inputs = batch.images.to(ctx.device)
+    labels = torch.as_tensor(batch.labels).long().to(ctx.device)
+    ids = [str(i) for i in batch.ids]
+    preds = _predict(ctx.model, inputs, cfg.max_batch)
+    targets = preds if cfg.target == "predicted" else labels
+    n = len(ids)
+    prov = ctx.provenance()
+    if prov["model_hash"] != spec.model_hash:
+        raise InputError(
+            f"model {cfg.model['spec']!r} now hashes to {prov['model_hash'][:12]}, but this run started "
+            f"with {spec.model_hash[:12]}: its weights changed"
+        )
+
+    base = pd.DataFrame(
+        {
+            "image_id": ids,
+            "image_index": list(spec.positions),
+            "shard": spec.index,
+            "target": targets.cpu().numpy(),
+            "label": labels.cpu().numpy(),
+            "prediction": preds.cpu().numpy(),
+            "correct": (preds == labels).cpu().numpy(),
+        }
+    )
+    frames: list[pd.DataFrame] = []
+    curve_rows: list[pd.DataFrame] = []
+    for method in cfg.methods:
+        maps = _maps(
+            ctx, spec, method, inputs, targets, ids, derive_seed(cfg.seed, spec.index, method.label, "maps")
+        )
+        if progress:
+            progress("maps")
+        for metric in cfg.metrics:
+            entry = METRICS.get(metric.metric)
+            info = entry.info
+            mask_name = metric.mask if metric.mask is not None else ctx.default_mask(first)
+            seed = derive_seed(cfg.seed, spec.index, method.label, metric.label)
+            words: dict[str, Any] = {
+                "model": ctx.model,
+                "inputs": inputs,
+                "attributions": maps,
+                "targets": targets,
+                "labels": labels,
+            }
+            if "explainer" in info.requires:
+                # A fresh explainer per (shard, method, metric): its draws do not depend on what ran before.
+                words["explainer"] = ctx.make_explainer(method, seed)
+            if "masks" in info.requires:
+                if mask_name is None or mask_name not in batch.masks:
+                    known = ", ".join(sorted(batch.masks)) or "none"
+                    raise InputError(
+                        f"[metrics.{metric.label}] needs a human mask; dataset {cfg.data['spec']!r} has: {known}"
+                        + ("" if mask_name is None else f" (asked for {mask_name!r})")
+                    )
+                words["masks"] = batch.masks[mask_name].to(ctx.device)
+            kwargs = {w: words[w] for w in info.requires}
+            if _metric_accepts(entry.fn, "seed") and "seed" not in metric.params:
+                kwargs["seed"] = seed
+            if _metric_accepts(entry.fn, "max_batch") and "max_batch" not in metric.params:
+                kwargs["max_batch"] = cfg.max_batch
+            kwargs.update(metric.params)
+            torch.manual_seed(seed)  # metrics that draw from the global generator
+            try:
+                result = entry.fn(**kwargs)
+            except InputError as err:
+                raise InputError(f"shard {spec.index}, method {method.label!r}, metric {metric.label!r}: {err}") from err
+            scores = result.scores.detach().double().cpu().flatten()
+            if scores.numel() != n:
+                raise InputError(f"metric {metric.label!r} returned {scores.numel()} scores for {n} images")
+            reasons = list(result.reasons) if result.reasons is not None else [None] * n
+            nan = torch.isnan(scores).tolist()
+            reasons = [(r or "undefined (no reason given)") if bad else None for r, bad in zip(reasons, nan)]
+            frame = base.copy()
+            frame["method"] = method.label
+            frame["method_name"] = method.method
+            frame["metric"] = metric.label
+            frame["metric_name"] = info.name
+            frame["category"] = info.category
+            frame["mask"] = mask_name if "masks" in info.requires else None
+            frame["higher_is_better"] = info.higher_is_better
+            frame["score"] = scores.numpy()
+            frame["nan_reason"] = reasons
+            frames.append(frame)
+            if result.curves is not None:
+                curves = result.curves.detach().double().cpu()
+                curve_rows.append(
+                    pd.DataFrame(
+                        {
+                            "image_id": ids,
+                            "method": method.label,
+                            "metric": metric.label,
+                            "curve": [row.tolist() for row in curves],
+                        }
+                    )
+                )
+            if progress:
+                progress("metrics")
+
+    rows = pd.concat(frames, ignore_index=True)
+    for key, value in prov.items():
+        rows[key] = value
+    order = ["image_id", "image_index", "shard", "method", "method_name", "metric", "metric_name", "category",
+             "mask", "score", "nan_reason", "target", "label", "prediction", "correct", "higher_is_better"]
+    rows = rows[order + list(prov)]
+    curves_df = (
+        pd.concat(curve_rows, ignore_index=True)
+        if curve_rows
+        else pd.DataFrame({"image_id": [], "method": [], "metric": [], "curve": []})
+    )
+    gallery = {
+        "ids": ids,
+        "positions": list(spec.positions),
+        "images": (batch.images.clamp(0, 1) * 255).round().to(torch.uint8).cpu(),
+        "labels": labels.cpu(),
+        "targets": targets.cpu(),
+    }
+    return rows, curves_df, gallery
+
+
+def execute_shard(spec: ShardSpec, progress: Progress | None = None) -> ShardSummary:
+    """Compute one shard and commit it: curves and images first, the results file last (the marker)."""
+    start = time.perf_counter()
+    rows, curves, gallery = compute_shard(spec, progress)
+    out = Path(spec.out)
+    layout.write_parquet(layout.curves_path(out, spec.index), curves)
+    layout.write_torch(layout.images_path(out, spec.index), gallery)
+    layout.write_parquet(layout.results_path(out, spec.index), rows)
+    return ShardSummary(spec.index, len(rows), time.perf_counter() - start)
