@@ -1,0 +1,250 @@
+"""Pairwise similarity of attribution maps: ``f(a [B, ...], b [B, ...]) -> Tensor [B]``.
+
+These functions compare two batches of maps image by image (``a[i]`` with ``b[i]``); they are
+building blocks of the randomisation checks and of method-agreement studies, not metrics of
+their own. Conventions:
+
+- Maps are flattened per image; the feature order is the same for `a` and `b`.
+- Computation is in float64 on the maps' device; results are float32 [B].
+- Where a quantity is undefined (a correlation of a constant map, the cosine of an all-zero map,
+  a z-score of a constant map, SSIM with zero data range) the result is NaN.
+- Signs are kept: pass ``a.abs()`` to compare magnitudes only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xaibench.errors import InputError, WeightsUnavailableError
+
+__all__ = ["cosine", "kendall", "l1", "l2", "lpips", "pearson", "spearman", "ssim", "top_k_intersection"]
+
+
+def _pair(a: Tensor, b: Tensor, min_ndim: int = 2) -> tuple[Tensor, Tensor]:
+    """Check a pair of map batches and return them flattened to float64 [B, N]."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Tensor):
+            raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.ndim < min_ndim:
+            raise InputError(f"{name} must be batched with shape [B, ...], got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise InputError(f"{name} contains NaN or Inf values")
+    if a.shape != b.shape:
+        raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return a.detach().flatten(1).double(), b.detach().to(a.device).flatten(1).double()
+
+
+def _zscore(x: Tensor) -> Tensor:
+    """Standardise each row to mean 0 and (population) std 1; constant rows become NaN."""
+    centred = x - x.mean(dim=1, keepdim=True)
+    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()
+    return centred / torch.where(std > 0, std, torch.nan)
+
+
+def l1(a: Tensor, b: Tensor, *, zscore: bool = False) -> Tensor:
+    """Manhattan distance ``sum |a - b|`` per image (as ``scipy.spatial.distance.cityblock``).
+
+    zscore: standardise each map first (mean 0, population std 1), which makes the distance
+    invariant to the scale and offset of each map; constant maps then give NaN.
+    """
+    x, y = _pair(a, b)
+    if zscore:
+        x, y = _zscore(x), _zscore(y)
+    return (x - y).abs().sum(dim=1).float()
+
+
+def l2(a: Tensor, b: Tensor, *, zscore: bool = False) -> Tensor:
+    """Euclidean distance ``sqrt(sum (a - b)^2)`` per image; `zscore` as in `l1`."""
+    x, y = _pair(a, b)
+    if zscore:
+        x, y = _zscore(x), _zscore(y)
+    return (x - y).pow(2).sum(dim=1).sqrt().float()
+
+
+def cosine(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity ``a.b / (|a| |b|)`` (1 - ``scipy.spatial.distance.cosine``); NaN for a zero map."""
+    x, y = _pair(a, b)
+    denom = x.norm(dim=1) * y.norm(dim=1)
+    return ((x * y).sum(dim=1) / torch.where(denom > 0, denom, torch.nan)).float()
+
+
+def _pearson_flat(x: Tensor, y: Tensor) -> Tensor:
+    xc, yc = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
+    denom = xc.norm(dim=1) * yc.norm(dim=1)
+    r = (xc * yc).sum(dim=1) / torch.where(denom > 0, denom, torch.nan)
+    return r.clamp(-1.0, 1.0)
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation per image (as ``scipy.stats.pearsonr``); NaN when a map is constant."""
+    return _pearson_flat(*_pair(a, b)).float()
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """Ranks 1..N per row, ties sharing their average rank (``scipy.stats.rankdata`` 'average')."""
+    s = x.sort(dim=1).values
+    left = torch.searchsorted(s, x.contiguous(), right=False)
+    right = torch.searchsorted(s, x.contiguous(), right=True)
+    return (left + right + 1).double() / 2
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per image (as ``scipy.stats.spearmanr``: Pearson of average ranks)."""
+    x, y = _pair(a, b)
+    return _pearson_flat(_average_ranks(x), _average_ranks(y)).float()
+
+
+def kendall(a: Tensor, b: Tensor, *, max_pairs: int = 2**24) -> Tensor:
+    """Kendall's tau-b per image (as ``scipy.stats.kendalltau``, ties corrected); NaN for a constant map.
+
+    ``tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))`` with ``n0 = N (N - 1) / 2`` and ``n1``, ``n2`` the
+    pairs tied in `a` and in `b`. Cost is O(N^2) per image over N features, computed in blocks of at
+    most `max_pairs` pairs, so memory stays bounded.
+    """
+    x, y = _pair(a, b)
+    n_img, n = x.shape
+    s = torch.zeros(n_img, dtype=torch.float64, device=x.device)
+    rows = max(1, max_pairs // max(n, 1))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        da = torch.sign(x[:, start:stop, None] - x[:, None, :])
+        db = torch.sign(y[:, start:stop, None] - y[:, None, :])
+        s += (da * db).sum(dim=(1, 2))
+    s = s / 2  # every unordered pair was counted twice
+    n0 = n * (n - 1) / 2
+
+    def tied_pairs(v: Tensor) -> Tensor:
+        sv = v.sort(dim=1).values
+        count = torch.searchsorted(sv, v.contiguous(), right=True) - torch.searchsorted(sv, v.contiguous())
+        return (count - 1).double().sum(dim=1) / 2
+
+    denom = ((n0 - tied_pairs(x)) * (n0 - tied_pairs(y))).sqrt()
+    return (s / torch.where(denom > 0, denom, torch.nan)).clamp(-1.0, 1.0).float()
+
+
+def top_k_intersection(a: Tensor, b: Tensor, k: int | float = 0.1) -> Tensor:
+    """Fraction of the `k` highest-valued features of `a` that are also among the `k` highest of `b`.
+
+    k: an int counts features, a float in (0, 1] is a fraction of them (rounded, at least 1).
+    Ties at the k-th value are broken by ``torch.topk`` (deterministic on a given device).
+    """
+    x, y = _pair(a, b)
+    n = x.shape[1]
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise InputError(f"k must be an int or a float fraction, got {k!r}")
+    count = k if isinstance(k, int) else max(1, round(k * n))
+    if isinstance(k, float) and not 0 < k <= 1:
+        raise InputError(f"a float k is a fraction in (0, 1], got {k}")
+    if not 1 <= count <= n:
+        raise InputError(f"k must be in [1, {n}] features, got {k}")
+    in_a = torch.zeros_like(x, dtype=torch.bool).scatter_(1, x.topk(count, dim=1).indices, True)
+    in_b = torch.zeros_like(y, dtype=torch.bool).scatter_(1, y.topk(count, dim=1).indices, True)
+    return ((in_a & in_b).sum(dim=1).double() / count).float()
+
+
+def _ssim_kernel(gaussian: bool, win_size: int, sigma: float, device: torch.device) -> Tensor:
+    if gaussian:
+        radius = int(3.5 * sigma + 0.5)  # scipy.ndimage.gaussian_filter with truncate=3.5
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+    else:
+        k = torch.ones(win_size, dtype=torch.float64, device=device)
+    return k / k.sum()
+
+
+def ssim(
+    a: Tensor,
+    b: Tensor,
+    *,
+    data_range: float | None = None,
+    gaussian_weights: bool = False,
+    win_size: int = 7,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    use_sample_covariance: bool = True,
+) -> Tensor:
+    """Mean structural similarity of 2-D maps [B, H, W], as ``skimage.metrics.structural_similarity``.
+
+    Defaults are skimage's: a uniform ``win_size`` x ``win_size`` window (7), ``K1 = 0.01``,
+    ``K2 = 0.03`` and sample covariances (``N / (N - 1)``). ``gaussian_weights=True`` uses a
+    Gaussian window of std `sigma` truncated at 3.5 std (11 x 11 for 1.5), as skimage; pass
+    ``use_sample_covariance=False`` too for Wang et al.'s original setting. The SSIM image is
+    averaged over the positions where the window fits inside the map (skimage crops the same
+    border). data_range: ``None`` uses each pair's joint range ``max(a, b) - min(a, b)`` (the
+    convention of Quantus' ``ssim``); a zero range gives NaN.
+    """
+    if a.ndim != 3 or b.ndim != 3:
+        raise InputError(f"ssim compares 2-D maps [B, H, W], got {tuple(a.shape)} and {tuple(b.shape)}")
+    x, y = _pair(a, b)
+    x, y = x.view(a.shape), y.view(a.shape)
+    kernel = _ssim_kernel(gaussian_weights, win_size, sigma, x.device)
+    size = kernel.numel()
+    if size % 2 == 0 or size > min(a.shape[1:]):
+        raise InputError(f"the SSIM window ({size}) must be odd and fit in maps of size {tuple(a.shape[1:])}")
+    if data_range is None:
+        rng = torch.maximum(x.flatten(1).amax(1), y.flatten(1).amax(1)) - torch.minimum(
+            x.flatten(1).amin(1), y.flatten(1).amin(1)
+        )
+    else:
+        rng = torch.full((a.shape[0],), float(data_range), dtype=torch.float64, device=x.device)
+    wy, wx = kernel.view(1, 1, -1, 1), kernel.view(1, 1, 1, -1)
+
+    def filt(t: Tensor) -> Tensor:
+        return F.conv2d(F.conv2d(t[:, None], wy), wx)[:, 0]
+
+    n_px = size * size
+    cov_norm = n_px / (n_px - 1) if use_sample_covariance else 1.0
+    ux, uy = filt(x), filt(y)
+    vx = cov_norm * (filt(x * x) - ux * ux)
+    vy = cov_norm * (filt(y * y) - uy * uy)
+    vxy = cov_norm * (filt(x * y) - ux * uy)
+    c1 = ((k1 * rng) ** 2).view(-1, 1, 1)
+    c2 = ((k2 * rng) ** 2).view(-1, 1, 1)
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    out = s.flatten(1).mean(dim=1)
+    return torch.where(rng > 0, out, torch.nan).float()
+
+
+_LPIPS_HELP = (
+    "LPIPS needs the 'lpips' package (pip install lpips; it ships the calibrated linear layers) and the "
+    "torchvision weights of its backbone in the torch hub cache ({cache}), e.g. alexnet-owt-7be5be79.pth "
+    "for net='alex' or vgg16-397923af.pth for net='vgg'. Copy them there from a machine with network access."
+)
+
+
+def lpips(a: Tensor, b: Tensor, *, net: str = "alex") -> Tensor:
+    """LPIPS distance (Zhang et al. 2018) between maps [B, H, W], with the pretrained `net` backbone.
+
+    Each pair is scaled jointly from its range ``[min(a, b), max(a, b)]`` to [-1, 1] and repeated
+    over 3 channels (LPIPS' input convention). Only pretrained weights found locally are used; when
+    they are missing a `WeightsUnavailableError` says how to supply them. No random backbone is
+    ever used.
+    """
+    if net not in ("alex", "vgg", "squeeze"):
+        raise InputError(f"net must be 'alex', 'vgg' or 'squeeze', got {net!r}")
+    if a.ndim != 3:
+        raise InputError(f"lpips compares 2-D maps [B, H, W], got {tuple(a.shape)}")
+    x, y = _pair(a, b)
+    cache = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+    try:
+        import lpips as lpips_pkg  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise WeightsUnavailableError(_LPIPS_HELP.format(cache=cache)) from err
+    try:
+        model = lpips_pkg.LPIPS(net=net, pretrained=True, verbose=False).to(x.device).eval()
+    except Exception as err:  # the backbone download fails offline
+        raise WeightsUnavailableError(_LPIPS_HELP.format(cache=cache) + f" ({err})") from err
+    lo = torch.minimum(x.amin(1), y.amin(1)).view(-1, 1)
+    hi = torch.maximum(x.amax(1), y.amax(1)).view(-1, 1)
+    span = torch.where(hi > lo, hi - lo, 1.0)
+    shape = (a.shape[0], 1, *a.shape[1:])
+    xs = ((x - lo) / span * 2 - 1).float().view(shape).expand(-1, 3, -1, -1)
+    ys = ((y - lo) / span * 2 - 1).float().view(shape).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        return model(xs, ys).flatten().float()
