@@ -1,0 +1,136 @@
+"""Deletion and insertion (Petsiuk et al., RISE, 2018): scores while features are removed / revealed.
+
+Both rank the features (pixels, or ``patch_size`` squares) of the map in MoRF order and take
+``steps`` evenly spaced cumulative steps (``floor(k * F / steps)`` features after step k).
+Curves [B, steps+1]: deletion starts from the image, insertion from the full baseline.
+
+Score: the trapezoid area over the steps+1 points with ``dx = 1 / steps``.
+``normalize="original"`` divides it by the score of the unperturbed image (autotimm's
+ExplanationMetrics; NaN where that score is <= 0); ``normalize=None`` keeps the raw area
+(Petsiuk et al., Gomez et al.'s DAUC/IAUC). Extras: ``final_drop`` (deletion) =
+(s_0 - s_K) and ``final_rise`` (insertion) = (s_K - s_0), divided by the original score under
+``normalize="original"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from xaibench.errors import InputError
+from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.perturbation.curves import trapezoid
+from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
+
+_REFS = (
+    "Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018.",
+)
+
+
+def _run(
+    mode: str,
+    info: MetricInfo,
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    targets: Tensor,
+    params: dict[str, Any],
+) -> MetricResult:
+    if params["normalize"] not in ("original", None):
+        raise InputError(f"normalize must be 'original' or None, got {params['normalize']!r}")
+    x, a, t = prepare(model, inputs, attributions, targets)
+    patch = params["patch_size"]
+    ranking = rank_features(
+        a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
+        patch_size=patch, resample=params["resample"],
+    )
+    counts = step_counts(ranking.num_features, steps=params["steps"])
+    curves = perturbation_curves(
+        model, x, t, ranking, counts, mode=mode,
+        baseline=params["baseline"], baseline_params=params["baseline_params"], output=params["output"],
+        max_batch=params["max_batch"], seed=params["seed"],
+    )
+    area = trapezoid(curves, 1.0 / params["steps"])
+    change = curves[:, 0] - curves[:, -1] if mode == "delete" else curves[:, -1] - curves[:, 0]
+    change = change.double()
+    reasons = None
+    if params["normalize"] == "original":
+        original = curves[:, 0] if mode == "delete" else curves[:, -1]
+        bad = original <= 0
+        denom = original.double().masked_fill(bad, float("nan"))
+        area, change = area / denom, change / denom
+        reasons = nan_reasons(bad, "score of the unperturbed image is <= 0; normalize='original' is undefined")
+    key = "final_drop" if mode == "delete" else "final_rise"
+    return MetricResult(area.float(), info, params, curves, reasons, {key: change.float()})
+
+
+@register_metric(
+    MetricInfo(
+        name="deletion",
+        category="faithfulness",
+        higher_is_better=False,
+        range=(0.0, float("inf")),
+        requires=("model", "inputs", "attributions", "targets"),
+        cost="steps + 1 forwards",
+        references=_REFS,
+        description="Area under the target score while the most relevant features are removed.",
+    )
+)
+def deletion(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 20,
+    baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None,
+    patch_size: int = 1,
+    resample: str = "rank_native",
+    output: str = "softmax",
+    normalize: str | None = "original",
+    max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """Deletion AUC (lower is better); see the module doc."""
+    p = dict(steps=steps, baseline=baseline, baseline_params=baseline_params, patch_size=patch_size,
+                resample=resample, output=output, normalize=normalize,
+                max_batch=max_batch, seed=seed)
+    return _run("delete", deletion.info, model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+
+
+@register_metric(
+    MetricInfo(
+        name="insertion",
+        category="faithfulness",
+        higher_is_better=True,
+        range=(0.0, float("inf")),
+        requires=("model", "inputs", "attributions", "targets"),
+        cost="steps + 1 forwards",
+        references=_REFS,
+        description="Area under the target score while the most relevant features are revealed on the baseline.",
+    )
+)
+def insertion(
+    model: nn.Module,
+    inputs: Tensor,
+    attributions: Tensor,
+    targets: Tensor,
+    *,
+    steps: int = 20,
+    baseline: str = "gaussian_blur",
+    baseline_params: dict[str, Any] | None = None,
+    patch_size: int = 1,
+    resample: str = "rank_native",
+    output: str = "softmax",
+    normalize: str | None = "original",
+    max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """Insertion AUC (higher is better); see the module doc."""
+    p = dict(steps=steps, baseline=baseline, baseline_params=baseline_params, patch_size=patch_size,
+                resample=resample, output=output, normalize=normalize,
+                max_batch=max_batch, seed=seed)
+    return _run("insert", insertion.info, model, inputs, attributions, targets, p)  # type: ignore[attr-defined]

@@ -1,0 +1,222 @@
+"""Single-step and correlation faithfulness metrics studied by Gomez, Fréour, Mouchère (2022).
+
+Single step (one masked image per input; our reading of their ``saliency_maps_metrics``):
+
+- the map is min-max normalised PER IMAGE to [0, 1] (theirs normalises over the whole batch),
+  upsampled bicubically (align_corners=False) to the input size and clamped to [0, 1] (theirs is
+  not clamped), giving a soft mask ``m``; the masked image is ``x * m + baseline * (1 - m)``.
+- ``average_drop`` (AD, Chattopadhyay et al.): ``max(Y - O, 0) / Y`` with Y the score of the
+  image and O that of the masked image (a fraction, not a percentage); lower is better.
+- ``increase_in_confidence`` (IIC): ``1[O > Y]``; higher is better.
+- ``average_drop_in_deletion`` (ADD, Jung & Oh): the mask is ``1 - m`` (the salient part is
+  removed); ``(Y - O) / Y``; higher is better.
+
+A constant map has no min-max normalisation: NaN (reason given). AD / ADD are NaN where Y <= 0.
+
+Correlation metrics (Gomez et al.'s DC / IC): features (map pixels at native resolution by
+default, ``resample="rank_native"``) are removed (DC, baseline black) or inserted (IC, baseline
+``box_blur``) in MoRF order, ``F // min(steps, F)`` features per step (their 14x14 = 196 step
+bound). Score: Pearson correlation, over the steps k = 1..K, between the mean attribution of the
+features of step k and the score change it causes. Cumulative (``cumulative=True``, the
+original): DC uses ``s_{k-1} - s_k``, IC ``s_k - s_{k-1}``. Non-cumulative (``cumulative=False``,
+the "-nc" variants of their benchmark-reliability study; our reading): step k perturbs only the
+features of step k, starting from the image (DC: change ``s_0 - s_k``) or from the baseline (IC:
+change ``s_k - s_0``). Extras: ``auc`` = DAUC / IAUC (trapezoid, dx = 1/K). NaN where the score
+changes or the step saliencies are constant over the steps (correlation undefined).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaibench.errors import InputError
+from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.perturbation.baselines import fill
+from xaibench.perturbation.curves import pearson_rows, trapezoid
+from xaibench.perturbation.engine import (
+    perturbation_curves,
+    prepare,
+    rank_features,
+    score_chunk,
+    step_counts,
+    step_saliency,
+)
+
+_REQ = ("model", "inputs", "attributions", "targets")
+_GOMEZ = (
+    "Gomez, Fréour, Mouchère. Metrics for saliency map evaluation of deep learning explanation methods. "
+    "ICPRAI 2022.",
+)
+_CHATTO = (
+    "Chattopadhyay et al. Grad-CAM++: Generalized gradient-based visual explanations for deep convolutional "
+    "networks. WACV 2018.",
+)
+_JUNG = ("Jung, Oh. Towards better explanations of class activation mapping. ICCV 2021.",)
+
+
+def _single_step(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, delete: bool, baseline: str,
+    baseline_params: dict[str, Any] | None, output: str, max_batch: int, seed: int | torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(Y, O, constant-map flags) with chunks of at most `max_batch` images."""
+    x, a, t = prepare(model, inputs, attributions, targets)
+    lo = a.flatten(1).amin(1)[:, None, None]
+    hi = a.flatten(1).amax(1)[:, None, None]
+    constant = (hi == lo).flatten()
+    y = torch.empty(x.shape[0], device=x.device)
+    o = torch.empty(x.shape[0], device=x.device)
+    for start in range(0, x.shape[0], max_batch):
+        sl = slice(start, start + max_batch)
+        m = (a[sl] - lo[sl]) / (hi[sl] - lo[sl]).masked_fill(constant[sl, None, None], 1.0)
+        m = F.interpolate(m[:, None].float(), size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        if delete:
+            m = 1.0 - m
+        base = fill(x[sl], baseline, seed=seed, **(baseline_params or {}))
+        y[sl] = score_chunk(model, x[sl], t[sl], output)
+        o[sl] = score_chunk(model, x[sl] * m + base * (1.0 - m), t[sl], output)
+    return y.double(), o.double(), constant
+
+
+_CONST = "the attribution map is constant: no min-max normalisation"
+
+
+def _result(info: MetricInfo, score: Tensor, undefined: Tensor, reason: str, params: dict[str, Any],
+            y: Tensor, o: Tensor) -> MetricResult:
+    score = score.masked_fill(undefined, float("nan")).float()
+    return MetricResult(score, info, params, reasons=nan_reasons(undefined, reason),
+                        extras={"score": y.float(), "masked_score": o.float()})
+
+
+@register_metric(
+    MetricInfo(
+        name="average_drop", category="faithfulness", higher_is_better=False, range=(0.0, 1.0), requires=_REQ,
+        cost="2 forwards", references=_CHATTO + _GOMEZ,
+        description="Relative drop of the target score when only the salient part (soft mask) is kept.",
+    )
+)
+def average_drop(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """AD = max(Y - O, 0) / Y per image (see module doc)."""
+    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
+    bad = const | (y <= 0)
+    return _result(average_drop.info, (y - o).clamp_min(0) / y, bad,  # type: ignore[attr-defined]
+                   f"{_CONST}, or the image's score is <= 0", params, y, o)
+
+
+@register_metric(
+    MetricInfo(
+        name="increase_in_confidence", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
+        requires=_REQ, cost="2 forwards", references=_CHATTO + _GOMEZ,
+        description="1 when keeping only the salient part (soft mask) increases the target score.",
+    )
+)
+def increase_in_confidence(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """IIC = 1[O > Y] per image (see module doc)."""
+    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
+    return _result(increase_in_confidence.info, (o > y).double(), const, _CONST, params, y, o)  # type: ignore[attr-defined]
+
+
+@register_metric(
+    MetricInfo(
+        name="average_drop_in_deletion", category="faithfulness", higher_is_better=True,
+        range=(float("-inf"), 1.0), requires=_REQ, cost="2 forwards", references=_JUNG + _GOMEZ,
+        description="Relative drop of the target score when the salient part (soft mask) is removed.",
+    )
+)
+def average_drop_in_deletion(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """ADD = (Y - O) / Y per image with the mask inverted (see module doc)."""
+    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    y, o, const = _single_step(model, inputs, attributions, targets, delete=True, **params)
+    bad = const | (y <= 0)
+    return _result(average_drop_in_deletion.info, (y - o) / y, bad,  # type: ignore[attr-defined]
+                   f"{_CONST}, or the image's score is <= 0", params, y, o)
+
+
+def _correlation(
+    info: MetricInfo, mode: str, model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor,
+    params: dict[str, Any],
+) -> MetricResult:
+    if params["steps"] < 1:
+        raise InputError(f"steps must be >= 1, got {params['steps']}")
+    x, a, t = prepare(model, inputs, attributions, targets)
+    patch = params["patch_size"]
+    ranking = rank_features(a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
+                            patch_size=patch, resample=params["resample"])
+    n_feat = int(ranking.num_features.min())
+    per_step = n_feat // min(params["steps"], n_feat)
+    counts = step_counts(ranking.num_features, features_per_step=per_step)
+    curves = perturbation_curves(
+        model, x, t, ranking, counts, mode=mode, cumulative=params["cumulative"], baseline=params["baseline"],
+        baseline_params=params["baseline_params"], output=params["output"], max_batch=params["max_batch"],
+        seed=params["seed"],
+    )
+    c = curves.double()
+    if params["cumulative"]:
+        change = c[:, :-1] - c[:, 1:] if mode == "delete" else c[:, 1:] - c[:, :-1]
+    else:
+        change = c[:, :1] - c[:, 1:] if mode == "delete" else c[:, 1:] - c[:, :1]
+    sal = step_saliency(ranking, counts)
+    corr = pearson_rows(change, sal)
+    reasons = nan_reasons(torch.isnan(corr), "score changes or step saliencies are constant over the steps")
+    auc = trapezoid(c, 1.0 / (c.shape[1] - 1)).float()
+    return MetricResult(corr.float(), info, params, curves, reasons, {"auc": auc, "step_saliency": sal.float()})
+
+
+_CORR_COST = "ceil(F / (F // min(steps, F))) + 1 forwards, F = number of features (map pixels or patches)"
+
+
+@register_metric(
+    MetricInfo(
+        name="deletion_correlation", category="faithfulness", higher_is_better=True, range=(-1.0, 1.0),
+        requires=_REQ, cost=_CORR_COST, references=_GOMEZ,
+        description="Correlation between the saliency of deleted features and the score drop they cause (DC).",
+    )
+)
+def deletion_correlation(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, steps: int = 196,
+    cumulative: bool = True, patch_size: int = 1, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, resample: str = "rank_native", output: str = "softmax",
+    max_batch: int = 256, seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """DC (see module doc); ``extras["auc"]`` is DAUC."""
+    p = dict(steps=steps, cumulative=cumulative, patch_size=patch_size, baseline=baseline,
+                     baseline_params=baseline_params, resample=resample, output=output, max_batch=max_batch,
+                     seed=seed)
+    return _correlation(deletion_correlation.info, "delete", model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+
+
+@register_metric(
+    MetricInfo(
+        name="insertion_correlation", category="faithfulness", higher_is_better=True, range=(-1.0, 1.0),
+        requires=_REQ, cost=_CORR_COST, references=_GOMEZ,
+        description="Correlation between the saliency of inserted features and the score rise they cause (IC).",
+    )
+)
+def insertion_correlation(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, steps: int = 196,
+    cumulative: bool = True, patch_size: int = 1, baseline: str = "box_blur",
+    baseline_params: dict[str, Any] | None = None, resample: str = "rank_native", output: str = "softmax",
+    max_batch: int = 256, seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """IC (see module doc); ``extras["auc"]`` is IAUC."""
+    p = dict(steps=steps, cumulative=cumulative, patch_size=patch_size, baseline=baseline,
+                     baseline_params=baseline_params, resample=resample, output=output, max_batch=max_batch,
+                     seed=seed)
+    return _correlation(insertion_correlation.info, "insert", model, inputs, attributions, targets, p)  # type: ignore[attr-defined]

@@ -1,0 +1,201 @@
+"""Remove/reveal-in-order faithfulness metrics: analytic oracles and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from xaibench import metrics
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.metrics.base import METRICS
+
+X = torch.tensor([[[[0.4, 0.3], [0.2, 0.1]]]])
+T = torch.tensor([0])
+
+
+class SumModel(torch.nn.Module):
+    """Target-0 logit = sum of all pixels (class 1: minus the sum)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1).sum(1)
+        return torch.stack([s, -s], dim=1)
+
+
+class ConstantModel(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[2.0, 0.5]]).expand(x.shape[0], -1)
+
+
+class AnyPixelModel(torch.nn.Module):
+    """Target logit 1 while any pixel is non-zero, 0 once everything is black."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = (x.flatten(1).abs().sum(1) > 0).float()
+        return torch.stack([s, 1 - s], dim=1)
+
+
+def test_deletion_insertion_published_sum_case() -> None:
+    d = metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, output="logit", baseline="black")
+    i = metrics.insertion(SumModel(), X, X[:, 0], T, steps=2, output="logit", baseline="black")
+    assert d.scores.item() == pytest.approx(0.4, abs=1e-6)
+    assert i.scores.item() == pytest.approx(0.6, abs=1e-6)
+    assert torch.allclose(d.curves, torch.tensor([[1.0, 0.3, 0.0]]), atol=1e-6)
+    assert torch.allclose(i.curves, torch.tensor([[0.0, 0.7, 1.0]]), atol=1e-6)
+    assert d.extras["final_drop"].item() == pytest.approx(1.0)
+    raw = metrics.deletion(SumModel(), 2 * X, X[:, 0], T, steps=2, output="logit", normalize=None)
+    assert raw.scores.item() == pytest.approx(0.8, abs=1e-6)  # raw trapezoid, not divided by s_0 = 2
+
+
+def test_deletion_constant_model_and_step_model() -> None:
+    x = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.01
+    a = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    c = metrics.deletion(ConstantModel(), x, a, 0, steps=8)
+    assert torch.allclose(c.scores, torch.ones(3)) and torch.allclose(c.extras["final_drop"], torch.zeros(3))
+    for s in (2, 5, 16):
+        r = metrics.deletion(AnyPixelModel(), x, a, 0, steps=s, output="logit")
+        assert torch.allclose(r.scores, torch.full((3,), (s - 0.5) / s), atol=1e-6)
+
+
+def test_deletion_undefined_normalisation_is_nan_with_reason() -> None:
+    r = metrics.deletion(SumModel(), torch.zeros(2, 1, 2, 2), torch.rand(2, 2, 2), 0, steps=2, output="logit")
+    assert torch.isnan(r.scores).all() and r.reasons is not None and "<= 0" in str(r.reasons[0])
+
+
+def test_pixel_flipping_aopc_abpc_on_sum_model() -> None:
+    pf = metrics.pixel_flipping(SumModel(), X, X[:, 0], T, output="logit")
+    assert torch.allclose(pf.curves, torch.tensor([[1.0, 0.6, 0.3, 0.1, 0.0]]), atol=1e-6)
+    assert pf.scores.item() == pytest.approx(0.45 + 0.2 + 0.05, abs=1e-6)
+    ao = metrics.aopc(SumModel(), X, X[:, 0], T, steps=2, output="logit")
+    assert ao.scores.item() == pytest.approx((0 + 0.7 + 1.0) / 3, abs=1e-6)
+    ab = metrics.abpc(SumModel(), X, X[:, 0], T, steps=2, output="logit")
+    # MoRF [1, .3, 0], LeRF [1, .7, 0]: area of [0, .4, 0] with dx = 1/2
+    assert ab.scores.item() == pytest.approx(0.2, abs=1e-6)
+    assert torch.allclose(ab.extras["lerf"], torch.tensor([[1.0, 0.7, 0.0]]), atol=1e-6)
+
+
+def test_region_perturbation_orders_on_sum_model() -> None:
+    x = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4) / 16
+    kw = dict(patch_size=2, regions_evaluation=3, output="logit")
+    # patch sums (x16): TL 0+1+4+5=10, TR 2+3+6+7=18, BL 8+9+12+13=42, BR 10+11+14+15=50
+    morf = metrics.region_perturbation(SumModel(), x, x[:, 0], T, order="morf", **kw)
+    assert torch.allclose(morf.extras["drops"] * 16, torch.tensor([[50.0, 92.0, 110.0]]), atol=1e-4)
+    assert morf.scores.item() == pytest.approx((0 + 50 + 92 + 110) / 16 / 4, abs=1e-5)
+    lerf = metrics.region_perturbation(SumModel(), x, x[:, 0], T, order="lerf", **kw)
+    assert torch.allclose(lerf.extras["drops"] * 16, torch.tensor([[10.0, 28.0, 70.0]]), atol=1e-4)
+    rnd = metrics.region_perturbation(SumModel(), x, x[:, 0], T, order="random", seed=1, **kw)
+    assert rnd.curves.shape == (1, 4)
+
+
+def test_irof_with_given_segments_on_sum_model() -> None:
+    seg = torch.tensor([[[0, 0], [1, 1]]])
+    r = metrics.irof(SumModel(), X, X[:, 0], T, segments=seg, baseline="black", output="logit")
+    # segments: top row (mean .35) then bottom (mean .15); curve/s0: [.3, 0]; AOC = 2 - .15
+    assert r.scores.item() == pytest.approx(2 - 0.15, abs=1e-6)
+    assert r.extras["normalised"].item() == pytest.approx((2 - 0.15) / 2, abs=1e-6)
+
+
+def test_road_on_sum_model_with_constant_image() -> None:
+    x = torch.full((1, 1, 6, 6), 0.5)
+    a = torch.randn(1, 6, 6, generator=torch.Generator().manual_seed(0))
+    r = metrics.road(SumModel(), x, a, T, percentages=[10, 50, 90], noise=0.0, output="logit")
+    # linear imputation of a constant image reproduces it exactly
+    assert torch.allclose(r.curves, torch.full((1, 4), 18.0), atol=1e-4)
+    assert torch.allclose(r.extras["gap"], torch.zeros(1))
+    c = metrics.road(SumModel(), x, a, T, percentages=[10, 50], noise=0.0)
+    assert c.scores.item() == 1.0  # class 0 stays the arg-max
+    noisy = [metrics.road(SumModel(), x, a, T, percentages=[50], noise=0.1, output="logit", seed=s).curves
+             for s in (0, 0, 1)]
+    assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], noisy[2])
+
+
+def test_gomez_single_step_on_sum_model() -> None:
+    a = torch.tensor([[[1.0, 0.0], [0.5, 0.25]]])  # min-max: same; bicubic to same size is identity
+    y = float(X.sum())
+    kept = float((X[0, 0] * a[0]).sum())
+    deleted = float((X[0, 0] * (1 - a[0])).sum())
+    ad = metrics.average_drop(SumModel(), X, a, T, output="logit")
+    assert ad.scores.item() == pytest.approx((y - kept) / y, abs=1e-6)
+    iic = metrics.increase_in_confidence(SumModel(), X, a, T, output="logit")
+    assert iic.scores.item() == 0.0
+    add = metrics.average_drop_in_deletion(SumModel(), X, a, T, output="logit")
+    assert add.scores.item() == pytest.approx((y - deleted) / y, abs=1e-6)
+    const = metrics.average_drop(SumModel(), X, torch.ones(1, 2, 2), T, output="logit")
+    assert torch.isnan(const.scores).all() and "constant" in str(const.reasons)
+
+
+@pytest.mark.parametrize("cumulative", [True, False])
+def test_gomez_correlations_are_one_when_saliency_is_the_contribution(cumulative: bool) -> None:
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    dc = metrics.deletion_correlation(SumModel(), x, x[:, 0], 0, output="logit", cumulative=cumulative)
+    ic = metrics.insertion_correlation(SumModel(), x, x[:, 0], 0, output="logit", baseline="black",
+                                       cumulative=cumulative)
+    assert torch.allclose(dc.scores, torch.ones(2), atol=1e-5)
+    assert torch.allclose(ic.scores, torch.ones(2), atol=1e-5)
+    anti = metrics.deletion_correlation(SumModel(), x, -x[:, 0], 0, output="logit", cumulative=cumulative)
+    assert torch.allclose(anti.scores, -torch.ones(2), atol=1e-5)
+    flat = metrics.deletion_correlation(ConstantModel(), x, x[:, 0], 0, cumulative=cumulative)
+    assert torch.isnan(flat.scores).all() and flat.reasons is not None
+
+
+def test_dc_step_grouping_follows_gomez_bound() -> None:
+    x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    r = metrics.deletion_correlation(SumModel(), x, x[:, 0], 0, steps=196, output="logit")
+    assert r.curves.shape == (1, 257)  # 256 // 196 = 1 pixel per step
+    r = metrics.deletion_correlation(SumModel(), x, x[:, 0], 0, steps=50, output="logit")
+    assert r.curves.shape == (1, 53)  # 5 pixels per step -> ceil(256 / 5) = 52 steps + step 0
+
+
+BAD_CALLS = [
+    ("deletion", dict(steps=2)),
+    ("insertion", dict(steps=2)),
+    ("pixel_flipping", {}),
+    ("region_perturbation", dict(patch_size=1, regions_evaluation=2)),
+    ("aopc", dict(steps=2)),
+    ("abpc", dict(steps=2)),
+    ("road", dict(percentages=[50])),
+    ("irof", dict(segments=torch.tensor([[[0, 0], [1, 1]]]))),
+    ("average_drop", {}),
+    ("increase_in_confidence", {}),
+    ("average_drop_in_deletion", {}),
+    ("deletion_correlation", {}),
+    ("insertion_correlation", {}),
+]
+
+
+@pytest.mark.parametrize("name,kw", BAD_CALLS)
+def test_bad_inputs_raise(name: str, kw: dict) -> None:
+    fn = getattr(metrics, name)
+    assert METRICS.get(name).info.category == "faithfulness"
+    nan_map = X[:, 0].clone()
+    nan_map[0, 0, 0] = math.nan
+    with pytest.raises(InputError, match="NaN"):
+        fn(SumModel(), X, nan_map, T, **kw)
+    with pytest.raises(InputError, match="batch"):
+        fn(SumModel(), X, torch.rand(2, 2, 2), T, **kw)
+    with pytest.raises(InputError, match="out of range"):
+        fn(SumModel(), X, X[:, 0], torch.tensor([2]), **kw)
+    with pytest.raises(InputError):
+        fn(SumModel(), X[0], X[:, 0], T, **kw)
+
+
+def test_bad_parameters_raise() -> None:
+    with pytest.raises(InputError, match="exceeds"):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=5)
+    with pytest.raises(InputError, match="exceeds"):
+        metrics.aopc(SumModel(), X, torch.rand(1, 1, 1), T, steps=2)
+    with pytest.raises(UnknownNameError):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, baseline="blak")
+    with pytest.raises(InputError):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, normalize="max")
+    with pytest.raises(InputError):
+        metrics.region_perturbation(SumModel(), X, X[:, 0], T, order="best")
+    with pytest.raises(InputError):
+        metrics.road(SumModel(), X, X[:, 0], T, percentages=[120])
+    with pytest.raises(InputError):
+        metrics.road(SumModel(), X, X[:, 0], T, noise=-1.0)
+    with pytest.raises(InputError):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, output="prob")
+    with pytest.raises(InputError):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, max_batch=0)
