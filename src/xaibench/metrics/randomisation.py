@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from xaibench.checks import check_images, check_targets
 from xaibench.errors import InputError
 from xaibench.metrics import similarity as sim
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
 from xaibench.metrics.robustness import explain_chunked
 from xaibench.seeding import make_generator
 
@@ -173,10 +173,7 @@ def model_parameter_randomisation(
     scores = curves.nanmean(dim=1) if score == "mean" else curves[:, -1]
     final = curves if order == "independent" else curves[:, -1:]
     passed = (final < threshold).all(dim=1)
-    undefined = torch.isnan(scores)
-    reasons = tuple(
-        "the similarity is undefined (a constant map)" if u else None for u in undefined.tolist()
-    ) if undefined.any() else None
+    reasons = nan_reasons(torch.isnan(scores), "the similarity is undefined (a constant map)")
     params = dict(order=order, similarity=similarity if isinstance(similarity, str) else "custom",
                   absolute=absolute, normalise=normalise, score=score, threshold=threshold,
                   layers=[n for n, _ in chosen], skip_layers=skip_layers,
@@ -225,10 +222,7 @@ def random_logit(
     maps = explain_chunked(explainer, inputs, t, max_batch)
     off_maps = explain_chunked(explainer, inputs, off, max_batch)
     scores = compare(_prepare(maps, absolute, normalise), _prepare(off_maps, absolute, normalise)).float()
-    undefined = torch.isnan(scores)
-    reasons = tuple(
-        "the similarity is undefined (a constant map)" if u else None for u in undefined.tolist()
-    ) if undefined.any() else None
+    reasons = nan_reasons(torch.isnan(scores), "the similarity is undefined (a constant map)")
     params = dict(similarity=similarity if isinstance(similarity, str) else "custom", absolute=absolute,
                   normalise=normalise, threshold=threshold, max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)

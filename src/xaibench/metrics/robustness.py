@@ -383,8 +383,8 @@ def minmax01(maps: Tensor) -> Tensor:
     name="noise_stability", category="robustness", higher_is_better=False, range=(0.0, 1.0),
     requires=_SENS_REQUIRES, cost="n_samples + 1 explanations",
     references=("autotimm.interpretation.ExplanationMetrics.sensitivity_n",),
-    description="Mean absolute change of the min-max normalised map under Gaussian noise (std noise_level, "
-    "clamped to [0, 1]), averaged over n_samples noisy copies; autotimm's 'sensitivity_n' score.",
+    description="Mean absolute change of the min-max normalised map under Gaussian noise of std noise_level, "
+    "averaged over n_samples noisy copies; autotimm's 'sensitivity_n' score.",
 ))
 def noise_stability(
     model: nn.Module,
@@ -394,24 +394,26 @@ def noise_stability(
     *,
     noise_level: float = 0.15,
     n_samples: int = 50,
+    clip: bool = False,
     perturb_func: PerturbFn | None = None,
     max_batch: int = 64,
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """autotimm's noise sensitivity: ``mean_n mean_pixels |m(x + n) - m(x)|`` with ``m`` min-max normalised.
 
-    Defaults are autotimm's (``noise_level=0.15``, 50 samples; noisy images clamped to [0, 1]).
+    Defaults are autotimm's (``noise_level=0.15``, 50 samples, noisy images not clipped as in
+    autotimm 0.7.x; ``clip=True`` clamps them to [0, 1] as earlier autotimm versions did).
     Maps are normalised as autotimm's explainers do (`minmax01`). Lower is better. extras:
     ``std`` (population std over the copies), ``max_change`` and the per-copy ``samples``.
     """
-    perturb = gaussian_noise(noise_level, clip=True) if perturb_func is None else perturb_func
+    perturb = gaussian_noise(noise_level, clip=clip) if perturb_func is None else perturb_func
 
     def stat(x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, h: Tensor | None, hp: Tensor | None) -> Tensor:
         return (minmax01(ep) - minmax01(e)).abs().flatten(1).mean(dim=1)
 
     values, _, _ = perturbed_rows(model, inputs, targets, explainer, stat, n_samples=n_samples, perturb=perturb,
                                   seed=seed, max_batch=max_batch)
-    params = dict(noise_level=noise_level if perturb_func is None else None, n_samples=n_samples,
+    params = dict(noise_level=noise_level if perturb_func is None else None, n_samples=n_samples, clip=clip,
                   perturb_func="gaussian" if perturb_func is None else getattr(perturb_func, "__name__", "custom"),
                   max_batch=max_batch, seed=seed if isinstance(seed, int) else None)
     extras = {"std": values.std(dim=1, correction=0).float(), "max_change": values.amax(dim=1).float(),
