@@ -262,3 +262,13 @@ def test_noisy_imputation_noise_is_seeded_and_on_removed_pixels_only() -> None:
     assert torch.equal(n1[~removed[:, None].expand_as(x)], x[~removed[:, None].expand_as(x)])
     assert abs(float(diff.std()) - 0.1) < 0.01
     assert torch.equal(noisy_linear_impute(x, removed, noise=0.0), clean)
+
+
+def test_coarse_to_fine_solver_matches_dense_solve_on_larger_image() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(1, 1, 40, 36, generator=g)  # >= 32 px: the coarse levels are used
+    a = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, generator=g), size=(40, 36), mode="bilinear")[:, 0]
+    removed = a > a.flatten().quantile(0.4)  # one large removed region
+    out = linear_impute(x, removed)
+    ref = dense_reference(x[0, 0].double().numpy(), removed[0].numpy())
+    assert np.abs(out[0, 0].double().numpy() - ref).max() < 1e-4

@@ -63,7 +63,7 @@ def road(
     lerf: bool = True,
     output: str = "correct",
     resample: str = "upsample",
-    tol: float = 1e-8,
+    tol: float = 1e-6,
     max_batch: int = 64,
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
