@@ -58,8 +58,17 @@ def test_correlations_match_scipy(fixture, request) -> None:
                                atol=1e-6)
     expected = per_image(lambda x, y: scipy.stats.kendalltau(x, y, variant="b")[0], a, b)
     np.testing.assert_allclose(sim.kendall(a, b), expected, atol=1e-6)
-    # the blockwise pair count does not depend on the block size
-    np.testing.assert_allclose(sim.kendall(a, b, max_pairs=97), expected, atol=1e-6)
+
+
+def test_kendall_large_maps_and_inversions() -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 37, 41, generator=g)  # 1517 features: not a power of two
+    b = (a + torch.randn(2, 37, 41, generator=g)).round(decimals=1)  # ties in b only
+    expected = per_image(lambda x, y: scipy.stats.kendalltau(x, y, variant="b")[0], a, b)
+    np.testing.assert_allclose(sim.kendall(a, b), expected, atol=1e-6)
+    v = torch.randint(0, 6, (3, 50), generator=g).double()
+    brute = [(r[:, None] > r[None, :]).triu(1).sum().item() for r in v]
+    assert sim._inversions(v).tolist() == brute
 
 
 def test_constant_maps_are_nan(maps) -> None:

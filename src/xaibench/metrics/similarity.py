@@ -99,31 +99,55 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return _pearson_flat(_average_ranks(x), _average_ranks(y)).float()
 
 
-def kendall(a: Tensor, b: Tensor, *, max_pairs: int = 2**24) -> Tensor:
+def _inversions(v: Tensor) -> Tensor:
+    """Pairs ``i < j`` with ``v[:, i] > v[:, j]`` per row, by a vectorised bottom-up merge sort.
+
+    Rows are padded with +inf to a power of two; at each level every right block counts, with
+    ``searchsorted``, the elements of its (sorted) left neighbour that exceed each of its values.
+    O(N log^2 N) per row.
+    """
+    b, n = v.shape
+    size = 1 << max(n - 1, 0).bit_length()
+    x = torch.cat([v, v.new_full((b, size - n), torch.inf)], dim=1)
+    total = torch.zeros(b, dtype=torch.float64, device=v.device)
+    width = 1
+    while width < size:
+        blocks = x.view(b, size // (2 * width), 2, width)
+        left = blocks[:, :, 0].reshape(-1, width).contiguous()
+        right = blocks[:, :, 1].reshape(-1, width).contiguous()
+        greater = width - torch.searchsorted(left, right, right=True)
+        total += greater.view(b, -1).sum(dim=1).double()
+        x = blocks.reshape(b, -1, 2 * width).sort(dim=2).values.reshape(b, size)
+        width *= 2
+    return total
+
+
+def _tied_pairs(v: Tensor) -> Tensor:
+    """Number of pairs with equal values per row: ``sum_groups t (t - 1) / 2``."""
+    sv = v.sort(dim=1).values
+    count = torch.searchsorted(sv, v.contiguous(), right=True) - torch.searchsorted(sv, v.contiguous())
+    return (count - 1).double().sum(dim=1) / 2
+
+
+def kendall(a: Tensor, b: Tensor) -> Tensor:
     """Kendall's tau-b per image (as ``scipy.stats.kendalltau``, ties corrected); NaN for a constant map.
 
-    ``tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))`` with ``n0 = N (N - 1) / 2`` and ``n1``, ``n2`` the
-    pairs tied in `a` and in `b`. Cost is O(N^2) per image over N features, computed in blocks of at
-    most `max_pairs` pairs, so memory stays bounded.
+    ``tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))`` with ``n0 = N (N - 1) / 2``, ``n1`` / ``n2`` the
+    pairs tied in `a` / `b` and ``n3`` those tied in both, so ``C - D = n0 - n1 - n2 + n3 - 2 D``.
+    The discordant pairs ``D`` are the inversions of `b` sorted by (`a`, `b`): O(N log^2 N).
     """
     x, y = _pair(a, b)
-    n_img, n = x.shape
-    s = torch.zeros(n_img, dtype=torch.float64, device=x.device)
-    rows = max(1, max_pairs // max(n, 1))
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        da = torch.sign(x[:, start:stop, None] - x[:, None, :])
-        db = torch.sign(y[:, start:stop, None] - y[:, None, :])
-        s += (da * db).sum(dim=(1, 2))
-    s = s / 2  # every unordered pair was counted twice
+    n = x.shape[1]
+    # integer ranks (lowest index of each tie group) make a lexicographic (a, b) key exact
+    rx = torch.searchsorted(x.sort(dim=1).values, x.contiguous())
+    ry = torch.searchsorted(y.sort(dim=1).values, y.contiguous())
+    key = rx * (n + 1) + ry
+    order = key.argsort(dim=1)
+    discordant = _inversions(ry.gather(1, order).double())
     n0 = n * (n - 1) / 2
-
-    def tied_pairs(v: Tensor) -> Tensor:
-        sv = v.sort(dim=1).values
-        count = torch.searchsorted(sv, v.contiguous(), right=True) - torch.searchsorted(sv, v.contiguous())
-        return (count - 1).double().sum(dim=1) / 2
-
-    denom = ((n0 - tied_pairs(x)) * (n0 - tied_pairs(y))).sqrt()
+    n1, n2, n3 = _tied_pairs(x), _tied_pairs(y), _tied_pairs(key.double())
+    denom = ((n0 - n1) * (n0 - n2)).sqrt()
+    s = n0 - n1 - n2 + n3 - 2 * discordant
     return (s / torch.where(denom > 0, denom, torch.nan)).clamp(-1.0, 1.0).float()
 
 
