@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import quantus
 import torch
+from captum.attr import GuidedBackprop
 from captum.attr import Saliency as CaptumSaliency
 from captum.metrics import sensitivity_max
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
@@ -118,8 +119,10 @@ def test_max_sensitivity_matches_captum(setup) -> None:
     torch.testing.assert_close(result.scores, expected.float(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU")
 def test_captum_published_convnet_case() -> None:
-    """Captum's tests/metrics/test_sensitivity.py::test_convnet_multi_target: expected sensitivity 0 (+-0.05)."""
+    """Captum's tests/metrics/test_sensitivity.py convnet cases: expected sensitivity 0 (+-0.05)."""
     model = BasicModel_ConvNet_One_Conv()
     x = torch.stack([torch.arange(1, 17).float()] * 20, dim=0).view(20, 1, 4, 4)
     targets = torch.tensor([1] * 20)
@@ -134,6 +137,10 @@ def test_captum_published_convnet_case() -> None:
                              n_perturb_samples=10, target=targets, max_examples_per_batch=40)
     torch.testing.assert_close(ours.scores, torch.zeros(20), atol=0.05, rtol=0)
     torch.testing.assert_close(ours.scores, theirs.float())
+    # test_convnet_multi_target_and_default_pert_func: GuidedBackprop, default uniform noise, expected 0 (+-0.05)
+    gbp = max_sensitivity(model, x, targets, lambda i, t: GuidedBackprop(model).attribute(i, target=t)[:, 0],
+                          n_samples=10, max_batch=40)
+    torch.testing.assert_close(gbp.scores, torch.zeros(20), atol=0.05, rtol=0)
 
 
 def test_linear_model_gradient_is_insensitive() -> None:
