@@ -117,13 +117,16 @@ def perturbed_scores(
     """
     random_fill = baseline in RANDOM_BASELINES
     params = dict(baseline_params or {})
-    replacement = None if random_fill else fill(inputs, baseline, **params)
     out = torch.empty(n_rows, dtype=torch.float32, device=inputs.device)
     for start in range(0, n_rows, max_batch):
         stop = min(start + max_batch, n_rows)
         image = torch.arange(start, stop, device=inputs.device) // rows_per_image
         x = inputs[image]
-        values = fill(x, baseline, seed=generator, **params) if random_fill else replacement[image]  # type: ignore[index]
+        if random_fill:  # fresh values for every perturbed copy
+            values = fill(x, baseline, seed=generator, **params)
+        else:  # once per image of this chunk
+            first = start // rows_per_image
+            values = fill(inputs[first : (stop - 1) // rows_per_image + 1], baseline, **params)[image - first]
         mask = to_pixels(chunk_masks(start, stop), block)
         out[start:stop] = class_scores(model, torch.where(mask, values, x), targets[image], output=output, max_batch=max_batch)
     return out
@@ -132,7 +135,9 @@ def perturbed_scores(
 def random_subsets(keys: Tensor, sizes: Tensor) -> Tensor:
     """Random feature subsets as bool masks [n, F]: row ``i`` holds the `sizes[i]` features with
     the largest uniform `keys[i]` (keys [n, F] from ``torch.rand``), i.e. a uniform random subset."""
-    return ranks_desc(keys) < sizes[:, None]
+    top = keys.topk(int(sizes.max()), dim=1).indices
+    keep = torch.arange(top.shape[1], device=keys.device) < sizes[:, None]
+    return torch.zeros_like(keys, dtype=torch.bool).scatter_(1, top, keep)
 
 
 def ranks_desc(values: Tensor) -> Tensor:

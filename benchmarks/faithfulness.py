@@ -1,0 +1,322 @@
+"""Benchmark of the faithfulness metrics: ``python -m benchmarks.faithfulness [--quick] [--device cpu|cuda]``.
+
+For every registered faithfulness metric (plus the cases of `CASES`), on the same model, images
+and maps, it measures:
+
+(a) cost: wall time of the metric against the forward passes it cannot avoid, i.e. the same
+    number of images (counted by wrapping the model) pushed through
+    `xaibench.perturbation.forward.class_scores` at the same `max_batch`. Target <= 1.25x.
+(b) speed-up against the reference implementation (Quantus 0.6.0, or Captum for infidelity) at
+    identical settings, and agreement of the scores: max |difference| for deterministic metrics,
+    difference of the means for metrics whose reference draws its own random subsets.
+(c) memory: peak memory growth during the call for two data-set sizes at the same `max_batch`
+    (CPU: growth of the peak resident set size, ``VmHWM`` reset through ``/proc/self/clear_refs``
+    after ``malloc_trim``, so it counts every page the call touches, tensors and interpreter alike; CUDA:
+    ``torch.cuda.max_memory_allocated``). Flat in N means memory is bounded by `max_batch`.
+
+Setting: a LeNet-sized random CNN on 1x32x32 images in [0, 1] (one channel, so that Quantus'
+features, which are single channel values, equal xaibench's pixel features and the numbers can
+be compared), gradient x input maps. To add a metric colleagues register, add a `Case` row with
+its parameters and, where one exists, a `quantus(...)` reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import xaibench.metrics as M
+from xaibench.perturbation.forward import class_scores
+
+Reference = Callable[[nn.Module, Tensor, Tensor, Tensor, str], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked metric: our parameters, the reference run at identical settings (or None),
+    and whether the reference draws its own random numbers (then only distributions agree)."""
+
+    metric: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reference: Reference | None = None
+    reference_name: str = ""
+    random_reference: bool = False
+
+
+def quantus(cls_name: str, **params: Any) -> Reference:
+    """A Quantus metric class called on numpy copies, softmax scores, no normalisation of the maps."""
+
+    def run(model: nn.Module, x: Tensor, a: Tensor, y: Tensor, device: str) -> np.ndarray:
+        import quantus as q
+
+        metric = getattr(q, cls_name)(normalise=False, disable_warnings=True, display_progressbar=False, **params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = metric(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(),
+                         a_batch=a[:, None].cpu().numpy(), softmax=True, device=device, batch_size=x.shape[0])
+        return np.asarray(out, dtype=np.float64)
+
+    return run
+
+
+def captum_infidelity(std: float, n_perturb_samples: int, seed: int, normalize: bool) -> Reference:
+    """Captum's infidelity fed the very same Gaussian draws as xaibench's default perturbation."""
+
+    def run(model: nn.Module, x: Tensor, a: Tensor, y: Tensor, device: str) -> np.ndarray:
+        from captum.metrics import infidelity
+
+        from xaibench.metrics.infidelity import gaussian_perturbation
+        from xaibench.seeding import make_generator
+
+        gen, perturb = make_generator(seed, x.device), gaussian_perturbation(std)
+        out = infidelity(model, lambda inp: perturb(inp, gen), x, a[:, None].expand_as(x).contiguous(), target=y,
+                         n_perturb_samples=n_perturb_samples, normalize=normalize)
+        return out.double().cpu().numpy()
+
+    return run
+
+
+def cases(quick: bool) -> list[Case]:
+    """The table of benchmarked metrics. Quantus settings mirror ours (black = 0.0, no normalisation)."""
+    runs, step = (10, 64) if quick else (50, 16)
+    rows = [
+        Case("faithfulness_correlation", dict(nr_runs=runs, subset_size=102, baseline="black"),
+             quantus("FaithfulnessCorrelation", nr_runs=runs, subset_size=102, perturb_baseline=0.0, abs=False,
+                     return_aggregate=False), "Quantus", random_reference=True),
+        Case("faithfulness_estimate", dict(features_in_step=step, baseline="black"),
+             quantus("FaithfulnessEstimate", features_in_step=step, perturb_baseline=0.0, abs=False), "Quantus"),
+        Case("monotonicity_correlation", dict(features_in_step=2 * step, nr_samples=1, baseline="black"),
+             quantus("MonotonicityCorrelation", features_in_step=2 * step, nr_samples=1, perturb_baseline=0.0,
+                     abs=True), "Quantus"),
+        # Random-model gradient x input maps are far apart: 0.88 gives most images a neighbour.
+        Case("sufficiency", dict(threshold=0.88), quantus("Sufficiency", threshold=0.88, abs=True), "Quantus"),
+        Case("sensitivity_n", dict(subset_sizes=(0.01, 0.1, 0.5), nr_runs=runs // 2)),
+        Case("infidelity", dict(n_perturb_samples=runs, std=0.05, seed=0, output="softmax"),
+             captum_infidelity(0.05, runs, 0, False), "Captum"),
+    ]
+    known = {c.metric for c in rows}
+    # Every other registered faithfulness metric runs with its defaults (no reference).
+    others = [Case(name) for name, entry in M.METRICS.items()
+              if entry.info.category == "faithfulness" and name not in known]
+    return rows + others
+
+
+class LeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 5 * 5, 64), nn.ReLU(), nn.Linear(64, 10),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Counting(nn.Module):
+    """Counts the images passed through the wrapped model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.images += x.shape[0]
+        return self.model(x)
+
+
+def data(n: int, device: str, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    torch.manual_seed(seed)
+    model = LeNet().to(device).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 32, 32, generator=g).to(device)
+    x.requires_grad_(True)
+    logits = model(x)
+    y = logits.argmax(1).detach()
+    logits.softmax(1).gather(1, y[:, None]).sum().backward()
+    a = (x.grad * x).detach().sum(1)
+    return model, x.detach(), a, y
+
+
+def requires_args(name: str, model: nn.Module, x: Tensor, a: Tensor, y: Tensor) -> dict[str, Any]:
+    """The vocabulary words a metric takes; masks are a centred square, the explainer gradient x input."""
+
+    def explainer(inputs: Tensor, targets: Tensor) -> Tensor:
+        with torch.enable_grad():
+            inp = inputs.detach().requires_grad_(True)
+            model(inp).gather(1, targets[:, None]).sum().backward()
+        return (inp.grad * inp).detach().sum(1)
+
+    masks = torch.zeros(x.shape[0], *x.shape[-2:], dtype=torch.bool, device=x.device)
+    masks[:, 8:24, 8:24] = True
+    words = dict(model=model, inputs=x, attributions=a, targets=y, labels=y, masks=masks, explainer=explainer)
+    return {w: words[w] for w in M.METRICS.get(name).info.requires}
+
+
+def _clock(fn: Callable[[], Any]) -> tuple[float, Any]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
+def timed_pair(first: Callable[[], Any], second: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
+    """Best wall times of two functions over `repeats` interleaved calls (so that load changes on a
+    shared machine hit both alike), and the last result of the first."""
+    best_a, best_b, out = math.inf, math.inf, None
+    for _ in range(repeats):
+        t_a, out = _clock(first)
+        t_b, _ = _clock(second)
+        best_a, best_b = min(best_a, t_a), min(best_b, t_b)
+    return best_a, best_b, out
+
+
+def pure_forwards(model: nn.Module, n_images: int, like: Tensor, max_batch: int) -> None:
+    """Push `n_images` images through class_scores in chunks of `max_batch` (the unavoidable work)."""
+    x = torch.rand(min(n_images, max_batch), *like.shape[1:], device=like.device)
+    t = torch.zeros(x.shape[0], dtype=torch.long, device=like.device)
+    for start in range(0, n_images, max_batch):
+        m = min(max_batch, n_images - start)
+        class_scores(model, x[:m], t[:m], max_batch=max_batch)
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def peak_memory(fn: Callable[[], Any], device: str) -> int:
+    """Peak memory growth (bytes) during ``fn()``: CUDA allocator peak, or peak RSS on CPU."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, so reuse does not hide a peak
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM) to the current one
+    before = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - before
+
+
+def run(quick: bool, device: str, max_batch: int, n: int, repeats: int) -> dict[str, Any]:
+    base_model, x, a, y = data(n, device)
+    small_n = max(4, n // 4)
+    results = []
+    for case in cases(quick):
+        model = Counting(base_model)
+        params = dict(case.params, **({"max_batch": max_batch} if "max_batch" in _signature(case.metric) else {}))
+        fn = M.METRICS.get(case.metric).fn
+        fn(**requires_args(case.metric, model, x[:2], a[:2], y[:2]), **params)  # warm-up
+        model.images = 0
+        fn(**requires_args(case.metric, model, x, a, y), **params)
+        n_forward = model.images
+        t_ours, t_fwd, res = timed_pair(lambda: fn(**requires_args(case.metric, base_model, x, a, y), **params),
+                                        lambda: pure_forwards(base_model, n_forward, x, max_batch), repeats)
+        row: dict[str, Any] = dict(metric=case.metric, forwards_per_image=n_forward / n, ours_s=t_ours,
+                                   forward_s=t_fwd, ratio=t_ours / t_fwd, mean=res.mean())
+        if case.reference is not None:
+            t_ref, ref = _clock(lambda: case.reference(base_model, x, a, y, device))
+            ours = res.scores.double().cpu().numpy()
+            row.update(reference=case.reference_name, reference_s=t_ref, speedup=t_ref / t_ours,
+                       reference_mean=float(np.nanmean(ref)))
+            if case.random_reference:
+                row["agreement"] = f"|mean diff| {abs(np.nanmean(ours) - np.nanmean(ref)):.3f}"
+            else:
+                both = ~(np.isnan(ours) | np.isnan(ref))
+                row["agreement"] = (f"max |diff| {np.abs(ours[both] - ref[both]).max():.1e}" if both.any() else "-")
+                if not both.all():
+                    row["agreement"] += f" ({int((~both).sum())} NaN ours, ref {np.unique(ref[~both]).tolist()})"
+        mem = {}
+        for size in (small_n, n):
+            args = requires_args(case.metric, base_model, x[:size], a[:size], y[:size])
+            mem[size] = min(peak_memory(lambda: fn(**args, **params), device) for _ in range(2))
+        row.update(memory_small=mem[small_n], memory_large=mem[n])
+        results.append(row)
+        print(_line(row), flush=True)
+    return dict(
+        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), device=device, quick=quick, n=n,
+        small_n=small_n, max_batch=max_batch, threads=torch.get_num_threads(), cpus=os.cpu_count(),
+        machine=platform.processor() or platform.machine(), torch=torch.__version__, results=results,
+    )
+
+
+def _signature(name: str) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(M.METRICS.get(name).fn).parameters)
+
+
+def _line(row: dict[str, Any]) -> str:
+    ref = (f" | {row['reference']} {row['reference_s']:.2f}s speed-up {row['speedup']:.1f}x, {row['agreement']}"
+           if "reference" in row else "")
+    return (f"{row['metric']}: {row['ours_s']:.2f}s, {row['forwards_per_image']:.0f} forwards/image, "
+            f"pure forwards {row['forward_s']:.2f}s, ratio {row['ratio']:.2f}x{ref} | peak memory "
+            f"{row['memory_small'] / 2**20:.1f} / {row['memory_large'] / 2**20:.1f} MiB")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The results as a markdown table (the format of benchmarks/README.md)."""
+    lines = [
+        f"{report['date']}, device {report['device']}, N = {report['n']} images (memory also at N = "
+        f"{report['small_n']}), max_batch = {report['max_batch']}, torch threads {report['threads']}.",
+        "",
+        f"| metric | forwards / image | ours (s) | pure forwards (s) | ratio | reference | reference (s) "
+        f"| speed-up | agreement | mean ours / ref | peak MiB N={report['small_n']} | peak MiB N={report['n']} |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        ref = (f"{r['reference']} | {r['reference_s']:.2f} | {r['speedup']:.1f}x | {r['agreement']} | "
+               f"{r['mean']:.3f} / {r['reference_mean']:.3f}" if "reference" in r else f"- | - | - | - | {r['mean']:.3f}")
+        lines.append(f"| {r['metric']} | {r['forwards_per_image']:.0f} | {r['ours_s']:.2f} | {r['forward_s']:.2f} | "
+                     f"{r['ratio']:.2f}x | {ref} | {r['memory_small'] / 2**20:.1f} | {r['memory_large'] / 2**20:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faithfulness", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and runs (a smoke run)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--max-batch", type=int, default=256)
+    parser.add_argument("--n", type=int, default=None, help="images (default 64, quick 8)")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+    n = args.n or (8 if args.quick else 64)
+    report = run(args.quick, args.device, args.max_batch, n, repeats=1 if args.quick else 5)
+    print()
+    print(markdown(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
