@@ -151,10 +151,14 @@ def test_linear_model_gradient_is_insensitive() -> None:
         assert torch.equal(result.scores, torch.zeros(2)), metric.__name__
 
 
-def test_local_lipschitz_matches_quantus(setup) -> None:
+@pytest.mark.parametrize("normalise", [False, True])
+def test_local_lipschitz_matches_quantus(setup, normalise) -> None:
     model, x, y = setup
-    result = local_lipschitz(model, x, y, Saliency(model), std=0.1, n_samples=N, max_batch=7)
-    metric = quantus.LocalLipschitzEstimate(nr_samples=N, perturb_std=0.1, normalise=False, disable_warnings=True)
+    result = local_lipschitz(model, x, y, Saliency(model), std=0.1, n_samples=N, max_batch=7, normalise=normalise)
+    # Quantus' normalise_by_max divides by the max over the whole batch unless told the per-image axes
+    metric = quantus.LocalLipschitzEstimate(nr_samples=N, perturb_std=0.1, normalise=normalise,
+                                            normalise_func_kwargs={"normalise_axes": [1, 2, 3]},
+                                            disable_warnings=True)
     inject(metric, our_draws(gaussian_noise(0.1), x))
     np.testing.assert_allclose(result.scores.numpy(), run_quantus(metric, model, x, y), rtol=1e-5)
     assert torch.isfinite(result.scores).all() and (result.scores > 0).all()

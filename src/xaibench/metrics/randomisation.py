@@ -7,8 +7,8 @@
 
 Scores are similarities (lower is better: a method that passes produces different maps). The
 similarity is computed by `xaibench.metrics.similarity` after the same preprocessing on both maps:
-``absolute`` takes ``|map|``, ``normalise`` divides each map by its max ``|value|`` (all-zero maps
-unchanged), as Quantus' ``normalise_by_max``. `model` is modified in place while a check runs and
+``absolute`` takes ``|map|``, ``normalise`` divides each map by its own max ``|value|`` (all-zero
+maps unchanged; Quantus' ``normalise_by_max`` divides by the max over the whole batch). `model` is modified in place while a check runs and
 its weights (the whole ``state_dict``, buffers included) are ALWAYS restored afterwards, also when
 the explainer raises.
 """

@@ -257,6 +257,7 @@ def local_lipschitz(
     *,
     std: float = 0.1,
     n_samples: int = 10,
+    normalise: bool = False,
     perturb_func: PerturbFn | None = None,
     keep_prediction: bool = False,
     max_batch: int = 64,
@@ -264,21 +265,26 @@ def local_lipschitz(
 ) -> MetricResult:
     """Local Lipschitz estimate ``max_x' ||e(x') - e(x)||_2 / ||x' - x||_2``. Lower is better.
 
-    Default perturbation: Gaussian noise of `std` (0.1, Quantus' default), not clipped. Maps are
-    compared as returned by the explainer (Quantus normalises them by their max |value| by
-    default; wrap the explainer to do so). A copy equal to its original gives NaN for that copy.
+    Default perturbation: Gaussian noise of `std` (0.1, Quantus' default), not clipped.
+    normalise: divide every map (original and perturbed) by its max |value| first (all-zero maps
+    unchanged), Quantus' default ``normalise_by_max``; off by default (maps as the explainer
+    returns them). A copy equal to its original gives NaN for that copy.
     """
     perturb = gaussian_noise(std) if perturb_func is None else perturb_func
 
+    def by_max(m: Tensor) -> Tensor:
+        peak = m.flatten(1).abs().amax(dim=1).view(-1, 1, 1)
+        return m / torch.where(peak > 0, peak, 1.0) if normalise else m
+
     def stat(x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, h: Tensor | None, hp: Tensor | None) -> Tensor:
         dx = _norm(xp - x)
-        return _norm(ep - e) / torch.where(dx > 0, dx, torch.nan)
+        return _norm(by_max(ep) - by_max(e)) / torch.where(dx > 0, dx, torch.nan)
 
     values, _, _ = perturbed_rows(model, inputs, targets, explainer, stat, n_samples=n_samples, perturb=perturb,
                                   seed=seed, max_batch=max_batch, keep_prediction=keep_prediction)
     undefined = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
     scores, reasons = _reduce(values, "max", undefined, "")
-    params = dict(std=std if perturb_func is None else None, n_samples=n_samples,
+    params = dict(std=std if perturb_func is None else None, n_samples=n_samples, normalise=normalise,
                   perturb_func="gaussian" if perturb_func is None else getattr(perturb_func, "__name__", "custom"),
                   keep_prediction=keep_prediction, max_batch=max_batch, seed=seed if isinstance(seed, int) else None)
     return MetricResult(scores=scores, info=local_lipschitz.info, params=params,  # type: ignore[attr-defined]
