@@ -224,7 +224,14 @@ def test_noise_stability_is_autotimms_sensitivity(setup) -> None:
 
 def test_chunking_and_seed(setup) -> None:
     model, x, y = setup
-    a = max_sensitivity(model, x, y, Saliency(model), n_samples=5, max_batch=2, seed=7)
+    rows: list[int] = []
+
+    def recording(inputs: Tensor, targets: Tensor) -> Tensor:
+        rows.append(inputs.shape[0])
+        return Saliency(model)(inputs, targets)
+
+    a = max_sensitivity(model, x, y, recording, n_samples=5, max_batch=2, seed=7)
+    assert max(rows) == 2 and sum(rows) == 3 * 5 + 3  # the copies and the originals, 2 rows at a time
     b = max_sensitivity(model, x, y, Saliency(model), n_samples=5, max_batch=64, seed=7)
     c = max_sensitivity(model, x, y, Saliency(model), n_samples=5, seed=8)
     torch.testing.assert_close(a.scores, b.scores)
