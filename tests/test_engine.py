@@ -272,3 +272,14 @@ def test_coarse_to_fine_solver_matches_dense_solve_on_larger_image() -> None:
     out = linear_impute(x, removed)
     ref = dense_reference(x[0, 0].double().numpy(), removed[0].numpy())
     assert np.abs(out[0, 0].double().numpy() - ref).max() < 1e-4
+
+
+def test_engine_rejects_bad_modes() -> None:
+    x = torch.rand(1, 1, 2, 2)
+    ranking = rank_features(torch.rand(1, 2, 2), (2, 2))
+    counts = step_counts(ranking.num_features, steps=2)
+    with pytest.raises(InputError):
+        perturbation_curves(Recorder(), x, torch.tensor([0]), ranking, counts, mode="reveal")
+    with pytest.raises(InputError, match="imputer"):
+        perturbation_curves(Recorder(), x, torch.tensor([0]), ranking, counts, mode="insert",
+                            imputer=lambda a, b, c: a)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
-from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
+from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features, step_counts
 
 _REFS = (
     "Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018.",
@@ -95,10 +95,8 @@ def deletion(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """Deletion AUC (lower is better); see the module doc."""
-    p = dict(steps=steps, baseline=baseline, baseline_params=baseline_params, patch_size=patch_size,
-                resample=resample, output=output, normalize=normalize,
-                max_batch=max_batch, seed=seed)
-    return _run("delete", deletion.info, model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+    params = metric_params(locals())
+    return _run("delete", deletion.info, model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
 
 
 @register_metric(
@@ -130,7 +128,5 @@ def insertion(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """Insertion AUC (higher is better); see the module doc."""
-    p = dict(steps=steps, baseline=baseline, baseline_params=baseline_params, patch_size=patch_size,
-                resample=resample, output=output, normalize=normalize,
-                max_batch=max_batch, seed=seed)
-    return _run("insert", insertion.info, model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+    params = metric_params(locals())
+    return _run("insert", insertion.info, model, inputs, attributions, targets, params)  # type: ignore[attr-defined]

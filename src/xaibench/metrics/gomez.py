@@ -38,6 +38,7 @@ from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, registe
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.curves import pearson_rows, trapezoid
 from xaibench.perturbation.engine import (
+    metric_params,
     perturbation_curves,
     prepare,
     rank_features,
@@ -104,7 +105,7 @@ def average_drop(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """AD = max(Y - O, 0) / Y per image (see module doc)."""
-    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
     bad = const | (y <= 0)
     return _result(average_drop.info, (y - o).clamp_min(0) / y, bad,  # type: ignore[attr-defined]
@@ -124,7 +125,7 @@ def increase_in_confidence(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """IIC = 1[O > Y] per image (see module doc)."""
-    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
     return _result(increase_in_confidence.info, (o > y).double(), const, _CONST, params, y, o)  # type: ignore[attr-defined]
 
@@ -142,7 +143,7 @@ def average_drop_in_deletion(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """ADD = (Y - O) / Y per image with the mask inverted (see module doc)."""
-    params = dict(baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed)
+    params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=True, **params)
     bad = const | (y <= 0)
     return _result(average_drop_in_deletion.info, (y - o) / y, bad,  # type: ignore[attr-defined]
@@ -196,10 +197,8 @@ def deletion_correlation(
     max_batch: int = 256, seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """DC (see module doc); ``extras["auc"]`` is DAUC."""
-    p = dict(steps=steps, cumulative=cumulative, patch_size=patch_size, baseline=baseline,
-                     baseline_params=baseline_params, resample=resample, output=output, max_batch=max_batch,
-                     seed=seed)
-    return _correlation(deletion_correlation.info, "delete", model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+    params = metric_params(locals())
+    return _correlation(deletion_correlation.info, "delete", model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
 
 
 @register_metric(
@@ -216,7 +215,5 @@ def insertion_correlation(
     max_batch: int = 256, seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """IC (see module doc); ``extras["auc"]`` is IAUC."""
-    p = dict(steps=steps, cumulative=cumulative, patch_size=patch_size, baseline=baseline,
-                     baseline_params=baseline_params, resample=resample, output=output, max_batch=max_batch,
-                     seed=seed)
-    return _correlation(insertion_correlation.info, "insert", model, inputs, attributions, targets, p)  # type: ignore[attr-defined]
+    params = metric_params(locals())
+    return _correlation(insertion_correlation.info, "insert", model, inputs, attributions, targets, params)  # type: ignore[attr-defined]

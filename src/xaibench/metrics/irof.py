@@ -21,7 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
-from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts, superpixel_segments
+from xaibench.perturbation.engine import (
+    metric_params,
+    perturbation_curves,
+    prepare,
+    rank_features,
+    step_counts,
+    superpixel_segments,
+)
 
 
 @register_metric(
@@ -54,6 +61,8 @@ def irof(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """IROF area over the curve (higher is better); see the module doc."""
+    params = metric_params(locals())
+    params["segments"] = "given" if segments is not None else "slic"
     x, a, t = prepare(model, inputs, attributions, targets)
     seg = superpixel_segments(x, n_segments=n_segments, compactness=compactness) if segments is None else segments
     ranking = rank_features(a, x.shape[-2:], order="morf", granularity="superpixel", segments=seg)
@@ -70,8 +79,6 @@ def irof(
     interval_ok = torch.arange(rel.shape[1] - 1, device=rel.device)[None, :] + 1 < n_seg[:, None]
     area = ((rel[:, 1:] + rel[:, :-1]) * 0.5 * interval_ok).sum(dim=1)
     score = n_seg.double() - area
-    params = dict(n_segments=n_segments, compactness=compactness, baseline=baseline, baseline_params=baseline_params,
-                  output=output, max_batch=max_batch, seed=seed, segments_given=segments is not None)
     return MetricResult(
         score.float(), irof.info, params, curves,  # type: ignore[attr-defined]
         nan_reasons(bad, "score of the unperturbed image is <= 0"),

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.perturbation.curves import trapezoid
-from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
+from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features, step_counts
 
 _REQ = ("model", "inputs", "attributions", "targets")
 _BACH = (
@@ -94,12 +94,9 @@ def pixel_flipping(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """Pixel-flipping curve and its area (Quantus's AUC of the curve without step 0)."""
+    params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    curves = _curves(model, x, a, t, order="morf", patch_size=1, resample=resample, baseline=baseline,
-                     baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
-                     features_per_step=features_per_step)
-    params = dict(features_per_step=features_per_step, baseline=baseline, baseline_params=baseline_params,
-                  resample=resample, output=output, max_batch=max_batch, seed=seed)
+    curves = _curves(model, x, a, t, order="morf", patch_size=1, **params)
     return MetricResult(trapezoid(curves[:, 1:]).float(), pixel_flipping.info, params, curves)  # type: ignore[attr-defined]
 
 
@@ -135,12 +132,11 @@ def region_perturbation(
 
     Higher is better for ``order="morf"``; for ``"lerf"`` lower is better.
     """
+    params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
     curves = _curves(model, x, a, t, order=order, patch_size=patch_size, resample=resample, baseline=baseline,
                      baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
                      features_per_step=1, max_steps=regions_evaluation)
-    params = dict(patch_size=patch_size, order=order, regions_evaluation=regions_evaluation, baseline=baseline,
-                  baseline_params=baseline_params, resample=resample, output=output, max_batch=max_batch, seed=seed)
     drops = (curves[:, :1] - curves[:, 1:]).float()
     return MetricResult(_aopc(curves).float(), region_perturbation.info, params, curves,  # type: ignore[attr-defined]
                         extras={"drops": drops})
@@ -175,11 +171,9 @@ def aopc(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """``mean_{k=0..steps} (s_0 - s_k)`` on ``floor(k * F / steps)`` perturbed features."""
+    params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    curves = _curves(model, x, a, t, order=order, patch_size=patch_size, resample=resample, baseline=baseline,
-                     baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed, steps=steps)
-    params = dict(steps=steps, patch_size=patch_size, order=order, baseline=baseline, baseline_params=baseline_params,
-                  resample=resample, output=output, max_batch=max_batch, seed=seed)
+    curves = _curves(model, x, a, t, **params)
     return MetricResult(_aopc(curves).float(), aopc.info, params, curves)  # type: ignore[attr-defined]
 
 
@@ -213,13 +207,9 @@ def abpc(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """``trapezoid(lerf - morf, dx=1/steps)``; curves = MoRF, ``extras["lerf"]`` = LeRF curve."""
+    params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    kw: dict[str, Any] = dict(patch_size=patch_size, resample=resample, baseline=baseline,
-                              baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
-                              steps=steps)
-    morf = _curves(model, x, a, t, order="morf", **kw)
-    lerf = _curves(model, x, a, t, order="lerf", **kw)
-    params = dict(steps=steps, patch_size=patch_size, baseline=baseline, baseline_params=baseline_params,
-                  resample=resample, output=output, max_batch=max_batch, seed=seed)
+    morf = _curves(model, x, a, t, order="morf", **params)
+    lerf = _curves(model, x, a, t, order="lerf", **params)
     score = trapezoid(lerf - morf, 1.0 / steps).float()
     return MetricResult(score, abpc.info, params, morf, extras={"lerf": lerf})  # type: ignore[attr-defined]

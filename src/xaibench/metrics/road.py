@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
-from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
+from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features
 from xaibench.perturbation.imputation import noisy_linear_impute
 from xaibench.seeding import make_generator
 
@@ -68,6 +68,7 @@ def road(
     seed: int | torch.Generator | None = 0,
 ) -> MetricResult:
     """ROAD MoRF score (lower is better), LeRF curve and gap in extras; see the module doc."""
+    params = metric_params(locals()) | {"percentages": [float(p) for p in percentages]}
     pct = torch.as_tensor(list(percentages), dtype=torch.float64)
     if pct.numel() == 0 or (pct < 0).any() or (pct > 100).any():
         raise InputError(f"percentages must be a non-empty list of values in [0, 100], got {list(percentages)}")
@@ -92,6 +93,4 @@ def road(
     if lerf:
         lerf_score = curves["lerf"][:, 1:].double().mean(dim=1).float()
         extras = {"lerf": curves["lerf"], "lerf_score": lerf_score, "gap": lerf_score - morf_score}
-    params = dict(percentages=[float(p) for p in pct], noise=noise, lerf=lerf, output=output, resample=resample,
-                  tol=tol, max_batch=max_batch, seed=seed)
     return MetricResult(morf_score, road.info, params, curves["morf"], extras=extras)  # type: ignore[attr-defined]

@@ -76,6 +76,13 @@ class Ranking:
     sorted_scores: Tensor
 
 
+def metric_params(local_vars: dict[str, Any]) -> dict[str, Any]:
+    """A metric's own parameters: its arguments (``locals()`` on entry) minus the shared vocabulary."""
+    from xaibench.metrics.base import VOCABULARY  # here: xaibench.metrics imports this module
+
+    return {k: v for k, v in local_vars.items() if k not in VOCABULARY}
+
+
 def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     """Device of the model's first parameter or buffer (`fallback` for parameter-free models)."""
     for t in model.parameters():
@@ -244,6 +251,8 @@ def perturbation_curves(
     _choice("output", output, OUTPUTS)
     if max_batch < 1:
         raise InputError(f"max_batch must be >= 1, got {max_batch}")
+    if imputer is not None and mode != "delete":
+        raise InputError("an imputer only applies to mode='delete'")
     dev = model_device(model, inputs.device)
     x = inputs.to(dev)
     t = targets.to(dev)
