@@ -40,25 +40,40 @@ def _neighbour_sum(u: Tensor) -> Tensor:
 
 
 def _pcg(x: Tensor, r_mask: Tensor, u: Tensor, tol: float, max_iter: int) -> tuple[Tensor, int]:
-    """Jacobi-preconditioned CG on the removed pixels, from the initial guess `u`; (solution, iterations)."""
+    """Jacobi-preconditioned CG on the removed pixels, from the initial guess `u`; (solution, iterations).
+
+    Every 8 iterations the systems that have converged are written out and dropped from the
+    working set, so an easy system does not iterate as long as the hardest one of its chunk.
+    """
     weight_sum = _neighbour_sum(torch.ones_like(x[:1]))
     tiny = torch.finfo(x.dtype).tiny
 
-    def apply(v: Tensor) -> Tensor:
-        return r_mask * (weight_sum * v - _neighbour_sum(r_mask * v))
+    def apply(v: Tensor, mask: Tensor) -> Tensor:
+        return mask * (weight_sum * v - _neighbour_sum(mask * v))
 
     b = r_mask * _neighbour_sum((1.0 - r_mask) * x)
-    b_norm = b.flatten(1).norm(dim=1)
+    limit = tol * b.flatten(1).norm(dim=1)
     u = r_mask * u
-    res = b - apply(u)
+    res = b - apply(u, r_mask)
     z = res / weight_sum
     p = z.clone()
     rz = (res * z).flatten(1).sum(1)
+    out = u.clone()
+    active = torch.arange(x.shape[0], device=x.device)
+    mask = r_mask
     it = 0
     for it in range(1, max_iter + 1):
-        if it % 8 == 1 and bool((res.flatten(1).norm(dim=1) <= tol * b_norm).all()):
-            break
-        ap = apply(p)
+        if it % 8 == 1:
+            done = res.flatten(1).norm(dim=1) <= limit
+            if bool(done.any()):
+                out[active[done]] = u[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    break
+                active, u, res, p, rz, mask, limit = (
+                    t[keep] for t in (active, u, res, p, rz, mask, limit)
+                )
+        ap = apply(p, mask)
         den = (p * ap).flatten(1).sum(1)
         alpha = torch.where(den > 0, rz / den.clamp_min(tiny), torch.zeros_like(den))
         u = u + alpha.view(-1, 1, 1, 1) * p
@@ -68,7 +83,9 @@ def _pcg(x: Tensor, r_mask: Tensor, u: Tensor, tol: float, max_iter: int) -> tup
         beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz))
         p = z + beta.view(-1, 1, 1, 1) * p
         rz = rz_new
-    return u, it
+    else:
+        out[active] = u  # max_iter reached: the current iterate
+    return out, it
 
 
 def _cascade(x: Tensor, r_mask: Tensor, tol: float, max_iter: int) -> Tensor:
