@@ -53,9 +53,49 @@ def test_deletion_constant_model_and_step_model() -> None:
     a = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1))
     c = metrics.deletion(ConstantModel(), x, a, 0, steps=8)
     assert torch.allclose(c.scores, torch.ones(3)) and torch.allclose(c.extras["final_drop"], torch.zeros(3))
-    for s in (2, 5, 16):
-        r = metrics.deletion(AnyPixelModel(), x, a, 0, steps=s, output="logit")
+    for s, norm in ((2, "original"), (16, "original"), (5, None), (7, None)):
+        r = metrics.deletion(AnyPixelModel(), x, a, 0, steps=s, output="logit", normalize=norm)
         assert torch.allclose(r.scores, torch.full((3,), (s - 0.5) / s), atol=1e-6)
+    # autotimm's schedule removes k * (64 // 5) = 12 k pixels: 4 pixels are never removed
+    r = metrics.deletion(AnyPixelModel(), x, a, 0, steps=5, output="logit")
+    assert torch.allclose(r.scores, torch.ones(3)) and torch.allclose(r.extras["final_drop"], torch.zeros(3))
+
+
+def autotimm_reference(model, x, heat, target, steps, insert):
+    """The published ExplanationMetrics loop, one image at a time (softmax, black baseline)."""
+    heat = torch.nn.functional.interpolate(heat[None, None], size=x.shape[-2:], mode="bilinear",
+                                           align_corners=False)[0, 0]
+    order = torch.sort(heat.flatten(), descending=True, stable=True).indices
+    per_step = order.numel() // steps
+    base = torch.zeros_like(x)
+    with torch.no_grad():
+        prob = lambda img: float(model(img[None]).softmax(1)[0, target])  # noqa: E731
+        original, base_score = prob(x), prob(base)
+        scores = [base_score if insert else original]
+        for k in range(1, steps + 1):
+            chosen = torch.zeros(order.numel(), dtype=torch.bool)
+            chosen[order[: k * per_step]] = True
+            chosen = chosen.view(1, *x.shape[-2:])
+            scores.append(prob(torch.where(chosen, x, base) if insert else torch.where(chosen, base, x)))
+    auc = sum((scores[i] + scores[i + 1]) / 2 for i in range(steps)) / steps / original
+    final = (scores[-1] - base_score) / (original - base_score + 1e-8) if insert else (original - scores[-1]) / original
+    return auc, final
+
+
+def test_deletion_insertion_match_autotimm_loop() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, maps = torch.rand(3, 3, 12, 12, generator=g), torch.rand(3, 4, 4, generator=g)
+    t = torch.tensor([0, 1, 2])
+    for insert in (False, True):
+        fn = metrics.insertion if insert else metrics.deletion
+        r = fn(model, x, maps, t, steps=7, baseline="black")
+        key = "final_rise" if insert else "final_drop"
+        for i in range(3):
+            auc, final = autotimm_reference(model, x[i], maps[i], int(t[i]), 7, insert)
+            assert r.scores[i].item() == pytest.approx(auc, abs=1e-5)
+            assert r.extras[key][i].item() == pytest.approx(final, abs=1e-4)
 
 
 def test_deletion_undefined_normalisation_is_nan_with_reason() -> None:

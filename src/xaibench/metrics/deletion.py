@@ -1,15 +1,18 @@
 """Deletion and insertion (Petsiuk et al., RISE, 2018): scores while features are removed / revealed.
 
-Both rank the features (pixels, or ``patch_size`` squares) of the map in MoRF order and take
-``steps`` evenly spaced cumulative steps (``floor(k * F / steps)`` features after step k).
-Curves [B, steps+1]: deletion starts from the image, insertion from the full baseline.
+Both rank the features (pixels, or ``patch_size`` squares) of the map in MoRF order (maps
+resized bilinearly to the input by default, ``resample="upsample"``) and take ``steps``
+cumulative steps. Curves [B, steps+1]: deletion starts from the image, insertion from the full
+baseline. Score: the trapezoid area over the steps+1 points with ``dx = 1 / steps``.
 
-Score: the trapezoid area over the steps+1 points with ``dx = 1 / steps``.
-``normalize="original"`` divides it by the score of the unperturbed image (autotimm's
-ExplanationMetrics; NaN where that score is <= 0); ``normalize=None`` keeps the raw area
-(Petsiuk et al., Gomez et al.'s DAUC/IAUC). Extras: ``final_drop`` (deletion) =
-(s_0 - s_K) and ``final_rise`` (insertion) = (s_K - s_0), divided by the original score under
-``normalize="original"``.
+- ``normalize="original"`` reproduces autotimm's ExplanationMetrics: ``k * (F // steps)``
+  features after step k (the last step leaves ``F mod steps`` features untouched), area divided
+  by the score of the unperturbed image (NaN where it is <= 0); ``final_drop = (s_orig - s_K) /
+  s_orig``; ``final_rise = (s_K - s_0) / (s_orig - s_0 + 1e-8)`` (s_0 = baseline score). For
+  insertion the unperturbed image costs one more forward.
+- ``normalize=None``: ``floor(k * F / steps)`` features after step k (all at the last step) and
+  the raw area (Petsiuk et al.; Gomez et al.'s DAUC / IAUC); ``final_drop = s_0 - s_K``,
+  ``final_rise = s_K - s_0``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
+from xaibench.perturbation.forward import class_scores
 from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features, step_counts
 
 _REFS = (
@@ -46,7 +50,10 @@ def _run(
         a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
         patch_size=patch, resample=params["resample"],
     )
-    counts = step_counts(ranking.num_features, steps=params["steps"])
+    steps = params["steps"]
+    counts = step_counts(ranking.num_features, steps=steps)
+    if params["normalize"] == "original":
+        counts = torch.arange(steps + 1, device=counts.device)[None, :] * (ranking.num_features[:, None] // steps)
     curves = perturbation_curves(
         model, x, t, ranking, counts, mode=mode,
         baseline=params["baseline"], baseline_params=params["baseline_params"], output=params["output"],
@@ -57,10 +64,12 @@ def _run(
     change = change.double()
     reasons = None
     if params["normalize"] == "original":
-        original = curves[:, 0] if mode == "delete" else curves[:, -1]
+        original = curves[:, 0] if mode == "delete" else class_scores(model, x, t, output=params["output"],
+                                                                       max_batch=params["max_batch"])
         bad = original <= 0
         denom = original.double().masked_fill(bad, float("nan"))
-        area, change = area / denom, change / denom
+        area = area / denom
+        change = change / denom if mode == "delete" else change / (original.double() - curves[:, 0].double() + 1e-8)
         reasons = nan_reasons(bad, "score of the unperturbed image is <= 0; normalize='original' is undefined")
     key = "final_drop" if mode == "delete" else "final_rise"
     return MetricResult(area.float(), info, params, curves, reasons, {key: change.float()})
@@ -84,11 +93,11 @@ def deletion(
     attributions: Tensor,
     targets: Tensor,
     *,
-    steps: int = 20,
+    steps: int = 50,
     baseline: str = "black",
     baseline_params: dict[str, Any] | None = None,
     patch_size: int = 1,
-    resample: str = "rank_native",
+    resample: str = "upsample",
     output: str = "softmax",
     normalize: str | None = "original",
     max_batch: int = 256,
@@ -106,7 +115,7 @@ def deletion(
         higher_is_better=True,
         range=(0.0, float("inf")),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="steps + 1 forwards",
+        cost="steps + 1 forwards (+ 1 with normalize='original')",
         references=_REFS,
         description="Area under the target score while the most relevant features are revealed on the baseline.",
     )
@@ -117,11 +126,11 @@ def insertion(
     attributions: Tensor,
     targets: Tensor,
     *,
-    steps: int = 20,
+    steps: int = 50,
     baseline: str = "gaussian_blur",
     baseline_params: dict[str, Any] | None = None,
     patch_size: int = 1,
-    resample: str = "rank_native",
+    resample: str = "upsample",
     output: str = "softmax",
     normalize: str | None = "original",
     max_batch: int = 256,
