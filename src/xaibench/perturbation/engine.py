@@ -22,7 +22,8 @@ Conventions:
   do for 7x7 CAMs); ``"upsample"`` first resizes the map bilinearly (align_corners=False) to the
   input size. Superpixels always rank at input resolution.
 - Patch features: ``patch_size`` x ``patch_size`` tiles from the top-left corner (border tiles
-  may be smaller); a tile's score is the SUM of its attributions (as Quantus).
+  may be smaller) of the ranking grid (map pixels under ``rank_native``, input pixels under
+  ``upsample``); a tile's score is the SUM of its attributions (as Quantus).
 - Superpixels: SLIC (scikit-image, one call per image on CPU, ``start_label=0``); a superpixel's
   score is the MEAN of its attributions (as Quantus IROF).
 - Modes: ``"delete"`` replaces perturbed features by the baseline; ``"insert"`` starts from the
@@ -126,7 +127,7 @@ def rank_features(
     _choice("resample", resample, RESAMPLES)
     b, h, w = attributions.shape
     big_h, big_w = size
-    a = attributions.float()
+    a = attributions.to(torch.promote_types(attributions.dtype, torch.float32))
     if granularity == "superpixel" or (resample == "upsample" and (h, w) != (big_h, big_w)):
         if (h, w) != (big_h, big_w):
             a = F.interpolate(a[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
