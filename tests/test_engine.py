@@ -239,11 +239,12 @@ def dense_reference(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
     return out
 
 
-def test_linear_imputation_matches_dense_solve() -> None:
+@pytest.mark.parametrize("method", ["auto", "cg", "multigrid"])
+def test_linear_imputation_matches_dense_solve(method: str) -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(3, 2, 7, 6, generator=g)
     removed = torch.rand(3, 7, 6, generator=g) < 0.6
-    out = linear_impute(x, removed)
+    out = linear_impute(x, removed, method=method)
     for b in range(3):
         for c in range(2):
             ref = dense_reference(x[b, c].double().numpy(), removed[b].numpy())
@@ -264,14 +265,20 @@ def test_noisy_imputation_noise_is_seeded_and_on_removed_pixels_only() -> None:
     assert torch.equal(noisy_linear_impute(x, removed, noise=0.0), clean)
 
 
-def test_coarse_to_fine_solver_matches_dense_solve_on_larger_image() -> None:
+@pytest.mark.parametrize("method", ["cg", "multigrid"])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_solvers_match_dense_solve_on_larger_image(method: str, smooth: bool) -> None:
     g = torch.Generator().manual_seed(4)
-    x = torch.rand(1, 1, 40, 36, generator=g)  # >= 32 px: the coarse levels are used
-    a = torch.nn.functional.interpolate(torch.rand(1, 1, 4, 4, generator=g), size=(40, 36), mode="bilinear")[:, 0]
-    removed = a > a.flatten().quantile(0.4)  # one large removed region
-    out = linear_impute(x, removed)
-    ref = dense_reference(x[0, 0].double().numpy(), removed[0].numpy())
-    assert np.abs(out[0, 0].double().numpy() - ref).max() < 1e-4
+    x = torch.rand(2, 1, 40, 36, generator=g)  # >= 32 px: coarse levels are used by both methods
+    a = torch.rand(2, 1, 4, 4, generator=g) if smooth else torch.rand(2, 1, 40, 36, generator=g)
+    a = torch.nn.functional.interpolate(a, size=(40, 36), mode="bilinear")[:, 0]
+    removed = a > a.flatten(1).quantile(0.3, dim=1)[:, None, None]  # large regions or scattered pixels
+    out = linear_impute(x, removed, method=method)
+    for b in range(2):
+        ref = dense_reference(x[b, 0].double().numpy(), removed[b].numpy())
+        assert np.abs(out[b, 0].double().numpy() - ref).max() < 1e-4
+    with pytest.raises(InputError):
+        linear_impute(x, removed, method="direct")
 
 
 def test_engine_rejects_bad_modes() -> None:
