@@ -239,3 +239,19 @@ def test_bad_parameters_raise() -> None:
         metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, output="prob")
     with pytest.raises(InputError):
         metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, max_batch=0)
+
+
+def test_road_and_irof_do_not_depend_on_chunking() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 20 * 20, 4)).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 3, 20, 20, generator=g)
+    a = torch.nn.functional.interpolate(torch.rand(3, 1, 5, 5, generator=g), size=(20, 20), mode="bilinear")[:, 0]
+    runs = [metrics.road(model, x, a, 0, percentages=[20, 60, 95], noise=0.0, output="logit", max_batch=m,
+                         solve_batch=s) for m, s in ((1, None), (5, 2), (64, 64))]
+    for r in runs[1:]:
+        assert torch.allclose(r.curves, runs[0].curves, atol=1e-4)
+        assert torch.allclose(r.extras["lerf"], runs[0].extras["lerf"], atol=1e-4)
+    i1 = metrics.irof(model, x, a, 0, max_batch=1)
+    i2 = metrics.irof(model, x, a, 0, max_batch=100)
+    assert torch.allclose(i1.curves, i2.curves, atol=1e-6)
