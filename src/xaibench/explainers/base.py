@@ -1,0 +1,201 @@
+"""Explainer base class, method registry and the channel-reduction / sign policies.
+
+Conventions shared by every method:
+
+- inputs are images in [0, 1] pixel space, [B, C, H, W]; targets are class indices [B] (an int is
+  broadcast). The explained score is the model's output (logit) of the target class, except
+  Score-CAM, whose channel weights are target-class softmax probabilities (as in its paper).
+- ``explainer(inputs, targets)`` returns float32 maps [B, H, W] on the model's device:
+  the raw attribution (`attribute`) is reduced over channels (`reduce`), its sign handled (`sign`)
+  and, for layer-resolution methods, upsampled bilinearly to the input size (`upsample`).
+- the model is used as given (call ``model.eval()`` first); it is never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xaibench.checks import check_images, check_targets
+from xaibench.errors import InputError
+from xaibench.registry import Registry
+
+REDUCTIONS = ("sum", "abs_sum", "max_abs")
+SIGNS = ("all", "positive", "absolute")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """Registry entry of an explanation method.
+
+    cost: forwards/backwards per image as a formula of the method's parameters.
+    resolution: ``"input"`` (maps at input resolution) or ``"layer"`` (native resolution of the
+    explained layer, upsampled to the input by default).
+    """
+
+    name: str
+    cls: type[Explainer]
+    cost: str
+    resolution: str
+    description: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def params(self) -> dict[str, tuple[Any, str]]:
+        """Parameter name -> (default, description), in signature order."""
+        sig = inspect.signature(self.cls.__init__)
+        docs = self.cls.param_docs()
+        return {
+            n: (p.default, docs.get(n, ""))
+            for n, p in sig.parameters.items()
+            if n not in ("self", "model")
+        }
+
+
+METHODS: Registry[MethodInfo] = Registry("method")
+
+
+def register(name: str, *, cost: str, resolution: str, aliases: tuple[str, ...] = ()):
+    """Class decorator: register an `Explainer` subclass under `name` (and its aliases)."""
+
+    def deco(cls: type[Explainer]) -> type[Explainer]:
+        doc = inspect.getdoc(cls) or ""
+        info = MethodInfo(name, cls, cost, resolution, doc.split("\n\n")[0].replace("\n", " "), aliases)
+        cls.name = name
+        for key in (name, *aliases):
+            METHODS.add(key, info)
+        return cls
+
+    return deco
+
+
+def reduce_channels(attr: Tensor, reduce: str) -> Tensor:
+    """[B, C, h, w] -> [B, h, w]: ``sum`` (signed), ``abs_sum`` (sum of |a|) or ``max_abs`` (max of |a|)."""
+    if reduce == "sum":
+        return attr.sum(dim=1)
+    if reduce == "abs_sum":
+        return attr.abs().sum(dim=1)
+    return attr.abs().amax(dim=1)
+
+
+def apply_sign(maps: Tensor, sign: str) -> Tensor:
+    """``all`` keeps signed values, ``positive`` clamps negatives to 0, ``absolute`` takes |m|."""
+    if sign == "positive":
+        return maps.clamp(min=0)
+    if sign == "absolute":
+        return maps.abs()
+    return maps
+
+
+@contextlib.contextmanager
+def no_inplace_relu(model: nn.Module) -> Iterator[None]:
+    """Temporarily set ``inplace=False`` on the model's ReLUs (module backward hooks need it)."""
+    changed = [m for m in model.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    for m in changed:
+        m.inplace = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.inplace = True
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class Explainer:
+    """Base class: validation, channel reduction, sign policy and upsampling.
+
+    Subclasses implement `_attribute(inputs, targets) -> Tensor [B, C', h, w]` and set the class
+    defaults `default_reduce` / `default_sign`; `PARAMS` documents their own parameters.
+    """
+
+    name: ClassVar[str] = ""
+    default_reduce: ClassVar[str] = "sum"
+    default_sign: ClassVar[str] = "all"
+    PARAMS: ClassVar[dict[str, str]] = {}
+    COMMON: ClassVar[dict[str, str]] = {
+        "reduce": "channel reduction: 'sum' | 'abs_sum' | 'max_abs' (None: the method's default)",
+        "sign": "sign policy: 'all' (signed) | 'positive' | 'absolute' (None: the method's default)",
+        "max_batch": "most model rows evaluated at once when the method expands the batch",
+        "seed": "int or torch.Generator controlling every random draw",
+    }
+
+    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
+                 max_batch: int = 64) -> None:
+        reduce = self.default_reduce if reduce is None else reduce
+        sign = self.default_sign if sign is None else sign
+        if reduce not in REDUCTIONS:
+            raise InputError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if sign not in SIGNS:
+            raise InputError(f"sign must be one of {SIGNS}, got {sign!r}")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise InputError(f"max_batch must be a positive int, got {max_batch!r}")
+        self.model = model
+        self.reduce = reduce
+        self.sign = sign
+        self.max_batch = max_batch
+        self.params: dict[str, Any] = {"reduce": reduce, "sign": sign, "max_batch": max_batch}
+        self._num_classes: int | None = None
+
+    @classmethod
+    def param_docs(cls) -> dict[str, str]:
+        docs: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            docs.update(getattr(klass, "COMMON", {}))
+            docs.update(klass.__dict__.get("PARAMS", {}))
+        return docs
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def _validate(self, inputs: Tensor, targets: Tensor | int | list[int]) -> tuple[Tensor, Tensor]:
+        check_images(inputs)
+        inputs = inputs.to(self.device)
+        if self._num_classes is None:
+            with torch.no_grad():
+                out = self.model(inputs[:1])
+            if out.ndim != 2:
+                raise InputError(f"the model must return logits [B, classes], got {tuple(out.shape)}")
+            self._num_classes = int(out.shape[1])
+        t = check_targets(targets, inputs.shape[0], self._num_classes).to(self.device)
+        return inputs, t
+
+    def attribute(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
+        """Raw attribution [B, C', h, w] (C' = C for gradient methods, 1 for CAMs)."""
+        inputs, t = self._validate(inputs, targets)
+        return self._attribute(inputs, t)
+
+    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _resize(self, maps: Tensor, size: tuple[int, int]) -> Tensor:
+        return maps
+
+    def __call__(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
+        """Maps [B, H, W] float32: `attribute`, then channel reduction, sign policy and resizing."""
+        inputs, t = self._validate(inputs, targets)
+        raw = self._attribute(inputs, t)
+        maps = apply_sign(reduce_channels(raw.float(), self.reduce), self.sign)
+        return self._resize(maps, (inputs.shape[2], inputs.shape[3]))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({self.name!r}, {args})"
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling (align_corners=False) of [B, h, w] maps to `size`."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
