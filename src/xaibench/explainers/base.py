@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -105,6 +105,21 @@ def no_inplace_relu(model: nn.Module) -> Iterator[None]:
     finally:
         for m in changed:
             m.inplace = True
+
+
+def record_forward(model: nn.Module, inputs: Tensor, select: Callable[[nn.Module], bool]
+                   ) -> list[tuple[str, Any]]:
+    """(name, output) of each call of a selected sub-module during one no-grad forward, in order."""
+    seen: list[tuple[str, Any]] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: seen.append((n, out)))
+             for n, m in model.named_modules() if select(m)]
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 def model_device(model: nn.Module) -> torch.device:

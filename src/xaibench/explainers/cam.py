@@ -23,7 +23,7 @@ from captum.attr import GuidedBackprop
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.explainers.base import Explainer, no_inplace_relu, register, upsample
+from xaibench.explainers.base import Explainer, no_inplace_relu, record_forward, register, upsample
 
 
 def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -40,17 +40,7 @@ def find_layer(model: nn.Module, inputs: Tensor) -> str:
     if vit is not None:
         prefix = f"{vit[0]}." if vit[0] else ""
         return f"{prefix}blocks.{len(vit[1].blocks) - 1}.norm1"
-    seen: list[tuple[str, Tensor]] = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out, n=n: seen.append((n, out)))
-        for n, m in model.named_modules() if n
-    ]
-    try:
-        with torch.no_grad():
-            model(inputs[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    seen = record_forward(model, inputs[:1], lambda m: m is not model)
     maps = [(n, o) for n, o in seen if isinstance(o, Tensor) and o.ndim == 4]
     spatial = [(n, o) for n, o in maps if o.shape[2] * o.shape[3] > 1] or maps
     if not spatial:

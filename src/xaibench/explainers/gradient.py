@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.explainers.base import Explainer, no_inplace_relu, register
+from xaibench.explainers.base import Explainer, no_inplace_relu, record_forward, register
 from xaibench.seeding import make_generator
 
 
@@ -63,10 +64,6 @@ class SaliencyExplainer(Explainer):
 
     default_reduce = "max_abs"
 
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
-                 max_batch: int = 64) -> None:
-        super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return Saliency(self.model).attribute(inputs, target=targets, abs=False)
 
@@ -74,10 +71,6 @@ class SaliencyExplainer(Explainer):
 @register("input_x_gradient", cost="1 forward + 1 backward", resolution="input")
 class InputXGradientExplainer(Explainer):
     """Input times gradient of the target logit. Default map: signed sum over channels."""
-
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
-                 max_batch: int = 64) -> None:
-        super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return InputXGradient(self.model).attribute(inputs, target=targets)
@@ -154,32 +147,21 @@ class GuidedBackpropExplainer(Explainer):
     """
 
     default_reduce = "max_abs"
-
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
-                 max_batch: int = 64) -> None:
-        super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
+    engine: ClassVar[type[GuidedBackprop] | type[Deconvolution]] = GuidedBackprop
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         with no_inplace_relu(self.model):
-            return GuidedBackprop(self.model).attribute(inputs, target=targets)
+            return self.engine(self.model).attribute(inputs, target=targets)
 
 
 @register("deconvolution", cost="1 forward + 1 backward", resolution="input")
-class DeconvolutionExplainer(Explainer):
+class DeconvolutionExplainer(GuidedBackpropExplainer):
     """Deconvolution (Zeiler & Fergus 2014): ReLU applied to the backward signal.
 
     Default map: max over channels of |attribution|.
     """
 
-    default_reduce = "max_abs"
-
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
-                 max_batch: int = 64) -> None:
-        super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-
-    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        with no_inplace_relu(self.model):
-            return Deconvolution(self.model).attribute(inputs, target=targets)
+    engine = Deconvolution
 
 
 class _PerCallReLU(nn.Module):
@@ -200,15 +182,8 @@ def split_reused_relus(model: nn.Module, inputs: Tensor) -> nn.Module:
     """`model`, or a copy of it in which each ReLU module used several times per forward is split
     into one module per call (DeepLIFT keeps per-module state, e.g. torchvision ResNet blocks)."""
     calls: dict[str, int] = {}
-    relus = {n: m for n, m in model.named_modules() if isinstance(m, nn.ReLU)}
-    hooks = [m.register_forward_hook(lambda *_a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
-             for n, m in relus.items()]
-    try:
-        with torch.no_grad():
-            model(inputs[:1])
-    finally:
-        for h in hooks:
-            h.remove()
+    for name, _ in record_forward(model, inputs[:1], lambda m: isinstance(m, nn.ReLU)):
+        calls[name] = calls.get(name, 0) + 1
     reused = [n for n, c in calls.items() if c > 1]
     if not reused:
         return model
