@@ -230,3 +230,22 @@ def test_registry_entries_describe_cost_params_resolution() -> None:
         assert all(doc for _, doc in info.params.values()), name
     assert METHODS.get("integrated_gradients").params["steps"][0] == 32
     assert METHODS.get("gradcam").resolution == "layer"
+
+
+def test_methods_command_lists_every_method_with_cost_and_defaults(capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from xaibench.cli import methods
+
+    parser = argparse.ArgumentParser()
+    methods.register(parser.add_subparsers())
+    args = parser.parse_args(["methods"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    for name in UNIQUE:
+        assert f"\n{name} " in "\n" + out, name
+        assert METHODS.get(name).cost in out
+    assert "alias: gradcam++" in out and "steps=32" in out and "reduce='max_abs'" in out
+    args = parser.parse_args(["methods", "gradcam"])
+    args.func(args)
+    assert capsys.readouterr().out.startswith("gradcam ")

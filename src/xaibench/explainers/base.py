@@ -49,11 +49,12 @@ class MethodInfo:
 
     @property
     def params(self) -> dict[str, tuple[Any, str]]:
-        """Parameter name -> (default, description), in signature order."""
+        """Parameter name -> (effective default, description), in signature order."""
         sig = inspect.signature(self.cls.__init__)
         docs = self.cls.param_docs()
+        effective = {"reduce": self.cls.default_reduce, "sign": self.cls.default_sign}
         return {
-            n: (p.default, docs.get(n, ""))
+            n: (effective.get(n, p.default), docs.get(n, ""))
             for n, p in sig.parameters.items()
             if n not in ("self", "model")
         }
@@ -139,8 +140,8 @@ class Explainer:
     default_sign: ClassVar[str] = "all"
     PARAMS: ClassVar[dict[str, str]] = {}
     COMMON: ClassVar[dict[str, str]] = {
-        "reduce": "channel reduction: 'sum' | 'abs_sum' | 'max_abs' (None: the method's default)",
-        "sign": "sign policy: 'all' (signed) | 'positive' | 'absolute' (None: the method's default)",
+        "reduce": "channel reduction: 'sum' | 'abs_sum' | 'max_abs'",
+        "sign": "sign policy: 'all' (signed) | 'positive' (negatives -> 0) | 'absolute'",
         "max_batch": "most model rows evaluated at once when the method expands the batch",
         "seed": "int or torch.Generator controlling every random draw",
     }
