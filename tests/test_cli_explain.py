@@ -1,0 +1,110 @@
+"""`xaibench explain`: chunked maps equal whole-batch maps; maps.pt and gallery.png are written."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+import torchvision
+
+import xaibench
+from xaibench.cli import explain
+from xaibench.errors import UnknownNameError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    explain.register(parser.add_subparsers())
+    return parser
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=4).eval()
+
+
+def test_explain_images_chunks_equal_whole_batch() -> None:
+    model = _model()
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 1, 2, 3, 0])
+    maps = explain.explain_images(model, x, t, ["saliency", "gradcam", "random"], batch_size=2, seed=7)
+    for name in ("saliency", "gradcam"):
+        torch.testing.assert_close(maps[name], xaibench.explainer(name, model)(x, t))
+    first = xaibench.explainer("random", model, seed=7)
+    assert torch.equal(maps["random"][:2], first(x[:2], t[:2]))  # chunks draw from one seeded stream
+    assert torch.equal(maps["random"][2:4], first(x[2:4], t[2:4]))
+
+
+@dataclass
+class _Sample:
+    image: torch.Tensor
+    label: int
+    id: str
+    masks: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: dict
+    ids: list
+
+
+def _fake_data(monkeypatch: pytest.MonkeyPatch) -> list[_Sample]:
+    import xaibench.data
+
+    gen = torch.Generator().manual_seed(1)
+    samples = [_Sample(torch.rand(3, 32, 32, generator=gen), i % 4, f"img{i}") for i in range(6)]
+    monkeypatch.setattr(xaibench, "load_model", lambda spec, **kw: _model(), raising=False)
+    monkeypatch.setattr(xaibench.data, "load_dataset", lambda spec, split="test", **kw: samples, raising=False)
+    monkeypatch.setattr(xaibench.data, "collate", lambda s: _Batch(
+        torch.stack([x.image for x in s]), torch.tensor([x.label for x in s]), {}, [x.id for x in s]),
+        raising=False)
+    return samples
+
+
+def test_explain_writes_maps_and_gallery(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = _fake_data(monkeypatch)
+    args = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "saliency,gradcam++",
+                                 "--n", "4", "--out", str(tmp_path), "--target", "label", "--batch-size", "3"])
+    assert args.func(args) == 0
+    saved = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert saved["ids"] == ["img0", "img1", "img2", "img3"]
+    assert saved["targets"].tolist() == [0, 1, 2, 3]
+    images = torch.stack([s.image for s in samples[:4]])
+    assert set(saved["maps"]) == {"saliency", "gradcam++"}
+    torch.testing.assert_close(saved["maps"]["saliency"], xaibench.explainer("saliency", _model())(images, saved["targets"]))
+    assert plt.imread(tmp_path / "gallery.png").shape[:2] == (4 * 160, 3 * 160)
+
+
+def test_explain_predicted_targets_and_unknown_method(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = _fake_data(monkeypatch)
+    args = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "sobel",
+                                 "--n", "10", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    saved = torch.load(tmp_path / "maps.pt", weights_only=True)
+    with torch.no_grad():
+        assert saved["targets"].tolist() == _model()(torch.stack([s.image for s in samples])).argmax(1).tolist()
+    assert saved["maps"]["sobel"].shape == (6, 32, 32)  # --n larger than the data set: all of it
+    bad = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "salency",
+                                "--out", str(tmp_path)])
+    with pytest.raises(UnknownNameError, match="saliency"):
+        bad.func(bad)
+
+
+def test_explain_builtin_model_and_data(tmp_path) -> None:
+    import xaibench.data
+
+    if not hasattr(xaibench.data, "load_dataset"):
+        pytest.skip("xaibench.data.load_dataset is not available")
+    args = _parser().parse_args(["explain", "--model", "builtin:digits-cnn", "--data", "builtin:digits",
+                                 "--methods", "saliency,gradcam", "--n", "3", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    saved = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert saved["maps"]["gradcam"].shape[0] == 3 and (tmp_path / "gallery.png").stat().st_size > 0
