@@ -249,3 +249,52 @@ def test_methods_command_lists_every_method_with_cost_and_defaults(capsys: pytes
     args = parser.parse_args(["methods", "gradcam"])
     args.func(args)
     assert capsys.readouterr().out.startswith("gradcam ")
+
+
+def test_cam_variants_match_formulas_on_split_model() -> None:
+    # Independent path: run features and head separately (no hooks), formulas from the papers.
+    model, x, t = _small(), _x(3, 16), torch.tensor([0, 2, 4])
+    acts = model.features(x).detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(model.head(acts).gather(1, t[:, None]).sum(), acts)
+    acts = acts.detach()
+    relu = torch.nn.functional.relu
+    gradcam = relu((g.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+    layercam = relu((relu(g) * acts).sum(1))
+    denom = 2 * g**2 + acts.sum(dim=(2, 3), keepdim=True) * g**3
+    alpha = g**2 / torch.where(denom != 0, denom, 1.0)
+    pp = relu(((alpha * relu(g)).sum(dim=(2, 3), keepdim=True) * acts).sum(1))
+    up = torch.nn.functional.interpolate(acts, size=(16, 16), mode="bilinear", align_corners=False)
+    weights = torch.zeros(3, acts.shape[1])
+    for i in range(3):
+        for k in range(acts.shape[1]):
+            m = up[i, k]
+            if m.max() > m.min():
+                m = (m - m.min()) / (m.max() - m.min())
+                weights[i, k] = model(x[i:i + 1] * m).softmax(1)[0, t[i]]
+            else:
+                weights[i, k] = model(x[i:i + 1] * 0).softmax(1)[0, t[i]]
+    scorecam = relu((weights[:, :, None, None] * acts).sum(1)).detach()
+    for name, want in {"gradcam": gradcam, "layercam": layercam, "gradcam++": pp, "scorecam": scorecam}.items():
+        got = xaibench.explainer(name, model, upsample=False, max_batch=5)(x, t)
+        assert want.abs().sum() > 0, name
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_deeplift_summation_to_delta_on_resnet_with_reused_relus() -> None:
+    # torchvision ResNet blocks call one ReLU module twice; BN statistics and biases are randomised
+    # so the net is not positively homogeneous (input x gradient then misses the output difference).
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    x, t = _x(2, 64), torch.tensor([1, 4])
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x))).gather(1, t[:, None])[:, 0]
+    attr = xaibench.explainer("deeplift", model).attribute(x, t)
+    torch.testing.assert_close(attr.sum(dim=(1, 2, 3)), delta, rtol=1e-3, atol=1e-4)
+    ixg = xaibench.explainer("input_x_gradient", model).attribute(x, t).sum(dim=(1, 2, 3))
+    assert not torch.allclose(ixg, delta, rtol=1e-2, atol=1e-3)
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 9  # the model is left unchanged
