@@ -14,8 +14,6 @@ import xaibench
 from xaibench.cli import explain
 from xaibench.errors import UnknownNameError
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()

@@ -12,7 +12,7 @@ import xaibench
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.explainers import METHODS, find_layer
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 UNIQUE = sorted({info.name for _, info in METHODS.items()})
 SEEDED = {"smoothgrad", "gradient_shap", "random"}

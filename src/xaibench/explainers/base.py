@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -108,6 +109,23 @@ def no_inplace_relu(model: nn.Module) -> Iterator[None]:
             m.inplace = True
 
 
+# Captum's notices about what it does on purpose (hooks set and removed, inputs made to require grad).
+_CAPTUM_NOTICES = (
+    r"Input Tensor \d+ did not already require gradients",
+    r"Setting backward hooks on ReLU activations",
+    r"Setting forward, backward hooks and attributes on non-linear",
+)
+
+
+@contextlib.contextmanager
+def quiet_captum() -> Iterator[None]:
+    """Silence Captum's routine UserWarnings (listed in `_CAPTUM_NOTICES`); others still show."""
+    with warnings.catch_warnings():
+        for pattern in _CAPTUM_NOTICES:
+            warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+        yield
+
+
 def record_forward(model: nn.Module, inputs: Tensor, select: Callable[[nn.Module], bool]
                    ) -> list[tuple[str, Any]]:
     """(name, output) of each call of a selected sub-module during one no-grad forward, in order."""
@@ -190,7 +208,8 @@ class Explainer:
     def attribute(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
         """Raw attribution [B, C', h, w] (C' = C for gradient methods, 1 for CAMs)."""
         inputs, t = self._validate(inputs, targets)
-        return self._attribute(inputs, t)
+        with quiet_captum():
+            return self._attribute(inputs, t)
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
@@ -200,8 +219,7 @@ class Explainer:
 
     def __call__(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
         """Maps [B, H, W] float32: `attribute`, then channel reduction, sign policy and resizing."""
-        inputs, t = self._validate(inputs, targets)
-        raw = self._attribute(inputs, t)
+        raw = self.attribute(inputs, targets)
         maps = apply_sign(reduce_channels(raw.float(), self.reduce), self.sign)
         return self._resize(maps, (inputs.shape[2], inputs.shape[3]))
 
