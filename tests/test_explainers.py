@@ -215,6 +215,10 @@ def test_errors_and_suggestions() -> None:
         xaibench.explainer("saliency", model, reduce="mean")
     with pytest.raises(InputError, match="sign"):
         xaibench.explainer("saliency", model, sign="neg")
+    with pytest.raises(InputError, match="'steps'"):
+        xaibench.explainer("integrated_gradients", model, step=4)
+    with pytest.raises(InputError, match="n_samples"):
+        xaibench.explainer("smoothgrad", model, n_samples=0)
 
 
 def test_registry_entries_describe_cost_params_resolution() -> None:

@@ -8,18 +8,31 @@ parameters and output resolution. See docs/explainers.md.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from torch import nn
 
+from xaibench.errors import InputError
 from xaibench.explainers import baselines, cam, gradient  # noqa: F401  (registration)
 from xaibench.explainers.base import METHODS, Explainer, MethodInfo, apply_sign, reduce_channels
 from xaibench.explainers.cam import find_layer
 
 
 def explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
-    """Build the explainer registered as `name` for `model` (unknown names suggest close ones)."""
-    return METHODS.get(name).cls(model, **params)
+    """Build the explainer registered as `name` for `model`.
+
+    Unknown method names raise `UnknownNameError`, unknown parameters `InputError`, both with the
+    closest valid names.
+    """
+    info = METHODS.get(name)
+    known = list(info.params)
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise InputError(f"method {info.name!r} has no parameter {key!r}.{hint} Known: {', '.join(known)}.")
+    return info.cls(model, **params)
 
 
 __all__ = ["METHODS", "Explainer", "MethodInfo", "apply_sign", "explainer", "find_layer", "reduce_channels"]
