@@ -189,7 +189,7 @@ class ScoreCAMExplainer(CAMExplainer):
     """Score-CAM (Wang et al. 2020): channel weights are the target softmax probability of the input
     masked by each upsampled, min-max normalised activation channel; map = ReLU(sum_k w_k A_k).
 
-    The B*K masked inputs are scored in chunks of `max_batch` rows. Channels that are constant
+    The B*K masks and masked inputs are built and scored in chunks of `max_batch` rows. Channels that are constant
     over the image give a zero mask. No gradients. Raw attribution [B, 1, h, w].
     """
 
@@ -198,18 +198,18 @@ class ScoreCAMExplainer(CAMExplainer):
             _, out = self._forward(inputs)
             acts = self._spatial(out, inputs)
             b, k = acts.shape[:2]
-            masks = F.interpolate(acts, size=inputs.shape[2:], mode="bilinear", align_corners=False)
-            lo = masks.amin(dim=(2, 3), keepdim=True)
-            span = masks.amax(dim=(2, 3), keepdim=True) - lo
-            masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1), 0)
             rows_img = torch.arange(b, device=inputs.device).repeat_interleave(k)
             rows_ch = torch.arange(k, device=inputs.device).repeat(b)
             weights = torch.empty(b * k, device=inputs.device, dtype=acts.dtype)
             for start in range(0, b * k, self.max_batch):
                 i = rows_img[start:start + self.max_batch]
                 c = rows_ch[start:start + self.max_batch]
-                masked = inputs[i] * masks[i, c][:, None]
-                weights[start:start + self.max_batch] = self.model(masked).softmax(1).gather(
+                masks = F.interpolate(acts[i, c][:, None], size=inputs.shape[2:], mode="bilinear",
+                                      align_corners=False)
+                lo = masks.amin(dim=(2, 3), keepdim=True)
+                span = masks.amax(dim=(2, 3), keepdim=True) - lo
+                masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1), 0)
+                weights[start:start + self.max_batch] = self.model(inputs[i] * masks).softmax(1).gather(
                     1, targets[i][:, None]).squeeze(1)
             return _relu_cam(weights.view(b, k), acts)
 
