@@ -21,7 +21,7 @@ def format_methods(names: list[str] | None = None) -> str:
     from xaibench.explainers import METHODS
 
     infos = {}
-    for key, info in METHODS.items():
+    for _, info in METHODS.items():
         infos.setdefault(info.name, info)
     if names:
         infos = {METHODS.get(n).name: METHODS.get(n) for n in names}
