@@ -128,7 +128,8 @@ def perturbed_scores(
             first = start // rows_per_image
             values = fill(inputs[first : (stop - 1) // rows_per_image + 1], baseline, **params)[image - first]
         mask = to_pixels(chunk_masks(start, stop), block)
-        out[start:stop] = class_scores(model, torch.where(mask, values, x), targets[image], output=output, max_batch=max_batch)
+        perturbed = torch.where(mask, values, x)
+        out[start:stop] = class_scores(model, perturbed, targets[image], output=output, max_batch=max_batch)
     return out
 
 

@@ -69,7 +69,8 @@ def sufficiency(
     dist = dist / top if top > 0 else dist
     near = dist <= threshold
     near.fill_diagonal_(False)
-    predicted = torch.cat([model(inputs[s : s + max_batch]).argmax(dim=1) for s in range(0, inputs.shape[0], max_batch)])
+    chunks = range(0, inputs.shape[0], max_batch)
+    predicted = torch.cat([model(inputs[s : s + max_batch]).argmax(dim=1) for s in chunks])
     same = predicted[:, None] == predicted[None, :]
     n_near = near.sum(dim=1)
     scores = torch.where(n_near > 0, (near & same).sum(dim=1) / n_near.clamp_min(1), torch.nan).float()
