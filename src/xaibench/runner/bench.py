@@ -76,6 +76,9 @@ def run(
                 f"the run started with {manifest['model_hash'][:12]}"
             )
         specs = plan(cfg, out, list(manifest["positions"]), manifest["model_hash"])
+    for pattern in (".shard-*.tmp", f".{layout.MANIFEST}.*.tmp"):  # left by interrupted writes; never read
+        for stale in out.rglob(pattern):
+            stale.unlink(missing_ok=True)
     pending = [s for s in specs if not layout.results_path(out, s.index).exists()]
     n_methods, n_metrics = len(cfg.methods), len(cfg.metrics)
     label = cfg.name or Path(out).name
