@@ -82,6 +82,11 @@ class MetricResult:
         return f"MetricResult({self.name}: mean={self.mean():.4g} over {self.scores.numel()} images, {n_nan} NaN)"
 
 
+def metric_params(local_vars: dict[str, Any]) -> dict[str, Any]:
+    """A metric's own parameters: its arguments (``locals()`` on entry) minus the shared vocabulary."""
+    return {k: v for k, v in local_vars.items() if k not in VOCABULARY}
+
+
 def nan_reasons(undefined: Tensor, reason: str) -> tuple[str | None, ...] | None:
     """Per-image reasons for a bool mask of undefined scores; ``None`` when all are defined."""
     flags = undefined.flatten().tolist()

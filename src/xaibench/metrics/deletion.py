@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.forward import class_scores
-from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features, step_counts
+from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
 
 _REFS = (
     "Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018.",

@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.curves import pearson_rows, trapezoid
 from xaibench.perturbation.engine import (
-    metric_params,
     perturbation_curves,
     prepare,
     rank_features,

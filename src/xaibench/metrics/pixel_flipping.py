@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
 from xaibench.perturbation.curves import trapezoid
-from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features, step_counts
+from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
 
 _REQ = ("model", "inputs", "attributions", "targets")
 _BACH = (

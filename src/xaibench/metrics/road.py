@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
-from xaibench.perturbation.engine import metric_params, perturbation_curves, prepare, rank_features
+from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
+from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
 from xaibench.perturbation.imputation import noisy_linear_impute
 from xaibench.seeding import make_generator
 

@@ -77,13 +77,6 @@ class Ranking:
     sorted_scores: Tensor
 
 
-def metric_params(local_vars: dict[str, Any]) -> dict[str, Any]:
-    """A metric's own parameters: its arguments (``locals()`` on entry) minus the shared vocabulary."""
-    from xaibench.metrics.base import VOCABULARY  # here: xaibench.metrics imports this module
-
-    return {k: v for k, v in local_vars.items() if k not in VOCABULARY}
-
-
 def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     """Device of the model's first parameter or buffer (`fallback` for parameter-free models)."""
     for t in model.parameters():
