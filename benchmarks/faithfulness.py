@@ -26,17 +26,9 @@ its parameters and, where one exists, a `quantus(...)` reference.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import math
-import os
-import platform
-import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -44,9 +36,16 @@ import torch
 from torch import Tensor, nn
 
 import xaibench.metrics as M
+from xaibench.metrics.base import MetricResult
 from xaibench.perturbation.forward import class_scores
 
+from .harness import Counting, agreement, best_of, clock, header, line, markdown, peak_memory, quiet_quantus, timed_pair
+
 Reference = Callable[[nn.Module, Tensor, Tensor, Tensor, str], np.ndarray]
+
+
+def _scores(result: MetricResult) -> np.ndarray:
+    return result.scores.double().cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -59,20 +58,22 @@ class Case:
     reference: Reference | None = None
     reference_name: str = ""
     random_reference: bool = False
+    values: Callable[[MetricResult], np.ndarray] = _scores  # our numbers comparable to the reference's
 
 
-def quantus(cls_name: str, **params: Any) -> Reference:
-    """A Quantus metric class called on numpy copies, softmax scores, no normalisation of the maps."""
+def quantus(cls_name: str, softmax: bool = True, post: Callable[[Any], Any] = lambda out: out,
+            **params: Any) -> Reference:
+    """A Quantus metric class called on numpy copies, softmax (or logit) scores, no normalisation of
+    the maps; `post` turns its output into an array (ROAD returns a dict)."""
 
     def run(model: nn.Module, x: Tensor, a: Tensor, y: Tensor, device: str) -> np.ndarray:
         import quantus as q
 
         metric = getattr(q, cls_name)(normalise=False, disable_warnings=True, display_progressbar=False, **params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_quantus():
             out = metric(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(),
-                         a_batch=a[:, None].cpu().numpy(), softmax=True, device=device, batch_size=x.shape[0])
-        return np.asarray(out, dtype=np.float64)
+                         a_batch=a[:, None].cpu().numpy(), softmax=softmax, device=device, batch_size=x.shape[0])
+        return np.asarray(post(out), dtype=np.float64)
 
     return run
 
@@ -112,6 +113,26 @@ def cases(quick: bool) -> list[Case]:
         Case("infidelity", dict(n_perturb_samples=runs, std=0.05, seed=0, output="softmax"),
              captum_infidelity(0.05, runs, 0, False), "Captum"),
     ]
+    # Order-based metrics, with the settings of tests/test_quantus_order.py (one channel, so that
+    # Quantus' features_in_step counts pixels; ROAD without imputation noise, MoRF only).
+    per_step, regions = (64, 8) if quick else (16, 20)
+    pct = (10, 50, 90) if quick else (10, 30, 50, 70, 90)
+    rows += [
+        Case("pixel_flipping", dict(features_per_step=per_step, baseline="black"),
+             quantus("PixelFlipping", features_in_step=per_step, perturb_baseline=0.0, return_auc_per_sample=True),
+             "Quantus"),
+        *[Case("region_perturbation", dict(patch_size=4, regions_evaluation=regions, order=order, output="logit"),
+               quantus("RegionPerturbation", softmax=False, patch_size=4, regions_evaluation=regions, order=order,
+                       perturb_baseline=0.0), f"Quantus ({order})",
+               values=lambda r: r.extras["drops"].double().cpu().numpy()) for order in ("morf", "lerf")],
+        Case("road", dict(percentages=pct, noise=0.0, lerf=False),
+             quantus("ROAD", percentages=list(pct), noise=0.0, return_aggregate=False,
+                     post=lambda out: list(out.values())),
+             "Quantus", values=lambda r: r.curves[:, 1:].double().mean(0).cpu().numpy()),
+        Case("irof", dict(baseline="black"), quantus("IROF", perturb_baseline=0.0, return_aggregate=False), "Quantus"),
+        Case("deletion", dict(steps=2 * regions)),
+        Case("insertion", dict(steps=2 * regions)),
+    ]
     known = {c.metric for c in rows}
     # Every other registered faithfulness metric runs with its defaults (no reference).
     others = [Case(name) for name, entry in M.METRICS.items()
@@ -129,23 +150,6 @@ class LeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
-
-
-class Counting(nn.Module):
-    """Counts the images passed through the wrapped model and the wall time spent inside it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.images, self.seconds = model, 0, 0.0
-
-    def forward(self, x: Tensor) -> Tensor:
-        start = time.perf_counter()
-        self.images += x.shape[0]
-        out = self.model(x)
-        if out.is_cuda:
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
-        return out
 
 
 def data(n: int, device: str, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
@@ -176,32 +180,6 @@ def requires_args(name: str, model: nn.Module, x: Tensor, a: Tensor, y: Tensor) 
     return {w: words[w] for w in M.METRICS.get(name).info.requires}
 
 
-def _clock(fn: Callable[[], Any]) -> tuple[float, Any]:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
-def timed_pair(
-    first: Callable[[], Any], counter: Counting, second: Callable[[], Any], repeats: int
-) -> tuple[float, float, float, Any]:
-    """Best wall times of `first` (which calls the model through `counter`) and `second` over
-    `repeats` interleaved calls (so that load changes on a shared machine hit both alike), the
-    time `first` spent inside the model in its best call, and the last result of `first`."""
-    best_a, best_b, inside, out = math.inf, math.inf, math.nan, None
-    for _ in range(repeats):
-        counter.seconds = 0.0
-        t_a, out = _clock(first)
-        if t_a < best_a:
-            best_a, inside = t_a, counter.seconds
-        best_b = min(best_b, _clock(second)[0])
-    return best_a, best_b, inside, out
-
-
 def pure_forwards(model: nn.Module, n_images: int, like: Tensor, max_batch: int) -> None:
     """Push `n_images` images through class_scores in chunks of `max_batch` (the unavoidable work)."""
     x = torch.rand(min(n_images, max_batch), *like.shape[1:], device=like.device)
@@ -211,37 +189,14 @@ def pure_forwards(model: nn.Module, n_images: int, like: Tensor, max_batch: int)
         class_scores(model, x[:m], t[:m], max_batch=max_batch)
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
-def peak_memory(fn: Callable[[], Any], device: str) -> int:
-    """Peak memory growth (bytes) during ``fn()``: CUDA allocator peak, or peak RSS on CPU."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back, so reuse does not hide a peak
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak resident set size (VmHWM) to the current one
-    before = _status("VmRSS")
-    fn()
-    return _status("VmHWM") - before
-
-
-def run(quick: bool, device: str, max_batch: int, n: int, repeats: int) -> dict[str, Any]:
+def run(quick: bool, device: str, max_batch: int, n: int, repeats: int,
+        only: set[str] | None = None) -> dict[str, Any]:
     base_model, x, a, y = data(n, device)
     small_n = max(4, n // 4)
     results = []
     for case in cases(quick):
+        if only and case.metric not in only:
+            continue
         model = Counting(base_model)
         params = dict(case.params, **({"max_batch": max_batch} if "max_batch" in _signature(case.metric) else {}))
         fn = M.METRICS.get(case.metric).fn
@@ -253,69 +208,32 @@ def run(quick: bool, device: str, max_batch: int, n: int, repeats: int) -> dict[
             lambda: fn(**requires_args(case.metric, model, x, a, y), **params), model,
             lambda: pure_forwards(base_model, n_forward, x, max_batch), repeats,
         )
-        row: dict[str, Any] = dict(metric=case.metric, forwards_per_image=n_forward / n, ours_s=t_ours,
-                                   forward_s=t_fwd, ratio=t_ours / t_fwd, inside_model_s=t_inside,
-                                   ratio_inside=t_ours / t_inside, mean=res.mean())
+        name = case.metric + (f" ({case.params['order']})" if "order" in case.params else "")
+        row: dict[str, Any] = dict(metric=name, calls_per_image=n_forward / n, ours_s=t_ours,
+                                   pure_s=t_fwd, ratio=t_ours / t_fwd, inside_s=t_inside,
+                                   ratio_inside=t_ours / t_inside, mean=float(np.nanmean(_scores(res))))
         if case.reference is not None:
-            t_ref, ref = _clock(lambda: case.reference(base_model, x, a, y, device))
-            ours = res.scores.double().cpu().numpy()
+            # Best of two when the reference is quick, else one call (slow references dominate the run).
+            t_ref, ref = best_of(lambda: case.reference(base_model, x, a, y, device), 1 if quick else 2, budget_s=20)
+            ours = case.values(res)
             row.update(reference=case.reference_name, reference_s=t_ref, speedup=t_ref / t_ours,
-                       reference_mean=float(np.nanmean(ref)))
-            if case.random_reference:
-                row["agreement"] = f"mean diff {np.nanmean(ours) - np.nanmean(ref):+.3f}"
-            else:
-                both = ~(np.isnan(ours) | np.isnan(ref))
-                row["agreement"] = (f"max abs diff {np.abs(ours[both] - ref[both]).max():.1e}" if both.any() else "-")
-                if not both.all():
-                    row["agreement"] += f" ({int((~both).sum())} NaN ours, ref {np.unique(ref[~both]).tolist()})"
+                       reference_mean=float(np.nanmean(ref)), agreement=agreement(ours, ref, case.random_reference))
         mem = {}
         for size in (small_n, n):
             args = requires_args(case.metric, base_model, x[:size], a[:size], y[:size])
             mem[size] = min(peak_memory(lambda: fn(**args, **params), device) for _ in range(3))
         row.update(memory_small=mem[small_n], memory_large=mem[n])
         results.append(row)
-        print(_line(row), flush=True)
-    return dict(
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), device=device, quick=quick, n=n,
-        small_n=small_n, max_batch=max_batch, threads=torch.get_num_threads(), cpus=os.cpu_count(),
-        machine=platform.processor() or platform.machine(), torch=torch.__version__, results=results,
-    )
+        print(line(row), flush=True)
+    return dict(header(device, quick=quick, n=n, small_n=small_n, max_batch=max_batch,
+                       settings=f"LeNet-sized random CNN on 1x32x32, gradient x input maps, max_batch = {max_batch}, "
+                                f"best of {repeats} interleaved"), results=results)
 
 
 def _signature(name: str) -> set[str]:
     import inspect
 
     return set(inspect.signature(M.METRICS.get(name).fn).parameters)
-
-
-def _line(row: dict[str, Any]) -> str:
-    ref = (f" | {row['reference']} {row['reference_s']:.2f}s speed-up {row['speedup']:.1f}x, {row['agreement']}"
-           if "reference" in row else "")
-    return (f"{row['metric']}: {row['ours_s']:.2f}s, {row['forwards_per_image']:.0f} forwards/image, "
-            f"pure forwards {row['forward_s']:.2f}s, ratio {row['ratio']:.2f}x, "
-            f"{row['ratio_inside']:.2f}x the time inside the model{ref} | peak memory "
-            f"{row['memory_small'] / 2**20:.1f} / {row['memory_large'] / 2**20:.1f} MiB")
-
-
-def markdown(report: dict[str, Any]) -> str:
-    """The results as a markdown table (the format of benchmarks/README.md)."""
-    lines = [
-        f"{report['date']}, device {report['device']}, N = {report['n']} images (memory also at N = "
-        f"{report['small_n']}), max_batch = {report['max_batch']}, torch threads {report['threads']}.",
-        "",
-        f"| metric | forwards / image | ours (s) | pure forwards (s) | ratio | ratio in-run | reference | reference (s) "
-        f"| speed-up | agreement | mean ours / ref | peak MiB N={report['small_n']} | peak MiB N={report['n']} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        ref = f"- | - | - | - | {r['mean']:.3f}"
-        if "reference" in r:
-            agreement = r["agreement"].replace("|", "\\|")
-            ref = (f"{r['reference']} | {r['reference_s']:.2f} | {r['speedup']:.1f}x | {agreement} | "
-                   f"{r['mean']:.3f} / {r['reference_mean']:.3f}")
-        lines.append(f"| {r['metric']} | {r['forwards_per_image']:.0f} | {r['ours_s']:.2f} | {r['forward_s']:.2f} | "
-                     f"{r['ratio']:.2f}x | {r['ratio_inside']:.2f}x | {ref} | {r['memory_small'] / 2**20:.1f} | {r['memory_large'] / 2**20:.1f} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,13 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--n", type=int, default=None, help="images (default 64, quick 8)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     n = args.n or (8 if args.quick else 64)
-    report = run(args.quick, args.device, args.max_batch, n, repeats=1 if args.quick else 5)
+    report = run(args.quick, args.device, args.max_batch, n, repeats=1 if args.quick else 5,
+                 only=set(filter(None, args.metrics.split(","))))
     print()
-    print(markdown(report))
+    print(markdown(report, "forwards"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
