@@ -1,0 +1,194 @@
+"""`xaibench harmony ...`: the HARMONY human study (web application, data sets, labels, analysis).
+
+Needs the `web` extra. Data live in $XAIBENCH_HARMONY_HOME (default ~/.local/share/xaibench/harmony)
+unless DATABASE_URL points elsewhere; see docs/harmony.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "harmony",
+        help="run the HARMONY human study: load data sets, add annotators, serve, export, analyze",
+        description="The HARMONY study: annotators choose between the original and a fine-tuned model's "
+        "attribution map (blinded, sides randomised) or 'Neither'. Needs the `web` extra.",
+    )
+    sub = p.add_subparsers(dest="harmony_command", metavar="ACTION", required=True)
+
+    q = sub.add_parser("load", help="load a study data set (DIR/manifest.json + PNGs); idempotent")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--no-assign", action="store_true", help="do not give the new conditions to existing annotators")
+    q.set_defaults(func=handle_load)
+
+    q = sub.add_parser("add-annotator", help="create an annotator account (gets all conditions)")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("--password-stdin", action="store_true",
+                   help="read the password from the first line of stdin (default: generate one and print it once)")
+    q.add_argument("--staff", action="store_true", help="a study coordinator: admin access, no conditions")
+    q.set_defaults(func=handle_add_annotator)
+
+    q = sub.add_parser("serve", help="serve the web application (gunicorn with threads when installed)")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (default 1)")
+    q.add_argument("--threads", type=int, default=8, help="threads per worker (default 8)")
+    q.set_defaults(func=handle_serve)
+
+    q = sub.add_parser("export", help="write all labels as CSV")
+    q.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
+    q.set_defaults(func=handle_export)
+
+    q = sub.add_parser("analyze", help="per-condition, per-metric and per-annotator statistics of the labels")
+    q.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    q.add_argument("--labels", metavar="CSV", help="analyse an exported CSV instead of the database")
+    q.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
+    q.set_defaults(func=handle_analyze)
+
+    q = sub.add_parser("import-legacy", help="import the published study's database (app label relevavance)")
+    q.add_argument("path", metavar="SQLITE")
+    q.set_defaults(func=handle_import_legacy)
+
+    q = sub.add_parser("manage", help="run a Django management command (e.g. `manage check --deploy`)")
+    q.add_argument("args", nargs=argparse.REMAINDER)
+    q.set_defaults(func=handle_manage)
+
+
+def _ready() -> None:
+    from xaibench.harmony import ensure_database
+
+    ensure_database()
+
+
+def handle_load(args: argparse.Namespace) -> int:
+    from xaibench.harmony.dataset import load_dataset, read_manifest
+
+    read_manifest(args.dir)  # validate before touching the database
+    _ready()
+    counts = load_dataset(args.dir, assign=not args.no_assign)
+    print(
+        f"loaded {args.dir}: {counts['conditions_created']} new condition(s), {counts['examples_created']} new, "
+        f"{counts['examples_updated']} updated, {counts['examples_unchanged']} unchanged example(s)"
+    )
+    return 0
+
+
+def handle_add_annotator(args: argparse.Namespace) -> int:
+    import secrets
+
+    from xaibench.errors import InputError
+
+    name = args.name.strip()
+    if not name or len(name) > 150:
+        raise InputError("annotator name must be 1-150 characters")
+    generated = not args.password_stdin
+    if generated:
+        password = secrets.token_urlsafe(12)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < 8:
+            raise InputError("password must have at least 8 characters")
+    _ready()
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+
+    from xaibench.harmony.dataset import assign_conditions
+    from xaibench.harmony.models import Condition
+
+    User = get_user_model()
+    if User.objects.filter(username=name).exists():
+        raise InputError(f"annotator {name!r} already exists")
+    with transaction.atomic():
+        user = User.objects.create_user(username=name, password=password)
+        if args.staff:
+            user.is_staff = user.is_superuser = True
+            user.save()
+            n = 0
+        else:
+            n = assign_conditions(user, list(Condition.objects.all()))
+    role = "staff account" if args.staff else f"annotator with {n} condition(s)"
+    print(f"created {role}: {name}")
+    if generated:
+        print(f"password (shown only once): {password}")
+    return 0
+
+
+def handle_serve(args: argparse.Namespace) -> int:
+    from xaibench.harmony.server import serve
+
+    _ready()
+    return serve(args.host, args.port, workers=args.workers, threads=args.threads)
+
+
+def handle_export(args: argparse.Namespace) -> int:
+    _ready()
+    from xaibench.harmony.export import write_csv
+
+    if args.output:
+        n = write_csv(args.output)
+        print(f"{n} labels written to {args.output}", file=sys.stderr)
+    else:
+        write_csv(sys.stdout)
+    return 0
+
+
+def handle_analyze(args: argparse.Namespace) -> int:
+    from xaibench.errors import InputError
+    from xaibench.harmony.analysis import analyze, format_report, to_jsonable
+
+    if not 0 < args.confidence < 1:
+        raise InputError("--confidence must be between 0 and 1")
+    if args.labels:
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(args.labels, dtype={"example": str})
+        except (OSError, ValueError) as err:
+            raise InputError(f"cannot read {args.labels}: {err}") from err
+    else:
+        _ready()
+        from xaibench.harmony.export import labels_frame
+
+        df = labels_frame()
+    from xaibench.harmony.analysis import normalise
+
+    try:
+        normalise(df)
+    except ValueError as err:
+        raise InputError(f"labels: {err}") from err
+    result = analyze(df, confidence=args.confidence)
+    if args.json:
+        print(json.dumps(to_jsonable(result), indent=2))
+    else:
+        print(format_report(result))
+    return 0
+
+
+def handle_import_legacy(args: argparse.Namespace) -> int:
+    from xaibench.harmony.legacy import import_legacy, read_legacy
+
+    read_legacy(args.path)  # validate first
+    _ready()
+    c = import_legacy(args.path)
+    print(
+        f"imported {args.path}: {c['conditions']} conditions, {c['examples']} examples (without pictures), "
+        f"{c['labels_read']} labels read, {c['annotators']} new annotator account(s); "
+        f"{c['duplicates']} duplicated (annotator, example) label(s) resolved (latest wins); "
+        f"{c['labels_created']} labels created, {c['labels_updated']} updated"
+    )
+    return 0
+
+
+def handle_manage(args: argparse.Namespace) -> int:
+    from xaibench.harmony import setup
+
+    setup()
+    from django.core.management import execute_from_command_line
+
+    rest = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else args.args
+    execute_from_command_line(["xaibench harmony manage", *rest])
+    return 0

@@ -1,0 +1,17 @@
+"""``python -m xaibench.harmony.manage COMMAND``: Django's manage.py for the HARMONY application."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xaibench.harmony.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(["manage.py", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Study conditions, examples, what each annotator was shown, and their labels."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.db import models
+
+
+class Condition(models.Model):
+    """One study condition: data set x explanation metric x model x attribution method."""
+
+    dataset = models.CharField(max_length=128)
+    metric = models.CharField(max_length=128)
+    model = models.CharField(max_length=128)
+    method = models.CharField(max_length=128)
+    study = models.CharField(max_length=128, blank=True, default="", help_text="name of the study data set")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["metric", "model", "method", "dataset"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "metric", "model", "method"], name="harmony_condition_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset} / {self.metric} / {self.model} / {self.method}"
+
+
+class Example(models.Model):
+    """An image, the model's prediction and the two attribution maps (files may be absent for imports)."""
+
+    condition = models.ForeignKey(Condition, on_delete=models.CASCADE, related_name="examples")
+    key = models.CharField(max_length=128, help_text="example id in the study data set")
+    position = models.PositiveIntegerField(default=0)
+    prediction = models.CharField(max_length=256, blank=True, default="")
+    label = models.CharField(max_length=256, blank=True, default="", help_text="ground-truth class, if known")
+    image = models.CharField(max_length=255, blank=True, default="", help_text="media path of the image")
+    original_map = models.CharField(max_length=255, blank=True, default="")
+    finetuned_map = models.CharField(max_length=255, blank=True, default="")
+    source_image = models.CharField(max_length=512, blank=True, default="", help_text="path in the source data set")
+
+    class Meta:
+        ordering = ["condition", "position", "id"]
+        constraints = [models.UniqueConstraint(fields=["condition", "key"], name="harmony_example_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.condition} #{self.key}"
+
+
+class Assignment(models.Model):
+    """A condition an annotator labels; ``position`` numbers the annotator's anonymous cards."""
+
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="harmony_assignments")
+    condition = models.ForeignKey(Condition, on_delete=models.CASCADE, related_name="assignments")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["annotator", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "condition"], name="harmony_assignment_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} -> {self.condition}"
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class Presentation(models.Model):
+    """Server-side blinding of one (annotator, example): which side shows the fine-tuned map, and the
+    opaque tokens the three answer buttons post."""
+
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="presentations")
+    finetuned_left = models.BooleanField()
+    token_left = models.CharField(max_length=32, default=_token)
+    token_right = models.CharField(max_length=32, default=_token)
+    token_neither = models.CharField(max_length=32, default=_token)
+    shown_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "example"], name="harmony_presentation_unique")
+        ]
+
+
+class Label(models.Model):
+    """One answer per (annotator, example); answering again updates it."""
+
+    FINETUNED = "finetuned"
+    ORIGINAL = "original"
+    NEITHER = "neither"
+    CHOICES = [(FINETUNED, "fine-tuned model's map"), (ORIGINAL, "original model's map"), (NEITHER, "neither")]
+
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="harmony_labels")
+    example = models.ForeignKey(Example, on_delete=models.CASCADE, related_name="labels")
+    choice = models.CharField(max_length=16, choices=CHOICES)
+    finetuned_left = models.BooleanField(null=True, blank=True, help_text="side of the fine-tuned map when answered")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    response_ms = models.PositiveIntegerField(null=True, blank=True, help_text="time to answer, milliseconds")
+    revisions = models.PositiveIntegerField(default=0, help_text="how many times the answer was changed")
+    legacy_id = models.BigIntegerField(null=True, blank=True, help_text="label id in an imported database")
+
+    class Meta:
+        ordering = ["annotator", "example"]
+        constraints = [models.UniqueConstraint(fields=["annotator", "example"], name="harmony_label_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator}: {self.example} = {self.choice}"

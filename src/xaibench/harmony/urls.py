@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from xaibench.harmony import views
+
+app_patterns = [
+    path("", views.home, name="home"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("card/<int:card>/", views.card_start, name="card"),
+    path("card/<int:card>/done/", views.card_done, name="done"),
+    path("card/<int:card>/<int:n>/", views.label_example, name="example"),
+    path("card/<int:card>/<int:n>/picture/<str:slot>.png", views.picture, name="picture"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include((app_patterns, "harmony"))),
+]

@@ -1,0 +1,234 @@
+"""Annotator-facing views. Nothing here reveals which map is which: sides are decided and stored
+server-side (``Presentation``), the answer buttons post opaque per-(annotator, example) tokens and
+pictures are served under neutral names (``image``, ``left``, ``right``)."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_http_methods
+
+from xaibench.harmony.models import Assignment, Example, Label, Presentation
+
+MAX_RESPONSE_MS = 24 * 3600 * 1000
+
+
+def _assignments(user) -> list[Assignment]:
+    return list(Assignment.objects.filter(annotator=user).select_related("condition").order_by("position", "id"))
+
+
+def _assignment(user, card: int) -> Assignment:
+    assignments = _assignments(user)
+    if card < 1 or card > len(assignments):
+        raise Http404("no such card")
+    return assignments[card - 1]
+
+
+def _example_ids(assignment: Assignment) -> list[int]:
+    return list(assignment.condition.examples.order_by("position", "id").values_list("id", flat=True))
+
+
+def _labelled_ids(user, example_ids: list[int]) -> set[int]:
+    return set(Label.objects.filter(annotator=user, example_id__in=example_ids).values_list("example_id", flat=True))
+
+
+def _presentation(user, example_id: int) -> Presentation:
+    try:
+        return Presentation.objects.get(annotator=user, example_id=example_id)
+    except Presentation.DoesNotExist:
+        pass
+    try:
+        with transaction.atomic():
+            return Presentation.objects.create(
+                annotator=user, example_id=example_id, finetuned_left=bool(secrets.randbelow(2))
+            )
+    except IntegrityError:  # created concurrently by another request of the same annotator
+        return Presentation.objects.get(annotator=user, example_id=example_id)
+
+
+@login_required
+@require_GET
+def home(request):
+    cards = []
+    for number, assignment in enumerate(_assignments(request.user), start=1):
+        ids = _example_ids(assignment)
+        done = len(_labelled_ids(request.user, ids))
+        total = len(ids)
+        cards.append(
+            {
+                "number": number,
+                "done": done,
+                "total": total,
+                "percent": round(100 * done / total) if total else 100,
+                "complete": done >= total,
+            }
+        )
+    return render(request, "harmony/home.html", {"cards": cards})
+
+
+@login_required
+@require_GET
+def card_start(request, card: int):
+    assignment = _assignment(request.user, card)
+    ids = _example_ids(assignment)
+    labelled = _labelled_ids(request.user, ids)
+    for n, example_id in enumerate(ids, start=1):
+        if example_id not in labelled:
+            return redirect("harmony:example", card=card, n=n)
+    return redirect("harmony:done", card=card)
+
+
+@login_required
+@require_GET
+def card_done(request, card: int):
+    assignment = _assignment(request.user, card)
+    ids = _example_ids(assignment)
+    labelled = _labelled_ids(request.user, ids)
+    missing = [n for n, example_id in enumerate(ids, start=1) if example_id not in labelled]
+    return render(
+        request,
+        "harmony/done.html",
+        {"card": card, "total": len(ids), "done": len(ids) - len(missing), "first_missing": missing[0] if missing else None},
+    )
+
+
+def _side_of(label: Label | None, presentation: Presentation) -> str | None:
+    if label is None:
+        return None
+    if label.choice == Label.NEITHER:
+        return "neither"
+    return "left" if (label.choice == Label.FINETUNED) == presentation.finetuned_left else "right"
+
+
+def _save_label(user, example_id: int, presentation: Presentation, side: str, response_ms: int | None) -> None:
+    if side == "neither":
+        choice = Label.NEITHER
+    else:
+        choice = Label.FINETUNED if (side == "left") == presentation.finetuned_left else Label.ORIGINAL
+    with transaction.atomic():
+        label = Label.objects.select_for_update().filter(annotator=user, example_id=example_id).first()
+        if label is None:
+            try:
+                with transaction.atomic():
+                    Label.objects.create(
+                        annotator=user,
+                        example_id=example_id,
+                        choice=choice,
+                        finetuned_left=presentation.finetuned_left,
+                        response_ms=response_ms,
+                    )
+                return
+            except IntegrityError:  # a concurrent request of the same annotator created it
+                label = Label.objects.select_for_update().get(annotator=user, example_id=example_id)
+        if label.choice != choice:
+            label.revisions += 1
+        label.choice = choice
+        label.finetuned_left = presentation.finetuned_left
+        label.response_ms = response_ms
+        label.save()
+
+
+def _response_ms(request, presentation: Presentation) -> int | None:
+    raw = request.POST.get("rt", "")
+    try:
+        value = int(float(raw))
+        if 0 <= value <= MAX_RESPONSE_MS:
+            return value
+    except (TypeError, ValueError):
+        pass
+    if presentation.shown_at is not None:
+        elapsed = int((timezone.now() - presentation.shown_at).total_seconds() * 1000)
+        if 0 <= elapsed <= MAX_RESPONSE_MS:
+            return elapsed
+    return None
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def label_example(request, card: int, n: int):
+    assignment = _assignment(request.user, card)
+    ids = _example_ids(assignment)
+    if n < 1 or n > len(ids):
+        raise Http404("no such example")
+    example_id = ids[n - 1]
+    presentation = _presentation(request.user, example_id)
+
+    if request.method == "POST":
+        token = request.POST.get("choice", "")
+        sides = {
+            presentation.token_left: "left",
+            presentation.token_right: "right",
+            presentation.token_neither: "neither",
+        }
+        side = next((s for t, s in sides.items() if secrets.compare_digest(t, token)), None)
+        if side is None:
+            return HttpResponseBadRequest("unknown answer; reload the page")
+        _save_label(request.user, example_id, presentation, side, _response_ms(request, presentation))
+        if n < len(ids):
+            return redirect("harmony:example", card=card, n=n + 1)
+        return redirect("harmony:card", card=card)
+
+    Presentation.objects.filter(pk=presentation.pk).update(shown_at=timezone.now())
+    example = Example.objects.get(pk=example_id)
+    label = Label.objects.filter(annotator=request.user, example_id=example_id).first()
+    labelled = _labelled_ids(request.user, ids)
+
+    def picture_url(slot: str, stored: str) -> str | None:
+        return reverse("harmony:picture", kwargs={"card": card, "n": n, "slot": slot}) if stored else None
+
+    left, right = (
+        (example.finetuned_map, example.original_map)
+        if presentation.finetuned_left
+        else (example.original_map, example.finetuned_map)
+    )
+    context = {
+        "card": card,
+        "n": n,
+        "total": len(ids),
+        "answered": len(labelled),
+        "prediction": example.prediction,
+        "image_url": picture_url("image", example.image),
+        "left_url": picture_url("left", left),
+        "right_url": picture_url("right", right),
+        "tokens": {
+            "left": presentation.token_left,
+            "right": presentation.token_right,
+            "neither": presentation.token_neither,
+        },
+        "chosen": _side_of(label, presentation),
+        "previous": n - 1 if n > 1 else None,
+        "next": n + 1 if (label is not None and n < len(ids)) else None,
+    }
+    return render(request, "harmony/label.html", context)
+
+
+@login_required
+@require_GET
+def picture(request, card: int, n: int, slot: str):
+    if slot not in {"image", "left", "right"}:
+        raise Http404("no such picture")
+    assignment = _assignment(request.user, card)
+    ids = _example_ids(assignment)
+    if n < 1 or n > len(ids):
+        raise Http404("no such example")
+    example = Example.objects.get(pk=ids[n - 1])
+    if slot == "image":
+        stored = example.image
+    else:
+        presentation = _presentation(request.user, example.pk)
+        finetuned = (slot == "left") == presentation.finetuned_left
+        stored = example.finetuned_map if finetuned else example.original_map
+    if not stored or not default_storage.exists(stored):
+        raise Http404("picture not available")
+    with default_storage.open(stored, "rb") as fh:
+        data = fh.read()
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
