@@ -18,4 +18,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.faithfulness
+	$(PY) -m benchmarks.faithfulness && $(PY) -m benchmarks.alignment

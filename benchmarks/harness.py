@@ -150,7 +150,12 @@ def agreement(ours: np.ndarray, ref: np.ndarray, random_reference: bool) -> str:
     if random_reference or ours.shape != ref.shape:
         return f"mean diff {np.nanmean(ours) - np.nanmean(ref):+.3f}"
     both = ~(np.isnan(ours) | np.isnan(ref))
-    text = f"max abs diff {np.abs(ours[both] - ref[both]).max():.1e}" if both.any() else "-"
+    text = "-"
+    if both.any():
+        diff = np.abs(ours[both] - ref[both])
+        text = f"max abs diff {diff.max():.1e}"
+        if np.abs(ref[both]).max() > 10:  # large scores (ratios): the relative difference is the telling one
+            text += f", rel {(diff / np.maximum(np.abs(ref[both]), 1e-300)).max():.1e}"
     if not both.all():
         text += f" ({int((~both).sum())} NaN ours, ref {np.unique(ref[~both])[:3].tolist()})"
     return text
@@ -176,7 +181,7 @@ def line(row: dict[str, Any]) -> str:
     ref = (f" | {row['reference']} {row['reference_s']:.2f}s speed-up {row['speedup']:.1f}x, {row['agreement']}"
            if "reference" in row else "")
     return (f"{row['metric']}: {row['ours_s']:.3f}s, {_fmt(row.get('calls_per_image'), '.0f')} "
-            f"{row.get('unit', 'forwards')}/image, pure cost {_fmt(row.get('pure_s'), '.3f')}s, "
+            f"{row.get('unit', 'forwards')}/image, pure cost {_fmt(row.get('pure_s'), '.3f', 's')}, "
             f"ratio {_fmt(row.get('ratio'), '.2f', 'x')}, in-run {_fmt(row.get('ratio_inside'), '.2f', 'x')}{ref} | "
             f"peak memory {row['memory_small'] / 2**20:.1f} / {row['memory_large'] / 2**20:.1f} MiB")
 
