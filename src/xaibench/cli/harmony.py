@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("path", metavar="SQLITE")
     q.set_defaults(func=handle_import_legacy)
 
+    q = sub.add_parser("make-sample", help="write a small synthetic study data set to try the application")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--conditions", type=int, default=2)
+    q.add_argument("--examples", type=int, default=5)
+    q.set_defaults(func=handle_make_sample)
+
     q = sub.add_parser("manage", help="run a Django management command (e.g. `manage check --deploy`)")
     q.add_argument("args", nargs=argparse.REMAINDER)
     q.set_defaults(func=handle_manage)
@@ -180,6 +186,17 @@ def handle_import_legacy(args: argparse.Namespace) -> int:
         f"{c['duplicates']} duplicated (annotator, example) label(s) resolved (latest wins); "
         f"{c['labels_created']} labels created, {c['labels_updated']} updated"
     )
+    return 0
+
+
+def handle_make_sample(args: argparse.Namespace) -> int:
+    from xaibench.errors import InputError
+    from xaibench.harmony.sample import make_sample_dataset
+
+    if args.conditions < 1 or args.examples < 1:
+        raise InputError("--conditions and --examples must be at least 1")
+    path = make_sample_dataset(args.dir, conditions=args.conditions, examples=args.examples)
+    print(f"sample study data set written to {path}; load it with `xaibench harmony load {path}`")
     return 0
 
 

@@ -130,6 +130,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 
+# e.g. a fast hasher for throw-away test databases: HARMONY_PASSWORD_HASHERS=django.contrib.auth.hashers.MD5PasswordHasher
+_hashers = env_list("HARMONY_PASSWORD_HASHERS", [])
+if _hashers:
+    PASSWORD_HASHERS = _hashers
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
