@@ -391,7 +391,7 @@ def test_check_deploy_clean_under_production_settings(tmp_path):
 
 
 def test_database_url_and_home(tmp_path):
-    code = ("import os; from xaibench.harmony import setup; setup(); from django.conf import settings; "
+    code = ("import xaibench.harmony.settings as settings; "
             "d = settings.DATABASES['default']; print(d['ENGINE'], d['NAME'], d.get('OPTIONS', {}).get('transaction_mode'), settings.MEDIA_ROOT)")
     env = {**os.environ, "XAIBENCH_HARMONY_HOME": str(tmp_path / "h")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
