@@ -1,0 +1,713 @@
+"""Reliability statistics of a benchmark run: can its scores be trusted to rank the methods?
+
+`summarize(results)` turns the tidy results table (`xaibench.store.load_results`) into a
+`ReliabilitySummary`: mean score per (metric, method) with BCa bootstrap intervals and ranks,
+Krippendorff's alpha of the per-image method rankings of each metric (with a BCa interval), paired
+Wilcoxon signed-rank tests between methods (Holm-corrected), Kendall tau agreement between metrics and
+Gomez et al.'s minimum benchmark size. The functional core works on plain arrays (or tensors):
+
+- `per_image_ranks(scores [n_images, n_methods], higher_is_better)` -> ranks, 1 = best, ties averaged
+- `krippendorff_alpha(data [..., n_coders, n_units], level)` -> alpha (vectorised over leading axes)
+- `bootstrap_ci(statistic, data, n_boot=, level=, seed=, method="bca"|"percentile")` -> interval
+- `minimum_benchmark_size(first_place_probs, max_n=, confidence=, even_only=)` -> number of images
+- `top_stays_first_probability(first_place_probs, n, even_only=)` -> exact probability
+
+Conventions (details and references in docs/reliability.md):
+
+- Images are the raters (coders) and methods the units (Gomez et al. 2022): an image "rates" the methods
+  by ranking them. Rank 1 is the best method for the metric's direction (``higher_is_better``).
+- Ties get average ranks; a method whose score is NaN on an image has no rank there (missing value).
+  Ranking statistics (alpha, first places, minimum size) use the images on which every method has a
+  score; means use every defined score; the paired tests use the images where both methods have one.
+  Every image or method left out is reported in the ``reason`` columns and in ``notes``, never scored 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import signal, special, stats
+
+from xaibench.errors import InputError
+
+__all__ = [
+    "AlphaStatistic",
+    "ConfidenceInterval",
+    "MeanStatistic",
+    "ReliabilitySummary",
+    "bootstrap_ci",
+    "first_place_rates",
+    "holm",
+    "interpret_alpha",
+    "krippendorff_alpha",
+    "minimum_benchmark_size",
+    "per_image_ranks",
+    "summarize",
+    "top_stays_first_probability",
+]
+
+LEVELS = ("nominal", "ordinal", "interval", "ratio")
+RELIABLE = 0.8  # Krippendorff (2004): alpha >= 0.800 to rely on the data
+TENTATIVE = 0.667  # 0.667 <= alpha < 0.800: tentative conclusions only
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+def per_image_ranks(scores: Any, higher_is_better: bool = True) -> np.ndarray:
+    """Rank the methods on each image: ``scores`` [n_images, n_methods] -> ranks of the same shape.
+
+    Rank 1 is the best method of the row: the highest score if ``higher_is_better`` else the lowest.
+    Tied scores get the average of the ranks they span (1, 2.5, 2.5, 4). A NaN score gets a NaN rank
+    and the other methods of that row are ranked among themselves (1 .. number of defined scores); the
+    row is kept, as missing values for `krippendorff_alpha`. Use ``~np.isnan(ranks).any(1)`` to keep
+    complete rows only (as `summarize` does). Infinite scores are an error.
+    """
+    x = _as_numpy(scores)
+    if x.ndim != 2:
+        raise InputError(f"scores: expected [n_images, n_methods], got shape {x.shape}")
+    if np.isinf(x).any():
+        raise InputError("scores: infinite values; use NaN for undefined scores")
+    key = -x if higher_is_better else x
+    if x.size == 0:
+        return key.copy()
+    return stats.rankdata(key, axis=1, method="average", nan_policy="omit").astype(np.float64)
+
+
+# --------------------------------------------------------------------------- Krippendorff's alpha
+
+
+def krippendorff_alpha(data: Any, level: str = "ordinal") -> float | np.ndarray:
+    """Krippendorff's alpha of reliability data ``[..., n_coders, n_units]`` (NaN = missing value).
+
+    Rows are the coders (raters) and columns the units, as in ``krippendorff.alpha(reliability_data=)``;
+    for a benchmark (Gomez et al. 2022) the coders are the images and the units the methods, the values
+    the per-image ranks of `per_image_ranks`. ``level`` is ``"nominal"``, ``"ordinal"`` (default),
+    ``"interval"`` or ``"ratio"``; the distances are Krippendorff's (the ordinal one uses the marginal
+    frequencies of the values). Leading axes are a batch: the alpha of each matrix is computed at once,
+    the value domain being the union of the values of the batch (values absent from a matrix add nothing).
+    Returns a float for one matrix, an array otherwise; NaN where alpha is undefined (fewer than two
+    pairable values, or no disagreement possible because all pairable values are equal).
+    """
+    if level not in LEVELS:
+        raise InputError(f"level: expected one of {', '.join(LEVELS)}, got {level!r}")
+    x = _as_numpy(data)
+    if x.ndim < 2:
+        raise InputError(f"data: expected [..., n_coders, n_units], got shape {x.shape}")
+    if np.isinf(x).any():
+        raise InputError("data: infinite values; use NaN for missing values")
+    batch_shape = x.shape[:-2]
+    x = x.reshape((-1,) + x.shape[-2:])
+    domain = np.unique(x[~np.isnan(x)])
+    if domain.size == 0:
+        out = np.full(x.shape[0], np.nan)
+    else:
+        # value counts per unit: [B, n_units, V]
+        idx = np.where(np.isnan(x), -1, np.searchsorted(domain, np.where(np.isnan(x), domain[0], x)))
+        counts = np.zeros(x.shape[:1] + x.shape[2:] + (domain.size,))
+        for v in range(domain.size):  # [B, n_units] counts of value v, missing values never match
+            counts[..., v] = (idx == v).sum(1)
+        out = _alpha_from_counts(counts, domain, level)
+    out = out.reshape(batch_shape)
+    return float(out) if out.ndim == 0 else out
+
+
+def _alpha_from_counts(counts: np.ndarray, domain: np.ndarray, level: str) -> np.ndarray:
+    """Alpha for value counts [B, n_units, V] over the sorted ``domain`` [V]."""
+    m = counts.sum(-1)  # coders per unit
+    w = np.where(m >= 2, 1.0 / np.maximum(m - 1.0, 1.0), 0.0)  # units with one value are not pairable
+    o = np.einsum("bu,buc,buk->bck", w, counts, counts)  # coincidences, diagonal corrected below
+    diag = np.einsum("bu,buc->bc", w, counts)
+    v = domain.size
+    o[:, np.arange(v), np.arange(v)] -= diag
+    n_v = o.sum(-1)  # [B, V]
+    n = n_v.sum(-1)  # [B]
+    if level == "nominal":
+        d = np.broadcast_to(1.0 - np.eye(v), (counts.shape[0], v, v))
+    elif level == "interval":
+        d = np.broadcast_to((domain[:, None] - domain[None, :]) ** 2, (counts.shape[0], v, v))
+    elif level == "ratio":
+        s = domain[:, None] + domain[None, :]
+        r = np.divide(domain[:, None] - domain[None, :], s, out=np.zeros((v, v)), where=s != 0)
+        d = np.broadcast_to(r**2, (counts.shape[0], v, v))
+    else:  # ordinal: (sum of n_g for g between c and k inclusive - (n_c + n_k) / 2) ** 2
+        cum = np.concatenate([np.zeros((n_v.shape[0], 1)), np.cumsum(n_v, -1)], -1)  # [B, V+1]
+        lo = np.minimum(np.arange(v)[:, None], np.arange(v)[None, :])
+        hi = np.maximum(np.arange(v)[:, None], np.arange(v)[None, :])
+        between = cum[:, hi + 1] - cum[:, lo]
+        d = (between - (n_v[:, :, None] + n_v[:, None, :]) / 2.0) ** 2
+    observed = (o * d).sum((-1, -2))
+    expected = (np.einsum("bc,bk,bck->b", n_v, n_v, d)) / np.maximum(n - 1.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = 1.0 - observed / expected
+    return np.where((n > 1) & (expected > 0), alpha, np.nan)
+
+
+def interpret_alpha(alpha: float) -> str:
+    """Krippendorff's thresholds: >= 0.8 "reliable", >= 0.667 "tentative", lower "unreliable"."""
+    if not np.isfinite(alpha):
+        return "undefined"
+    if alpha >= RELIABLE:
+        return "reliable"
+    if alpha >= TENTATIVE:
+        return "tentative"
+    return "unreliable"
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+class ConfidenceInterval(NamedTuple):
+    """Point estimate and interval (floats for a scalar statistic, arrays for a vector one)."""
+
+    estimate: Any
+    low: Any
+    high: Any
+
+
+def _chunks(total: int, row_size: int, budget: int = 4_000_000) -> list[slice]:
+    step = max(1, budget // max(row_size, 1))
+    return [slice(s, min(s + step, total)) for s in range(0, total, step)]
+
+
+def _evaluate(statistic: Callable[[np.ndarray], Any], data: np.ndarray, index: np.ndarray, vectorized: bool) -> np.ndarray:
+    """Statistic of each resample ``data[index[b]]`` -> [B, k]."""
+    weighted = getattr(statistic, "weighted", None)
+    if weighted is not None:
+        n = data.shape[0]
+        parts = []
+        for sl in _chunks(index.shape[0], n * 8):
+            idx = index[sl]
+            flat = (idx + n * np.arange(idx.shape[0])[:, None]).ravel()
+            counts = np.bincount(flat, minlength=idx.shape[0] * n).reshape(idx.shape[0], n).astype(np.float64)
+            parts.append(np.asarray(weighted(data, counts), dtype=np.float64).reshape(idx.shape[0], -1))
+        return np.concatenate(parts, 0)
+    row = int(np.prod(data.shape[1:])) * index.shape[1]
+    parts = []
+    for sl in _chunks(index.shape[0], row):
+        if vectorized:
+            parts.append(np.asarray(statistic(data[index[sl]]), dtype=np.float64).reshape(sl.stop - sl.start, -1))
+        else:
+            parts.extend(np.asarray(statistic(data[i]), dtype=np.float64).reshape(1, -1) for i in index[sl])
+    return np.concatenate(parts, 0)
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], Any],
+    data: Any,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    method: str = "bca",
+    vectorized: bool = True,
+) -> ConfidenceInterval:
+    """Bootstrap confidence interval of ``statistic(data)``, resampling the rows (images) of ``data``.
+
+    ``data`` is [n, ...] (rows = images). With ``vectorized=True`` the statistic receives a batch of
+    resamples [B, n, ...] and returns [B] or [B, k]; with ``vectorized=False`` it receives one sample
+    [n, ...] and returns a scalar or [k]. The resample indices are drawn at once from
+    ``numpy.random.default_rng(seed).integers(0, n, (n_boot, n))``, the same draws as
+    ``scipy.stats.bootstrap(..., rng=np.random.default_rng(seed))``. A statistic may also have a
+    ``weighted(data, counts)`` method, ``counts`` [B, n] being how many times each row is in each
+    resample (or jackknife sample), returning the same [B] or [B, k] values without building the
+    resamples; `MeanStatistic` and `AlphaStatistic` do.
+
+    ``method="bca"``: bias-corrected and accelerated percentiles (Efron 1987; Efron & Tibshirani 1993,
+    14.3): bias ``z0 = Phi^-1(share of resampled statistics below the estimate, ties counted half)``,
+    acceleration from the jackknife (leave one row out), ``a = sum U^3 / (6 (sum U^2)^1.5)`` with
+    ``U = mean(jackknife) - jackknife``; the bounds are the ``Phi(z0 + (z0 + z) / (1 - a (z0 + z)))``
+    percentiles (linear interpolation) for ``z = Phi^-1((1 -+ level) / 2)``. When every resample equals
+    the estimate the interval is that value; when the bias correction is infinite (the estimate lies
+    outside all resamples) the share is clipped to [1/(2B), 1 - 1/(2B)]. Non-finite resampled values
+    (statistic undefined on a resample) are left out. ``method="percentile"``: plain percentiles.
+    Returns ``ConfidenceInterval(estimate, low, high)`` (floats for a scalar statistic).
+    """
+    if method not in ("bca", "percentile"):
+        raise InputError(f"method: expected 'bca' or 'percentile', got {method!r}")
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level: expected 0 < level < 1, got {level}")
+    if int(n_boot) < 2:
+        raise InputError(f"n_boot: expected at least 2, got {n_boot}")
+    x = _as_numpy(data)
+    if x.ndim == 0 or x.shape[0] < 2:
+        raise InputError(f"data: need at least 2 rows to bootstrap, got shape {x.shape}")
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, (int(n_boot), n))
+    raw = np.asarray(statistic(x[None]) if vectorized else statistic(x), dtype=np.float64)
+    scalar = raw.ndim <= (1 if vectorized else 0)
+    theta = raw.reshape(-1)  # [k]
+    boot = _evaluate(statistic, x, index, vectorized)  # [B, k]
+    tail = (1.0 - level) / 2.0
+    if method == "bca":
+        if getattr(statistic, "weighted", None) is not None:
+            jack = np.asarray(statistic.weighted(x, 1.0 - np.eye(n)), dtype=np.float64).reshape(n, -1)
+        else:
+            jack_index = np.arange(n)[None, :].repeat(n, 0)
+            jack_index = jack_index[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+            jack = _evaluate(statistic, x, jack_index, vectorized)  # [n, k]
+    low = np.full(theta.shape, np.nan)
+    high = np.full(theta.shape, np.nan)
+    for j in range(theta.size):
+        b = boot[:, j][np.isfinite(boot[:, j])]
+        if not np.isfinite(theta[j]) or b.size < 2:
+            continue
+        if method == "percentile":
+            low[j], high[j] = np.percentile(b, [100 * tail, 100 * (1 - tail)])
+            continue
+        if np.all(b == theta[j]):
+            low[j] = high[j] = theta[j]
+            continue
+        share = (np.count_nonzero(b < theta[j]) + np.count_nonzero(b <= theta[j])) / (2.0 * b.size)
+        share = min(max(share, 0.5 / b.size), 1 - 0.5 / b.size)
+        z0 = special.ndtri(share)
+        jj = jack[:, j][np.isfinite(jack[:, j])]
+        u = jj.mean() - jj
+        den = (u**2).sum()
+        a = (u**3).sum() / (6.0 * den**1.5) if den > 0 else 0.0
+        bounds = []
+        for z in (special.ndtri(tail), special.ndtri(1 - tail)):
+            num = z0 + z
+            bounds.append(special.ndtr(z0 + num / (1 - a * num)))
+        if not all(np.isfinite(bounds)):
+            continue
+        low[j], high[j] = np.percentile(b, 100 * bounds[0]), np.percentile(b, 100 * bounds[1])
+    if scalar:
+        return ConfidenceInterval(float(theta[0]), float(low[0]), float(high[0]))
+    return ConfidenceInterval(theta, low, high)
+
+
+class MeanStatistic:
+    """Column means of the rows: [B, n, ...] -> [B, ...] (or [B] for 1-D data)."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(batch).mean(axis=1)
+
+    def weighted(self, data: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        flat = data.reshape(data.shape[0], -1)
+        return (counts @ flat) / counts.sum(1, keepdims=True)
+
+
+class AlphaStatistic:
+    """Krippendorff's alpha of a rank matrix [n_coders, n_units], as a bootstrap statistic.
+
+    Resampling the coders (images) only reweights each coder's contribution to the per-unit value
+    counts, so ``weighted`` computes the counts of every resample as one matrix product.
+    """
+
+    def __init__(self, level: str = "ordinal") -> None:
+        if level not in LEVELS:
+            raise InputError(f"level: expected one of {', '.join(LEVELS)}, got {level!r}")
+        self.level = level
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(krippendorff_alpha(batch, self.level))
+
+    def weighted(self, data: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        domain = np.unique(data[~np.isnan(data)])
+        if domain.size == 0:
+            return np.full(counts.shape[0], np.nan)
+        onehot = (data[:, :, None] == domain[None, None, :]).astype(np.float64)  # [n, units, V]
+        value_counts = (counts @ onehot.reshape(data.shape[0], -1)).reshape(counts.shape[0], data.shape[1], domain.size)
+        return _alpha_from_counts(value_counts, domain, self.level)
+
+
+# --------------------------------------------------------------------------- minimum benchmark size
+
+
+def _check_probs(first_place_probs: Any) -> np.ndarray:
+    if isinstance(first_place_probs, Mapping):
+        first_place_probs = list(first_place_probs.values())
+    p = _as_numpy(first_place_probs)
+    if p.ndim != 1 or p.size < 2:
+        raise InputError(f"first_place_probs: expected at least 2 probabilities, got shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise InputError(f"first_place_probs: probabilities must be finite and >= 0, got {p.tolist()}")
+    if abs(p.sum() - 1.0) > 1e-6:
+        raise InputError(f"first_place_probs: probabilities must sum to 1, got {p.sum():.6g}")
+    return p
+
+
+def top_stays_first_probability(first_place_probs: Any, n: int, *, even_only: bool = True) -> float:
+    """Probability that the top method (largest first-place rate) has strictly more first places than
+    every other method among ``n`` images, first places ~ Multinomial(n, first_place_probs).
+
+    ``even_only``: condition on the first-place count of the *first* method of ``first_place_probs``
+    (position 0, whatever its rate) being even, as Gomez et al.'s published search does (their
+    ``frac_to_sample_per_method = 0.5`` keeps the count vectors whose first count is a multiple of
+    1 / 0.5 = 2). The result is then P(top strictly first and count_0 even) / P(count_0 even).
+
+    Computed exactly, not by simulation: the multinomial is the law of independent Poisson(n p_i)
+    counts given their total n, so the probability is a sum over the top count t of
+    ``Poisson(t) * [x^(n-t)] prod_j (sum_{c<t} Poisson_j(c) x^c)``; the polynomial products for all t
+    are batched convolutions. Absolute error ~1e-12.
+    """
+    p = _check_probs(first_place_probs)
+    n = int(n)
+    if n < 1:
+        raise InputError(f"n: expected at least 1 image, got {n}")
+    top = int(np.argmax(p))
+    if np.count_nonzero(p == p[top]) > 1:
+        raise InputError("first_place_probs: several methods share the largest rate; there is no top method")
+    c = np.arange(n + 1)
+    pmf = np.stack([stats.poisson.pmf(c, n * pi) if pi > 0 else (c == 0).astype(float) for pi in p])
+    if even_only:
+        pmf[0, 1::2] = 0.0
+    # top counts that matter: the others' mass beyond is negligible (< 1e-20 per term)
+    t = np.nonzero(pmf[top] > 1e-20 * pmf[top].max())[0]
+    t = t[t >= 1]
+    if t.size == 0:
+        return 0.0
+    others = [j for j in range(p.size) if j != top]
+    acc = None
+    for j in others:
+        g = np.where(c[None, :] < t[:, None], pmf[j][None, :], 0.0)  # [T, n+1]
+        acc = g if acc is None else signal.fftconvolve(acc, g, axes=1)[:, : n + 1]
+    acc = np.clip(acc, 0.0, None)
+    rest = n - t
+    joint = float((pmf[top, t] * acc[np.arange(t.size), rest]).sum())
+    total = float(stats.poisson.pmf(n, n))  # P(sum of the Poisson counts == n)
+    if even_only:
+        total *= (1.0 + (1.0 - 2.0 * p[0]) ** n) / 2.0  # P(count_0 even | n)
+    return min(max(joint / total, 0.0), 1.0) if total > 0 else float("nan")
+
+
+def minimum_benchmark_size(
+    first_place_probs: Any,
+    max_n: int = 200,
+    confidence: float = 0.95,
+    even_only: bool = True,
+    *,
+    search: str = "bisection",
+) -> int:
+    """Gomez et al.'s minimum benchmark size: how few images keep the top method first.
+
+    ``first_place_probs``: each method's probability of ranking first on an image (a sequence, or a
+    mapping method -> probability whose order is kept); they must be >= 0 and sum to 1. The top method
+    is the one with the largest rate; if several share it the benchmark cannot be reduced: ``max_n``.
+    For a number of images n, ``top_stays_first_probability(first_place_probs, n, even_only=)`` is the
+    probability that the top method has strictly more first places than each other method (a tie for
+    the most first places counts as failure). The answer is the n found by the published bisection over
+    (0, max_n): ``start, end = 0, max_n``; while ``end - start > 1`` test ``n = ceil((start + end) / 2)``,
+    setting ``end = n`` if the probability is >= ``confidence`` else ``start = n``; the last n that
+    passed, or ``max_n`` if none did (``max_n`` itself is not tested). ``search="smallest"`` scans
+    n = 1, 2, ... instead and returns the first n that passes (the probability is not monotone in n,
+    so the two can differ; they agree on the published cases). Published cases (max_n=200,
+    even_only=True): [0.5, 0.3, 0.2] -> 59, [0.6, 0.2, 0.2] -> 18, [0.4, 0.35, 0.25] -> 200.
+    """
+    p = _check_probs(first_place_probs)
+    max_n = int(max_n)
+    if max_n < 1:
+        raise InputError(f"max_n: expected at least 1, got {max_n}")
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence: expected 0 < confidence < 1, got {confidence}")
+    if search not in ("bisection", "smallest"):
+        raise InputError(f"search: expected 'bisection' or 'smallest', got {search!r}")
+    if np.count_nonzero(p == p.max()) > 1:
+        return max_n
+
+    def passes(n: int) -> bool:
+        return top_stays_first_probability(p, n, even_only=even_only) >= confidence
+
+    if search == "smallest":
+        return next((n for n in range(1, max_n) if passes(n)), max_n)
+    start, end, found = 0, max_n, None
+    while end - start > 1:
+        n = math.ceil((start + end) / 2)
+        if passes(n):
+            found, end = n, n
+        else:
+            start = n
+    return max_n if found is None else found
+
+
+def first_place_rates(ranks: Any) -> np.ndarray:
+    """Share of images on which each method ranks first: ranks [n_images, n_methods] (complete rows).
+
+    A method is first on an image when its rank is the row's smallest; methods tied for first share
+    that image equally (1/k each), so the rates sum to 1.
+    """
+    r = _as_numpy(ranks)
+    if r.ndim != 2 or r.shape[0] == 0:
+        raise InputError(f"ranks: expected a non-empty [n_images, n_methods], got shape {r.shape}")
+    if np.isnan(r).any():
+        raise InputError("ranks: rows with a NaN rank must be removed first")
+    best = r == r.min(1, keepdims=True)
+    return (best / best.sum(1, keepdims=True)).mean(0)
+
+
+# --------------------------------------------------------------------------- multiple comparisons
+
+
+def holm(p: Any) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values; NaN entries stay NaN and are not counted."""
+    p = _as_numpy(p).ravel()
+    out = np.full(p.shape, np.nan)
+    ok = np.nonzero(np.isfinite(p))[0]
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adj, 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- summary of a run
+
+
+@dataclass(frozen=True)
+class ReliabilitySummary:
+    """What `summarize` computes from a results table; every table has one row per metric (or pair).
+
+    - ``means``: metric, method, mean, low, high, rank, n (rank 1 = best, "min" rule on ties: equal
+      means share the smallest rank, ints)
+    - ``alpha``: metric, alpha, low, high, interpretation, n_images, n_methods, reason
+    - ``pairwise``: metric, method_a, method_b, diff (mean of a - b), n, p, p_adj (Holm within the
+      metric), significant (p_adj < 1 - level)
+    - ``agreement``: metric x metric Kendall tau of the method rankings by mean (direction-aware)
+    - ``benchmark_size``: metric, top_method, top_prob, min_n, max_n, n_images, reducible,
+      first_place_probs (dict method -> rate), reason
+    - ``notes``: what was left out and why
+    """
+
+    means: pd.DataFrame
+    alpha: pd.DataFrame
+    pairwise: pd.DataFrame
+    agreement: pd.DataFrame
+    benchmark_size: pd.DataFrame
+    level: float = 0.95
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data: lists of records, NaN as None, agreement as {metric: {metric: tau}}."""
+        return _jsonable(
+            {
+                "level": self.level,
+                "means": self.means.to_dict(orient="records"),
+                "alpha": self.alpha.to_dict(orient="records"),
+                "pairwise": self.pairwise.to_dict(orient="records"),
+                "agreement": {str(i): row.to_dict() for i, row in self.agreement.iterrows()},
+                "benchmark_size": self.benchmark_size.to_dict(orient="records"),
+                "notes": list(self.notes),
+            }
+        )
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return float(obj) if np.isfinite(obj) else None
+    if obj is None or obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
+
+
+_REQUIRED = ("image_id", "method", "metric", "score")
+
+
+def _wide(sub: pd.DataFrame, methods: list[str], images: list[Any]) -> np.ndarray:
+    table = sub.groupby(["image_id", "method"], sort=False)["score"].mean().unstack("method")
+    return table.reindex(index=images, columns=methods).to_numpy(dtype=np.float64)
+
+
+def summarize(
+    results: pd.DataFrame,
+    *,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha_level: str = "ordinal",
+    max_n: int | None = None,
+    confidence: float = 0.95,
+    even_only: bool = True,
+) -> ReliabilitySummary:
+    """Reliability summary of a results table (one row per image, method, metric; see store.py).
+
+    ``level``: confidence level of every interval, and ``1 - level`` is the significance threshold of
+    the Holm-adjusted p-values. ``n_boot`` resamples of the images with ``seed`` (the same seed for
+    every interval, so one metric's interval does not depend on the other metrics of the table).
+    ``alpha_level``: Krippendorff level of measurement of the ranks. ``max_n`` (default: the number of
+    complete images of the metric), ``confidence`` and ``even_only``: `minimum_benchmark_size`; the
+    order of methods for ``even_only`` is their order of first appearance in ``results``.
+    """
+    missing = [c for c in _REQUIRED if c not in results.columns]
+    if missing:
+        raise InputError(f"results: missing column(s) {', '.join(missing)}; load them with xaibench.load_results")
+    notes: list[str] = []
+    metrics = list(pd.unique(results["metric"]))
+    methods_all = list(pd.unique(results["method"]))
+    if "higher_is_better" in results.columns:
+        direction = results.groupby("metric", sort=False)["higher_is_better"].first().astype(bool).to_dict()
+    else:
+        direction = {m: True for m in metrics}
+        notes.append("no higher_is_better column: every metric is taken as higher-is-better")
+
+    means_rows, alpha_rows, pair_rows, size_rows = [], [], [], []
+    goodness: dict[str, pd.Series] = {}
+    groups = dict(tuple(results.groupby("metric", sort=False)))
+    for metric in metrics:
+        sub = groups[metric]
+        hib = bool(direction[metric])
+        present = set(pd.unique(sub["method"]))
+        methods = [m for m in methods_all if m in present]
+        images = list(pd.unique(sub["image_id"]))
+        x = _wide(sub, methods, images)  # [n_images, n_methods], NaN where undefined or absent
+        defined = ~np.isnan(x)
+
+        # means with BCa intervals over images
+        rows = []
+        for k, method in enumerate(methods):
+            v = x[defined[:, k], k]
+            if v.size == 0:
+                notes.append(f"{metric}: method {method} has no defined score; left out of the ranking")
+                continue
+            if v.size >= 2:
+                ci = bootstrap_ci(MeanStatistic(), v, n_boot=n_boot, level=level, seed=seed)
+                low, high = ci.low, ci.high
+            else:
+                low = high = float("nan")
+            rows.append({"metric": metric, "method": method, "mean": float(v.mean()), "low": low, "high": high, "n": int(v.size)})
+        if rows:
+            frame = pd.DataFrame(rows)
+            key = frame["mean"] if hib else -frame["mean"]
+            frame["rank"] = key.rank(ascending=False, method="min").astype(int)
+            goodness[metric] = pd.Series(key.to_numpy(), index=frame["method"].to_numpy())
+            means_rows.extend(frame.to_dict(orient="records"))
+
+        # per-image rankings on complete images
+        complete = defined.all(1)
+        n_dropped = int((~complete).sum())
+        if n_dropped:
+            notes.append(f"{metric}: {n_dropped} of {len(images)} images lack a score for some method; "
+                         "left out of alpha and the minimum benchmark size")
+        ranks = per_image_ranks(x[complete], hib) if complete.any() else np.empty((0, len(methods)))
+        n_img = int(ranks.shape[0])
+        a = lo = hi = float("nan")
+        reason = None
+        if len(methods) < 2:
+            reason = "fewer than 2 methods"
+        elif n_img < 2:
+            reason = "fewer than 2 images with a score for every method"
+        else:
+            a = krippendorff_alpha(ranks, alpha_level)
+            if not np.isfinite(a):
+                reason = "no variation in the ranks (all methods tie on every image)"
+            else:
+                ci = bootstrap_ci(AlphaStatistic(alpha_level), ranks, n_boot=n_boot, level=level, seed=seed)
+                lo, hi = ci.low, ci.high
+        alpha_rows.append({
+            "metric": metric, "alpha": a, "low": lo, "high": hi,
+            "interpretation": interpret_alpha(a) if reason is None else f"undefined: {reason}",
+            "n_images": n_img, "n_methods": len(methods), "reason": reason,
+        })
+
+        # minimum benchmark size from the first-place rates
+        row: dict[str, Any] = {"metric": metric, "top_method": None, "top_prob": float("nan"), "min_n": None,
+                               "max_n": None, "n_images": n_img, "reducible": False, "first_place_probs": {}, "reason": reason}
+        if len(methods) >= 2 and n_img >= 1:
+            rates = first_place_rates(ranks)
+            probs = dict(zip(methods, rates.tolist()))
+            top = int(np.argmax(rates))
+            limit = int(max_n) if max_n is not None else n_img
+            tied = np.count_nonzero(np.isclose(rates, rates[top], rtol=0, atol=1e-12)) > 1
+            if tied:
+                min_n = limit
+                row["reason"] = "several methods share the most first places"
+            else:
+                min_n = minimum_benchmark_size(rates / rates.sum(), max_n=limit, confidence=confidence, even_only=even_only)
+                row["reason"] = None
+            row.update(top_method=methods[top], top_prob=float(rates[top]), min_n=int(min_n), max_n=limit,
+                       reducible=bool(min_n < limit), first_place_probs=probs)
+        size_rows.append(row)
+
+        # paired Wilcoxon signed-rank tests, Holm within the metric
+        start = len(pair_rows)
+        pair_rows.extend(_paired_tests(metric, methods, x, defined))
+        adj = holm([r["p"] for r in pair_rows[start:]])
+        for r, pa in zip(pair_rows[start:], adj):
+            r["p_adj"] = float(pa)
+            r["significant"] = bool(np.isfinite(pa) and pa < 1.0 - level)
+
+    means = pd.DataFrame(means_rows, columns=["metric", "method", "mean", "low", "high", "rank", "n"])
+    alpha = pd.DataFrame(alpha_rows, columns=["metric", "alpha", "low", "high", "interpretation", "n_images", "n_methods", "reason"])
+    pairwise = pd.DataFrame(pair_rows, columns=["metric", "method_a", "method_b", "diff", "n", "p", "p_adj", "significant"])
+    pairwise["significant"] = pairwise["significant"].astype(bool)
+    size = pd.DataFrame(size_rows, columns=["metric", "top_method", "top_prob", "min_n", "max_n", "n_images",
+                                            "reducible", "first_place_probs", "reason"])
+    return ReliabilitySummary(means=means, alpha=alpha, pairwise=pairwise, agreement=_agreement(goodness),
+                              benchmark_size=size, level=level, notes=tuple(notes))
+
+
+def _wilcoxon_p(d: np.ndarray) -> float:
+    if d.size == 0:
+        return float("nan")
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+
+
+def _paired_tests(metric: str, methods: list[str], x: np.ndarray, defined: np.ndarray) -> list[dict[str, Any]]:
+    """Two-sided Wilcoxon signed-rank test of a - b for every pair, on the images where both are defined.
+
+    Pairs with more than 50 complete images (where scipy's "auto" uses the normal approximation for
+    every pair) are tested in one vectorised call; the others one by one (exact null when possible).
+    """
+    pairs = [(i, j) for i in range(len(methods)) for j in range(i + 1, len(methods))]
+    rows, p = [], {}
+    full = [(i, j) for i, j in pairs if (defined[:, i] & defined[:, j]).all() and x.shape[0] > 50]
+    if full:
+        d = np.stack([x[:, i] - x[:, j] for i, j in full], 1)
+        nonzero = (d != 0).any(0)
+        values = np.ones(len(full))
+        if nonzero.any():
+            values[nonzero] = stats.wilcoxon(d[:, nonzero], axis=0, zero_method="wilcox", alternative="two-sided").pvalue
+        p.update(zip(full, values.tolist()))
+    for i, j in pairs:
+        both = defined[:, i] & defined[:, j]
+        d = x[both, i] - x[both, j]
+        rows.append({"metric": metric, "method_a": methods[i], "method_b": methods[j],
+                     "diff": float(d.mean()) if d.size else float("nan"), "n": int(d.size),
+                     "p": p[(i, j)] if (i, j) in p else _wilcoxon_p(d)})
+    return rows
+
+
+def _agreement(goodness: Mapping[str, pd.Series]) -> pd.DataFrame:
+    """Kendall tau-b between the method orders of each pair of metrics (higher goodness = better)."""
+    names = list(goodness)
+    if len(names) < 2:
+        return pd.DataFrame()
+    tau = np.full((len(names), len(names)), np.nan)
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if j < i:
+                tau[i, j] = tau[j, i]
+                continue
+            common = goodness[a].index.intersection(goodness[b].index)
+            if len(common) < 2:
+                continue
+            if i == j:
+                tau[i, j] = 1.0
+                continue
+            t = stats.kendalltau(goodness[a][common].to_numpy(), goodness[b][common].to_numpy()).statistic
+            tau[i, j] = float(t)
+    return pd.DataFrame(tau, index=names, columns=names)
