@@ -550,6 +550,10 @@ def summarize(
     complete images of the metric), ``confidence`` and ``even_only``: `minimum_benchmark_size`; the
     order of methods for ``even_only`` is their order of first appearance in ``results``.
     """
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level: expected 0 < level < 1, got {level}")
+    if int(n_boot) < 2:
+        raise InputError(f"n_boot: expected at least 2, got {n_boot}")
     missing = [c for c in _REQUIRED if c not in results.columns]
     if missing:
         raise InputError(f"results: missing column(s) {', '.join(missing)}; load them with xaibench.load_results")
