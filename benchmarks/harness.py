@@ -171,6 +171,8 @@ def header(device: str, **settings: Any) -> dict[str, Any]:
 
 
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    if isinstance(value, str):
+        return value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:{spec}}{suffix}"
