@@ -345,13 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-maps", type=int, default=None, help="maps for the map metrics (default 256, quick 16)")
     parser.add_argument("--n", type=int, default=None, help="images for the re-explanation metrics (default 64, quick 8)")
     parser.add_argument("--samples", type=int, default=None, help="perturbed copies per image (default 10, quick 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 5, quick 1)")
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     only = set(filter(None, args.metrics.split(",")))
-    repeats = 1 if args.quick else 5
+    repeats = args.repeats or (1 if args.quick else 5)
     maps = run_maps(args.n_maps or (16 if args.quick else 256), args.device, repeats, only)
     explain = run_explain(args.n or (8 if args.quick else 64), args.samples or (3 if args.quick else 10), args.device,
                           args.max_batch, repeats, only)

@@ -243,12 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=256)
     parser.add_argument("--n", type=int, default=None, help="images (default 64, quick 8)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats, best kept (default 5, quick 1)")
     parser.add_argument("--metrics", default="", help="comma-separated metric names (default: all)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
     n = args.n or (8 if args.quick else 64)
-    report = run(args.quick, args.device, args.max_batch, n, repeats=1 if args.quick else 5,
+    report = run(args.quick, args.device, args.max_batch, n, repeats=args.repeats or (1 if args.quick else 5),
                  only=set(filter(None, args.metrics.split(","))))
     print()
     print(markdown(report, "forwards"))
