@@ -1,0 +1,71 @@
+"""Data sets: built-in digits (plain and with a spurious square), image folders, ImageNet validation.
+
+``load_dataset(spec, split="test", image_size=None, on_error="raise")`` returns a torch `Dataset`
+whose items are `Sample` s (image float32 [3, H, W] in [0, 1], label, id, masks); `collate`
+stacks samples into a `Batch`. Specs:
+
+- ``builtin:digits``, ``builtin:digits-spurious``  (`xaibench.data.digits`)
+- ``folder:<root>`` or a bare path to an existing folder  (`xaibench.data.folder.FolderDataset`)
+- ``imagenet:<root>``  (`xaibench.data.folder.ImageNetDataset`)
+
+See docs/models-data.md for layouts, masks and errors.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+from xaibench.data.base import Batch, ImageDataset, Sample, collate
+from xaibench.errors import InputError, UnknownNameError
+
+BUILTIN = ("digits", "digits-spurious")
+SCHEMES = ("builtin", "folder", "imagenet")
+
+
+def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
+                 on_error: str = "raise") -> ImageDataset:
+    """The data set named by `spec` (see the module doc), split `split`.
+
+    image_size: resize the shorter side to this and centre-crop a square (images and masks alike);
+        None keeps each image's size (built-in sets are 32x32).
+    on_error: ``"raise"`` (a bad file raises `InputError` naming it when read) or ``"skip"`` (folder
+        sets: every file is read once now; bad samples are dropped with one warning counting them).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"data set spec must be a non-empty string, got {spec!r}")
+    if on_error not in ("raise", "skip"):
+        raise InputError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise InputError(f"image_size must be a positive integer, got {image_size!r}")
+    scheme, sep, rest = spec.partition(":")
+    if scheme == "builtin" and sep:
+        from xaibench.data.digits import DigitsDataset
+
+        if rest not in BUILTIN:
+            close = difflib.get_close_matches(rest, BUILTIN, n=3, cutoff=0.4)
+            hint = f" Did you mean {', '.join(repr('builtin:' + c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown built-in data set {spec!r}.{hint} Known: {', '.join('builtin:' + b for b in BUILTIN)}."
+            )
+        return DigitsDataset(rest, split=split, image_size=image_size)
+    if scheme in ("folder", "imagenet") and sep:
+        from xaibench.data.folder import FolderDataset, ImageNetDataset
+
+        cls = FolderDataset if scheme == "folder" else ImageNetDataset
+        return cls(rest, split=split, image_size=image_size, on_error=on_error, spec=spec)
+    if os.path.isdir(os.path.expanduser(spec)):
+        from xaibench.data.folder import FolderDataset
+
+        return FolderDataset(spec, split=split, image_size=image_size, on_error=on_error, spec=f"folder:{spec}")
+    if sep and len(scheme) > 1:
+        close = difflib.get_close_matches(scheme, SCHEMES, n=2, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c + ':') for c in close)}?" if close else ""
+        raise UnknownNameError(f"unknown data set kind {scheme + ':'!r} in {spec!r}.{hint} "
+                               f"Known: builtin:<name>, folder:<root>, imagenet:<root>, or a folder path.")
+    raise InputError(
+        f"data set {spec!r} is neither a spec (builtin:<name>, folder:<root>, imagenet:<root>) nor an existing folder"
+    )
+
+
+__all__ = ["Batch", "ImageDataset", "Sample", "collate", "load_dataset"]
