@@ -250,15 +250,17 @@ def _suggest(name: str, known: list[str], what: str) -> UnknownNameError:
     return UnknownNameError(f"unknown {what} {name!r}.{hint}")
 
 
-def _torchvision_net(name: str, num_classes: int | None) -> nn.Module:
+def _torchvision_net(name: str, num_classes: int | None, pretrained: bool = False) -> nn.Module:
     import torchvision
 
     known = torchvision.models.list_models()
     if name not in known:
         raise _suggest(name, known, "torchvision model")
-    kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+    kwargs: dict[str, Any] = {"num_classes": num_classes} if num_classes is not None else {}
     if name in ("inception_v3", "googlenet"):
-        kwargs["init_weights"] = True
+        # As torchvision's builders do for their pretrained weights: those expect the input
+        # re-normalised inside the model (transform_input) and carry the auxiliary heads.
+        kwargs.update(init_weights=not pretrained, **({"transform_input": True, "aux_logits": True} if pretrained else {}))
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
@@ -367,7 +369,7 @@ def _hub_checkpoints() -> Path:
 def _torchvision_pretrained(name: str, weights: str, num_classes: int | None) -> nn.Module:
     import torchvision
 
-    net = _torchvision_net(name, None)  # validates the name first
+    net = _torchvision_net(name, None, pretrained=True)  # validates the name first
     try:
         enum = torchvision.models.get_model_weights(name)
     except (ValueError, KeyError) as err:
@@ -384,7 +386,7 @@ def _torchvision_pretrained(name: str, weights: str, num_classes: int | None) ->
             "pass weights=<path to a state dict> of a fine-tuned model instead"
         )
     if classes is not None and classes != 1000:
-        net = _torchvision_net(name, classes)
+        net = _torchvision_net(name, classes, pretrained=True)
     filename = w.url.rsplit("/", 1)[-1]
     path = _hub_checkpoints() / filename
     if not path.is_file():
@@ -403,7 +405,7 @@ def _torchvision_pretrained(name: str, weights: str, num_classes: int | None) ->
 def _timm_pretrained(name: str, num_classes: int | None) -> nn.Module:
     timm = _timm_check(name)
     try:
-        cfg = timm.models.get_pretrained_cfg(name.split(".")[0] if "." not in name else name)
+        cfg = timm.models.get_pretrained_cfg(name)
     except Exception:
         cfg = None
     if cfg is None:

@@ -14,7 +14,8 @@ Masks (bool [32, 32], identical in both sets):
 ``builtin:digits-spurious`` draws the square in one of 10 distinct colours (`COLOURS`). In
 ``train`` and ``test`` (alias ``correlated``) its colour is the label's colour, so colour alone
 predicts the class; ``uncorrelated`` holds the test images with a colour drawn uniformly at random
-(seeded) independently of the label. The default mask is ``digit``.
+(seeded) independently of the label; its ids are those of ``test`` (the same digits), so results on
+the two splits can be paired. The default mask is ``digit``.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ class DigitsDataset(ImageDataset):
 
     def __getitem__(self, index: int) -> Sample:
         i = self._index(index)
-        image = resize_crop_image(self.images[i], self.image_size)
+        image = resize_crop_image(self.images[i], self.image_size).clone()  # callers may modify it
         masks = {
-            "digit": resize_crop_mask(self.digit_masks[i], self.image_size),
+            "digit": resize_crop_mask(self.digit_masks[i], self.image_size).clone(),
             "square": resize_crop_mask(self.square, self.image_size).clone(),
         }
         return make_sample(image, int(self.labels[i]), f"digits-{int(self.indices[i]):04d}", masks, self.default_mask)
