@@ -39,6 +39,7 @@ from torch import Tensor
 from xaibench.checks import check_maps, check_masks
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.similarity import _average_ranks
 
 EMPTY_MASK = "empty mask"
 NO_POSITIVE = "no positive relevance in the map"
@@ -312,14 +313,6 @@ def top_k_intersection(
     return finish(
         top_k_intersection.info, score, {"k": k, "concept_influence": concept_influence}, (size == 0, EMPTY_MASK)
     )
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    """Ranks 1..N along dim 1, ties sharing their average rank."""
-    s = x.sort(dim=1).values
-    low = torch.searchsorted(s, x.contiguous(), right=False)
-    high = torch.searchsorted(s, x.contiguous(), right=True)
-    return (low + high + 1).double() / 2
 
 
 @register_metric(
