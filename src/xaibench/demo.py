@@ -1,10 +1,10 @@
 """The demo: two benchmark runs on the built-in digits, reliability statistics and two reports.
 
-Both runs explain the same images (``builtin:digits-spurious``, whose training split pairs each
-class with a square in a class-specific place and whose test split keeps that correlation), once
-with the model trained on plain digits and once with the model trained on the spurious data. The
-configs ship in `xaibench/configs/`. The summary compares how much of the maps falls on the
-``digit`` and on the ``square`` mask: a model that learned the shortcut looks at the square.
+Both runs explain the same images (``builtin:digits-spurious``: a small square in a fixed corner
+whose colour gives away the class, in the training split and in the test split), once with the
+model trained on plain digits and once with the model trained on the spurious data. The configs
+ship in `xaibench/configs/`. The summary compares how well the maps align with the ``digit`` and
+with the ``square`` mask: a model that learned the shortcut looks at the square.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _print_summary(result: DemoResult, results: dict[str, pd.DataFrame]) -> None
         for r in top.itertuples(index=False):
             print(f"  {r.metric:<28} {r.method:<22} {r.mean:8.3f}   alpha {alpha.get(r.metric, float('nan')):.2f}")
     summary = result.alignment_summary()
-    print("\nHuman alignment (mean over methods): share of the explanation on each mask")
+    print("\nHuman alignment with each mask (mean over methods; higher is more aligned)")
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for metric, group in summary.groupby("metric", sort=False):
         g = group.set_index("model")
