@@ -147,7 +147,7 @@ def test_rows_match_direct_metric_calls(finished):
     for mask in ("digit", "square"):
         want = rma(attributions=maps, masks=batch.masks[mask], **_extra(rma, model, batch, preds))
         got = grad.loc[f"rma_{mask}"].loc[list(batch.ids), "score"].to_numpy()
-        torch.testing.assert_close(torch.as_tensor(got), want.scores.double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.tensor(got), want.scores.double(), rtol=1e-5, atol=1e-6)
         assert set(grad.loc[f"rma_{mask}", "mask"]) == {mask}
     first = df.drop_duplicates("image_id").set_index("image_id").loc[list(batch.ids)]
     assert first["target"].tolist() == preds.tolist()

@@ -26,7 +26,7 @@ th{background:#eef1f4} td:first-child,th:first-child{text-align:left}
 .best{font-weight:700;background:#e3f4e6} .bad{color:#a3222b} .good{color:#1f7a35}
 img.plot{max-width:100%;display:block;margin:6px 0 14px;background:#fff;border:1px solid #e3e7eb}
 nav a{margin-right:12px;font-size:.85rem} pre{background:#fff;border:1px solid #d6dbe1;padding:8px;font-size:.75rem;overflow-x:auto}
-.scroll{overflow-x:auto}
+.scroll{overflow-x:auto} details{margin:4px 0 12px} summary{cursor:pointer;font-size:.9rem}
 """
 
 
@@ -165,13 +165,26 @@ def build_report(out: str | Path, *, gallery_size: int = 4) -> Path:
         )
     )
     significant = rel.pairwise[rel.pairwise["significant"].astype(bool)]
+    per_metric = (
+        rel.pairwise.assign(significant=rel.pairwise["significant"].astype(bool))
+        .groupby("metric", sort=False)["significant"]
+        .agg(significant="sum", pairs="size")
+        .reset_index()
+    )
     sections.append(
         (
             "pairwise",
             "Significant differences between methods",
             f'<p class="note">{len(significant)} of {len(rel.pairwise)} method pairs differ significantly '
-            "after multiple-comparison correction (p_adj).</p>"
-            + (_table(significant[["metric", "method_a", "method_b", "diff", "p", "p_adj"]]) if len(significant) else ""),
+            "after multiple-comparison correction (p_adj), per metric:</p>"
+            + (_table(per_metric) if len(per_metric) else "")
+            + (
+                f"<details><summary>All {len(significant)} significant pairs</summary>"
+                + _table(significant[["metric", "method_a", "method_b", "diff", "p", "p_adj"]])
+                + "</details>"
+                if len(significant)
+                else ""
+            ),
         )
     )
     sections.append(
@@ -219,7 +232,7 @@ def build_report(out: str | Path, *, gallery_size: int = 4) -> Path:
         (
             "alignment",
             "Human alignment (localisation)",
-            '<p class="note">How much of each map falls on the human mask named in brackets.</p>'
+            '<p class="note">Mean localisation score of each method against the human mask named in brackets (higher: better aligned).</p>'
             + (_table(alignment) if not alignment.empty else '<p class="note">No localisation metric in this run.</p>'),
         )
     )
