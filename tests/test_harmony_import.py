@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 from pathlib import Path
 
 import pytest
+
+from xaibench.harmony.testing import cli
 
 pytest.importorskip("django")
 
@@ -31,16 +32,6 @@ def require(condition: bool, reason: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (required when CI is set)")
         pytest.skip(reason)
-
-
-def cli(*argv: str):
-    from xaibench.cli import harmony
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    harmony.register(sub)
-    args = parser.parse_args(["harmony", *argv])
-    return args.func(args)
 
 
 @pytest.fixture(scope="module")

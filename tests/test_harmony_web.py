@@ -3,7 +3,6 @@ one label per (annotator, example), study data-set loading, admin progress/expor
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -15,21 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from xaibench.harmony.testing import cli
+
 pytest.importorskip("django")
 
 FORBIDDEN = re.compile(r"original|learn|fine.?tun", re.IGNORECASE)
 TOKEN_RE = re.compile(r'name="choice" value="([^"]+)" data-key="(left|neither|right)"')
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
-
-
-def cli(*argv: str):
-    from xaibench.cli import harmony
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    harmony.register(sub)
-    args = parser.parse_args(["harmony", *argv])
-    return args.func(args)
 
 
 @pytest.fixture(scope="module")

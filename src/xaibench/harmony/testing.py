@@ -100,3 +100,11 @@ class LiveServer:
                 self.process.kill()
                 self.process.wait(timeout=5)
         self.log.close()
+
+
+def cli(*argv: str) -> int:
+    """Run ``xaibench harmony ARGV`` in this process; errors propagate (the CLI would print them)."""
+    from xaibench.cli import build_parser
+
+    args = build_parser().parse_args(["harmony", *argv])
+    return int(args.func(args) or 0)
