@@ -78,7 +78,7 @@ def autotimm_reference(model, x, heat, target, steps, insert):
             chosen = chosen.view(1, *x.shape[-2:])
             scores.append(prob(torch.where(chosen, x, base) if insert else torch.where(chosen, base, x)))
     auc = sum((scores[i] + scores[i + 1]) / 2 for i in range(steps)) / steps / original
-    final = (scores[-1] - base_score) / (original - base_score + 1e-8) if insert else (original - scores[-1]) / original
+    final = (scores[-1] - base_score) / abs(original - base_score) if insert else (original - scores[-1]) / original
     return auc, final
 
 
@@ -96,6 +96,46 @@ def test_deletion_insertion_match_autotimm_loop() -> None:
             auc, final = autotimm_reference(model, x[i], maps[i], int(t[i]), 7, insert)
             assert r.scores[i].item() == pytest.approx(auc, abs=1e-5)
             assert r.extras[key][i].item() == pytest.approx(final, abs=1e-4)
+
+
+def test_final_rise_divides_by_the_absolute_gap_as_autotimm() -> None:
+    """autotimm 0.7.37: final_rise = (s_K - s_0) / |s_orig - s_0|. For class 1 of the sum model the black
+    baseline (p = 0.5) scores above the image, and revealing every pixel ends at the image: -1, not +1."""
+    r = metrics.insertion(SumModel(), X, X[:, 0], torch.tensor([1]), steps=2, baseline="black")
+    assert r.curves[0, 0] > r.curves[0, -1]
+    assert r.extras["final_rise"].item() == pytest.approx(-1.0, abs=1e-5)
+    auc, final = autotimm_reference(SumModel(), X[0], X[0, 0], 1, 2, insert=True)
+    assert r.scores.item() == pytest.approx(auc, abs=1e-6) and r.extras["final_rise"].item() == pytest.approx(final)
+    # No gap between image and baseline: autotimm reports 0, the rise is undefined here (NaN).
+    same = metrics.insertion(ConstantModel(), X, X[:, 0], T, steps=2, baseline="black")
+    assert torch.isnan(same.extras["final_rise"]).all() and not torch.isnan(same.scores).any()
+
+
+def test_granularity_patches_and_superpixels() -> None:
+    x = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4) / 16
+    a = x[:, 0]
+    seg = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]])
+    sp = metrics.deletion(SumModel(), x, a, T, steps=4, output="logit", normalize=None, granularity="superpixel",
+                          segments=seg)
+    patch = metrics.deletion(SumModel(), x, a, T, steps=4, output="logit", normalize=None, patch_size=2)
+    # quadrant sums (x16): TL 10, TR 18, BL 42, BR 50 -> removed in the order BR, BL, TR, TL
+    expected = torch.tensor([[120.0, 70.0, 28.0, 10.0, 0.0]]) / 16
+    assert torch.allclose(sp.curves, expected, atol=1e-5) and torch.allclose(patch.curves, expected, atol=1e-5)
+    assert sp.params["granularity"] == "superpixel" and sp.params["segments"] == "given"
+    quads = torch.zeros(1, 3, 16, 16)
+    quads[0, 0, :8, :8], quads[0, 1, :8, 8:], quads[0, 2, 8:, :8] = 1.0, 1.0, 1.0  # four coloured quadrants
+    slic = metrics.deletion(SumModel(), quads, quads.sum(1), T, steps=2, granularity="superpixel", n_segments=4,
+                            output="logit", normalize=None)
+    # SLIC finds the quadrants (64 px each); two coloured ones (mean 1) go at step 1, the rest at step 2
+    assert torch.allclose(slic.curves, torch.tensor([[192.0, 64.0, 0.0]]), atol=1e-4)
+    with pytest.raises(InputError, match="granularity"):
+        metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, granularity="segment")
+
+
+def test_constant_map_removes_pixels_in_raster_order() -> None:
+    """Documented tie rule at the metric level: a constant map deletes pixels in raster order."""
+    r = metrics.deletion(SumModel(), X, torch.ones(1, 2, 2), T, steps=4, output="logit", normalize=None)
+    assert torch.allclose(r.curves, torch.tensor([[1.0, 0.6, 0.3, 0.1, 0.0]]), atol=1e-6)
 
 
 def test_deletion_undefined_normalisation_is_nan_with_reason() -> None:
@@ -212,6 +252,12 @@ def test_bad_inputs_raise(name: str, kw: dict) -> None:
     nan_map[0, 0, 0] = math.nan
     with pytest.raises(InputError, match="NaN"):
         fn(SumModel(), X, nan_map, T, **kw)
+    with pytest.raises(InputError, match="Inf"):
+        fn(SumModel(), X, nan_map.nan_to_num(nan=math.inf), T, **kw)
+    with pytest.raises(InputError, match=r"\[B, H, W\]"):
+        fn(SumModel(), X, X, T, **kw)  # a 4-d map
+    with pytest.raises(InputError, match="finer"):
+        fn(SumModel(), X, torch.rand(1, 4, 4), T, **kw)  # a map finer than the image
     with pytest.raises(InputError, match="batch"):
         fn(SumModel(), X, torch.rand(2, 2, 2), T, **kw)
     with pytest.raises(InputError, match="out of range"):
@@ -239,6 +285,19 @@ def test_bad_parameters_raise() -> None:
         metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, output="prob")
     with pytest.raises(InputError):
         metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, max_batch=0)
+
+
+@pytest.mark.parametrize("name", ["average_drop", "increase_in_confidence", "average_drop_in_deletion"])
+def test_gomez_random_baseline_does_not_depend_on_chunking(name: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3)).eval()
+    g = torch.Generator().manual_seed(3)
+    x, a = torch.rand(5, 3, 8, 8, generator=g), torch.rand(5, 8, 8, generator=g)
+    fn = getattr(metrics, name)
+    runs = [fn(model, x, a, 0, baseline="uniform", max_batch=m, seed=4).extras["masked_score"] for m in (2, 5)]
+    assert torch.allclose(runs[0], runs[1], atol=1e-6)
+    other = fn(model, x, a, 0, baseline="uniform", seed=5).extras["masked_score"]
+    assert not torch.allclose(runs[0], other)
 
 
 def test_road_and_irof_do_not_depend_on_chunking() -> None:

@@ -93,13 +93,16 @@ def test_auc_matches_sklearn_with_ties(data) -> None:
 
 
 def test_weighted_attribution_localisation(data) -> None:
-    """Kohlbrenner et al.: mu_w = mu * S_tot / S_in; a map uniform on the mask scores 1."""
+    """Kohlbrenner et al.: mu_w = mu * S_tot / S_in; a map uniform over the image scores 1 (chance),
+    a map uniform on the mask S_tot / S_in."""
     maps, masks = data
     size = masks.flatten(1).sum(1).double().numpy()
     np.testing.assert_allclose(ours("attribution_localisation", maps, masks, weighted=True),
                                ours("attribution_localisation", maps, masks) * H * W / size, rtol=1e-6)
     uniform = ours("attribution_localisation", masks.float(), masks, weighted=True)
     np.testing.assert_allclose(uniform, H * W / size, rtol=1e-6)
+    chance = ours("attribution_localisation", torch.ones(B, H, W), masks, weighted=True)
+    np.testing.assert_allclose(chance, np.ones(B), rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", MASK_METRICS + ("top_k_intersection",))

@@ -62,3 +62,18 @@ def check_masks(masks: Tensor, shape: torch.Size | tuple[int, ...] | None = None
     if shape is not None and tuple(masks.shape) != tuple(shape):
         raise InputError(f"{name} has shape {tuple(masks.shape)}, expected {tuple(shape)}")
     return masks.bool() if masks.dtype != torch.bool else masks
+
+
+def check_map_size(attributions: Tensor, size: torch.Size | tuple[int, ...], name: str = "attributions") -> None:
+    """Maps [B, h, w] may be coarser than or as fine as the inputs' spatial `size` (H, W), never finer.
+
+    Metrics that rank map cells and perturb input pixels cannot remove a fraction of a pixel: a
+    finer map would be downsampled silently, so it is an error (resize it to the input first).
+    """
+    h, w = attributions.shape[-2:]
+    big_h, big_w = int(size[0]), int(size[1])
+    if h > big_h or w > big_w:
+        raise InputError(
+            f"{name} ({h}x{w}) are finer than the inputs ({big_h}x{big_w}); resize the maps to the input size "
+            "or coarser first"
+        )

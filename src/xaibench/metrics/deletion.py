@@ -1,15 +1,20 @@
 """Deletion and insertion (Petsiuk et al., RISE, 2018): scores while features are removed / revealed.
 
-Both rank the features (pixels, or ``patch_size`` squares) of the map in MoRF order (maps
-resized bilinearly to the input by default, ``resample="upsample"``) and take ``steps``
-cumulative steps. Curves [B, steps+1]: deletion starts from the image, insertion from the full
+Both rank the features of the map in MoRF order (maps resized bilinearly to the input by
+default, ``resample="upsample"``) and take ``steps`` cumulative steps. Features
+(``granularity``): ``"pixel"``, ``"patch"`` (``patch_size`` squares, scored by their attribution
+sum) or ``"superpixel"`` (SLIC with ``n_segments`` / ``compactness``, or the caller's
+``segments`` [B, H, W]; scored by their mean attribution). ``granularity=None`` (default) means
+``"patch"`` when ``patch_size > 1``, else ``"pixel"``. Maps finer than the input are an error. Curves [B, steps+1]: deletion starts from the image, insertion from the full
 baseline. Score: the trapezoid area over the steps+1 points with ``dx = 1 / steps``.
 
 - ``normalize="original"`` reproduces autotimm's ExplanationMetrics: ``k * (F // steps)``
   features after step k (the last step leaves ``F mod steps`` features untouched), area divided
   by the score of the unperturbed image (NaN where it is <= 0); ``final_drop = (s_orig - s_K) /
-  s_orig``; ``final_rise = (s_K - s_0) / (s_orig - s_0 + 1e-8)`` (s_0 = baseline score). For
-  insertion the unperturbed image costs one more forward.
+  s_orig``; ``final_rise = (s_K - s_0) / |s_orig - s_0|`` (s_0 = baseline score; autotimm 0.7.37
+  divides by the absolute value). Where ``|s_orig - s_0| < 1e-6`` autotimm reports 0; here
+  ``final_rise`` is NaN (the rise is undefined). For insertion the unperturbed image costs one
+  more forward.
 - ``normalize=None``: ``floor(k * F / steps)`` features after step k (all at the last step) and
   the raw area (Petsiuk et al.; Gomez et al.'s DAUC / IAUC); ``final_drop = s_0 - s_K``,
   ``final_rise = s_K - s_0``.
@@ -22,11 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.forward import class_scores
-from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
+from xaibench.perturbation.engine import (
+    GRANULARITIES,
+    perturbation_curves,
+    prepare,
+    rank_features,
+    step_counts,
+    superpixel_segments,
+)
 
 _REFS = (
     "Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018.",
@@ -45,10 +58,18 @@ def _run(
     if params["normalize"] not in ("original", None):
         raise InputError(f"normalize must be 'original' or None, got {params['normalize']!r}")
     x, a, t = prepare(model, inputs, attributions, targets)
+    check_map_size(a, x.shape[-2:])
     patch = params["patch_size"]
+    granularity = params["granularity"] or ("patch" if patch > 1 else "pixel")
+    if granularity not in GRANULARITIES:
+        raise InputError(f"granularity must be one of {GRANULARITIES} or None, got {granularity!r}")
+    segments = params["segments"]
+    params["segments"] = None if segments is None else "given"
+    if granularity == "superpixel" and segments is None:
+        segments = superpixel_segments(x, n_segments=params["n_segments"], compactness=params["compactness"])
     ranking = rank_features(
-        a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
-        patch_size=patch, resample=params["resample"],
+        a, x.shape[-2:], order="morf", granularity=granularity,
+        patch_size=patch, resample=params["resample"], segments=segments,
     )
     steps = params["steps"]
     counts = step_counts(ranking.num_features, steps=steps)
@@ -69,7 +90,11 @@ def _run(
         bad = original <= 0
         denom = original.double().masked_fill(bad, float("nan"))
         area = area / denom
-        change = change / denom if mode == "delete" else change / (original.double() - curves[:, 0].double() + 1e-8)
+        if mode == "delete":
+            change = change / denom
+        else:
+            gap = (original.double() - curves[:, 0].double()).abs()
+            change = torch.where(gap < 1e-6, float("nan"), change / gap.clamp_min(1e-6))
         reasons = nan_reasons(bad, "score of the unperturbed image is <= 0; normalize='original' is undefined")
     key = "final_drop" if mode == "delete" else "final_rise"
     return MetricResult(area.float(), info, params, curves, reasons, {key: change.float()})
@@ -96,7 +121,11 @@ def deletion(
     steps: int = 50,
     baseline: str = "black",
     baseline_params: dict[str, Any] | None = None,
+    granularity: str | None = None,
     patch_size: int = 1,
+    segments: Tensor | None = None,
+    n_segments: int = 100,
+    compactness: float = 10.0,
     resample: str = "upsample",
     output: str = "softmax",
     normalize: str | None = "original",
@@ -129,7 +158,11 @@ def insertion(
     steps: int = 50,
     baseline: str = "gaussian_blur",
     baseline_params: dict[str, Any] | None = None,
+    granularity: str | None = None,
     patch_size: int = 1,
+    segments: Tensor | None = None,
+    n_segments: int = 100,
+    compactness: float = 10.0,
     resample: str = "upsample",
     output: str = "softmax",
     normalize: str | None = "original",

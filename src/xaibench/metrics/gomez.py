@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.baselines import fill
@@ -45,6 +46,7 @@ from xaibench.perturbation.engine import (
     step_counts,
     step_saliency,
 )
+from xaibench.seeding import make_generator
 
 _REQ = ("model", "inputs", "attributions", "targets")
 _GOMEZ = (
@@ -64,18 +66,20 @@ def _single_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(Y, O, constant-map flags) with chunks of at most `max_batch` images."""
     x, a, t = prepare(model, inputs, attributions, targets)
+    check_map_size(a, x.shape[-2:])
     lo = a.flatten(1).amin(1)[:, None, None]
     hi = a.flatten(1).amax(1)[:, None, None]
     constant = (hi == lo).flatten()
     y = torch.empty(x.shape[0], device=x.device)
     o = torch.empty(x.shape[0], device=x.device)
+    gen = make_generator(seed, x.device)  # one stream over all chunks: random baselines do not depend on max_batch
     for start in range(0, x.shape[0], max_batch):
         sl = slice(start, start + max_batch)
         m = (a[sl] - lo[sl]) / (hi[sl] - lo[sl]).masked_fill(constant[sl, None, None], 1.0)
         m = F.interpolate(m[:, None].float(), size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
         if delete:
             m = 1.0 - m
-        base = fill(x[sl], baseline, seed=seed, **(baseline_params or {}))
+        base = fill(x[sl], baseline, seed=gen, **(baseline_params or {}))
         y[sl] = score_chunk(model, x[sl], t[sl], output)
         o[sl] = score_chunk(model, x[sl] * m + base * (1.0 - m), t[sl], output)
     return y.double(), o.double(), constant
@@ -156,6 +160,7 @@ def _correlation(
     if params["steps"] < 1:
         raise InputError(f"steps must be >= 1, got {params['steps']}")
     x, a, t = prepare(model, inputs, attributions, targets)
+    check_map_size(a, x.shape[-2:])
     patch = params["patch_size"]
     ranking = rank_features(a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
                             patch_size=patch, resample=params["resample"])

@@ -229,8 +229,9 @@ def attribution_localisation(attributions: Tensor, masks: Tensor, *, weighted: b
     """Kohlbrenner et al.'s inside-total relevance ratio ``mu = R_in / R_tot`` of the positive part.
 
     weighted: ``mu_w = mu * S_tot / S_in`` (pixels of the image over pixels of the mask), which
-    rewards concentration on small objects; it is 1 for a map spread uniformly over the mask and
-    can exceed 1. (Quantus multiplies by a size ratio the other way round; see the docs.)
+    rewards concentration on small objects; it is 1 for a map spread uniformly over the whole
+    image (chance level), ``S_tot / S_in`` for a map spread uniformly over the mask, and can
+    exceed 1. (Quantus multiplies by a size ratio the other way round; see the docs.)
     """
     return positive_mass(
         attribution_localisation.info, *prepare(attributions, masks), weighted=weighted, params={"weighted": weighted}
