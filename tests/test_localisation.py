@@ -105,6 +105,16 @@ def test_weighted_attribution_localisation(data) -> None:
     np.testing.assert_allclose(chance, np.ones(B), rtol=1e-12)
 
 
+def test_quantus_weighted_attribution_localisation_is_a_different_quantity(data) -> None:
+    """Documented difference: Quantus 0.6.0's weighted variant multiplies mu by S_in / x_batch[2:].size (the
+    mask size over the number of values of the batch without its first two images), not by S_tot / S_in."""
+    maps, masks = data
+    al = quantus.AttributionLocalisation(positive_attributions=True, weighted=True, **RAW)
+    size = masks.flatten(1).sum(1).double().numpy()
+    expected = ours("attribution_localisation", maps, masks) * size / ((B - 2) * H * W)
+    np.testing.assert_allclose(quantus_scores(al, maps, masks), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", MASK_METRICS + ("top_k_intersection",))
 def test_map_equal_to_mask_scores_one_and_complement_zero(data, name) -> None:
     _, masks = data
