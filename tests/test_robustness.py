@@ -250,4 +250,8 @@ def test_zero_map_and_bad_input(setup) -> None:
         local_lipschitz(model, x, torch.tensor([0, 9, 1]), Saliency(model))
     with pytest.raises(InputError, match="radius"):
         max_sensitivity(model, x, y, Saliency(model), radius=0.0)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        max_sensitivity(model, x, y, lambda i, t: torch.full((i.shape[0], 12, 12), torch.nan), n_samples=2)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        noise_stability(model, x, y, lambda i, t: torch.full((i.shape[0], 12, 12), torch.inf), n_samples=2)
     assert METRICS.get("noise_stability").info.category == "robustness"

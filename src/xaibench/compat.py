@@ -148,7 +148,7 @@ class ExplanationMetrics:
         x, single = self._batch(image)
         t = self._targets(x, target_class)
         base = self._baseline(x, baseline)
-        maps = explain_chunked(self._explain, x, t, self.max_batch)
+        maps = explain_chunked(self._explain, x, t, self.max_batch, finite=True)
         # autotimm resizes the heatmap bilinearly to the image and deletes k * (N // steps) pixels
         ranking = rank_features(maps, tuple(x.shape[-2:]), order="morf", granularity="pixel", resample="upsample")
         per_step = x.shape[-2] * x.shape[-1] // steps
@@ -228,7 +228,7 @@ class ExplanationMetrics:
         box for all images or one per image ([B, 4])."""
         x, single = self._batch(image)
         t = self._targets(x, target_class)
-        maps = explain_chunked(self._explain, x, t, self.max_batch)
+        maps = explain_chunked(self._explain, x, t, self.max_batch, finite=True)
         h, w = maps.shape[-2:]
         idx = maps.flatten(1).argmax(dim=1)  # first maximum in raster order, as numpy's argmax
         ys = (idx // w).double() * (x.shape[-2] / h)

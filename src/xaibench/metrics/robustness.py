@@ -76,14 +76,20 @@ def _positive(value: int, name: str) -> int:
 
 
 def explain_chunked(explainer: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor,
-                    max_batch: int) -> Tensor:
-    """Explain `inputs` in chunks of at most `max_batch`; returns detached maps [B, h, w]."""
+                    max_batch: int, *, finite: bool = False) -> Tensor:
+    """Explain `inputs` in chunks of at most `max_batch`; returns detached maps [B, h, w].
+
+    finite: raise `InputError` when a map holds NaN or Inf (the robustness metrics and the
+    autotimm facade ask for it; the randomisation checks let randomised models produce them).
+    """
     out = []
     for start in range(0, inputs.shape[0], max_batch):
         maps = explainer(inputs[start:start + max_batch], targets[start:start + max_batch])
         if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[0] != inputs[start:start + max_batch].shape[0]:
             shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
             raise InputError(f"the explainer must return maps [B, H, W] for inputs [B, C, H, W], got {shape}")
+        if finite and maps.is_floating_point() and not torch.isfinite(maps).all():
+            raise InputError("the explainer returned maps with NaN or Inf values")
         out.append(maps.detach())
     return torch.cat(out)
 
@@ -117,7 +123,7 @@ def perturbed_rows(
     _positive(max_batch, "max_batch")
     logits = torch.cat([_logits(model, inputs[s:s + max_batch]) for s in range(0, inputs.shape[0], max_batch)])
     t = check_targets(targets, inputs.shape[0], logits.shape[1]).to(inputs.device)
-    maps = explain_chunked(explainer, inputs, t, max_batch)
+    maps = explain_chunked(explainer, inputs, t, max_batch, finite=True)
     gen = make_generator(seed, inputs.device)
     n_rows = inputs.shape[0] * n_samples
     values = torch.empty(n_rows, dtype=torch.float64, device=inputs.device)
@@ -128,7 +134,7 @@ def perturbed_rows(
         xp = perturb(x, gen)
         if xp.shape != x.shape:
             raise InputError(f"perturb_func must return rows shaped {tuple(x.shape)}, got {tuple(xp.shape)}")
-        ep = explain_chunked(explainer, xp, t[image], max_batch)
+        ep = explain_chunked(explainer, xp, t[image], max_batch, finite=True)
         if ep.shape != (stop - start, *maps.shape[1:]):
             raise InputError(f"maps of perturbed inputs have shape {tuple(ep.shape[1:])}, expected "
                              f"{tuple(maps.shape[1:])}")
