@@ -2,8 +2,9 @@
 
 For each percentage p in `percentages`, the ``int(H * W * p / 100)`` most (MoRF) or least
 (LeRF) relevant pixels are removed and imputed with ROAD's noisy linear imputation
-(`xaibench.perturbation.imputation`, batched conjugate gradients in torch, seeded noise of
-standard deviation `noise`; ``noise=0`` turns it off). Each percentage is applied to the original
+(`xaibench.perturbation.imputation`: an exact band Cholesky solve per image on CPU for small
+images, batched conjugate gradients in torch otherwise; seeded noise of standard deviation
+`noise`; ``noise=0`` turns it off). Each percentage is applied to the original
 image (not on top of the previous one), as in ROAD and Quantus.
 
 Curves [B, P+1] (MoRF; step 0 = unperturbed) hold ``output`` of the target: ``"correct"``
@@ -77,8 +78,9 @@ def road(
 ) -> MetricResult:
     """ROAD MoRF score (lower is better), LeRF curve and gap in extras; see the module doc.
 
-    `solve_batch`: images per imputation solve within a chunk of `max_batch` (None: 8 on CPU,
-    where small working sets stay in cache, the whole chunk on CUDA).
+    `solve_batch`: images per imputation call within a chunk of `max_batch` (None: 8 on CPU,
+    where the iterative solves' small working sets stay in cache, the whole chunk on CUDA); the
+    noise is drawn call by call, so it depends on `max_batch` and `solve_batch`.
     """
     params = metric_params(locals()) | {"percentages": [float(p) for p in percentages]}
     pct = torch.as_tensor(list(percentages), dtype=torch.float64)
