@@ -27,7 +27,7 @@ from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
-from xaibench.perturbation.imputation import noisy_linear_impute
+from xaibench.perturbation.imputation import linear_impute
 from xaibench.seeding import make_generator
 
 DEFAULT_PERCENTAGES = tuple(range(1, 100, 2))
@@ -38,11 +38,17 @@ def _impute(
     solve_batch: int | None,
 ) -> Tensor:
     step = solve_batch or (x.shape[0] if x.is_cuda else 8)
-    parts = [
-        noisy_linear_impute(x[i : i + step], removed[i : i + step], noise=noise, generator=generator, tol=tol)
-        for i in range(0, x.shape[0], step)
-    ]
-    return torch.cat(parts)
+    if solve_batch is None and not x.is_cuda:
+        # one call: the CPU solver batches its iterative solves by 8 itself, exact ones need no split
+        out = linear_impute(x, removed, tol=tol)
+    else:
+        out = torch.cat([linear_impute(x[i : i + step], removed[i : i + step], tol=tol)
+                         for i in range(0, x.shape[0], step)])
+    if noise > 0:  # drawn piece by piece of `step` images, as `noisy_linear_impute` on each piece
+        eps = torch.cat([torch.randn(out[i : i + step].shape, generator=generator, device=out.device, dtype=out.dtype)
+                         for i in range(0, x.shape[0], step)])
+        out = torch.where(removed[:, None], out + noise * eps, out)
+    return out
 
 
 @register_metric(
