@@ -8,8 +8,8 @@ Pipeline:
 2. A step schedule ``counts`` [B, K+1] (`step_counts`) says how many features are perturbed
    after each step (``counts[:, 0] == 0``).
 3. `perturbation_curves` builds each perturbed image on the fly from ``(ranks, counts[b, k])``
-   (``removed = ranks < counts[b, k]``: a compare and a ``where`` per chunk, no per-image
-   Python loop), chunk by chunk of at most `max_batch` images, and scores the model on it.
+   (``removed = ranks < counts[b, k]``: a compare and a ``where`` or a multiplication), chunk by
+   chunk of at most `max_batch` images, and scores the model on it.
 
 Conventions:
 
@@ -217,6 +217,29 @@ def step_saliency(ranking: Ranking, counts: Tensor) -> Tensor:
     return torch.where(n > 0, total / n.clamp_min(1), torch.full_like(total, float("nan")))
 
 
+_PER_IMAGE_MIN_STEPS = 8  # from this many steps per image, rows are built image by image (no gathers)
+_CONSTANT_BASELINES = {"black": 0.0, "white": 1.0}
+
+
+def _constant(baseline: str | Tensor | float, params: dict[str, Any] | None) -> float | None:
+    """The value of a spatially constant baseline (black, white, a number), else None."""
+    if isinstance(baseline, str):
+        return _CONSTANT_BASELINES.get(baseline) if not params else None
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return float(baseline)
+    if isinstance(baseline, Tensor) and baseline.numel() == 1:
+        return float(baseline)
+    return None
+
+
+def _shown(r: Tensor, lo: Tensor | None, hi: Tensor, mode: str) -> Tensor:
+    """Where a row shows the image (True) rather than the baseline, from ranks `r` and per-row
+    bounds ``[lo, hi)`` of the perturbed ranks (``lo=None``: cumulative, from rank 0)."""
+    if mode == "delete":
+        return r >= hi if lo is None else (r < lo) | (r >= hi)
+    return r < hi if lo is None else (r >= lo) & (r < hi)
+
+
 @torch.no_grad()
 def perturbation_curves(
     model: nn.Module,
@@ -240,6 +263,11 @@ def perturbation_curves(
     tensor broadcastable to `inputs`. `imputer`, when given, replaces the baseline for deletion:
     it receives ``(images, removed [n, H, W], baseline)`` per chunk (ROAD). Step 0 of
     ``mode="delete"`` is the unperturbed image; of ``mode="insert"`` the full baseline.
+
+    Rows are built without copying the baseline: a constant one (black, white, a number) is
+    written directly (a multiplication by the kept mask for black and non-negative images), and
+    with at least `_PER_IMAGE_MIN_STEPS` steps the rows of each image are compared with its rank
+    map by broadcasting (no per-row gathers of ranks, images or baselines).
     """
     _choice("mode", mode, MODES)
     _choice("output", output, OUTPUTS)
@@ -250,29 +278,53 @@ def perturbation_curves(
     dev = model_device(model, inputs.device)
     x = inputs.to(dev)
     t = targets.to(dev)
-    ranks = ranking.ranks.to(dev)
-    counts = counts.to(dev)
     b, n_cols = counts.shape
-    if isinstance(baseline, str):
-        base = fill(x, baseline, seed=seed, **(baseline_params or {}))
-    else:
-        base = torch.as_tensor(baseline, dtype=x.dtype, device=dev).expand_as(x)
-    lower = torch.cat([torch.zeros_like(counts[:, :1]), counts[:, :-1]], dim=1)
-    lower = lower if not cumulative else torch.zeros_like(counts)
-    out = torch.empty(b * n_cols, dtype=torch.float32, device=dev)
-    for start in range(0, b * n_cols, max_batch):
-        idx = torch.arange(start, min(start + max_batch, b * n_cols), device=dev)
-        bi, ki = idx // n_cols, idx % n_cols
-        r = ranks[bi]
-        hit = (r >= lower[bi, ki][:, None, None]) & (r < counts[bi, ki][:, None, None])
-        if mode == "delete":
-            if imputer is not None:
-                chunk = imputer(x[bi], hit, base[bi])
-            else:
-                chunk = torch.where(hit[:, None], base[bi], x[bi])
+    rank_dtype = torch.int32 if max(int(ranking.num_features.max()), int(counts.max())) < 2**31 - 1 else torch.long
+    ranks = ranking.ranks.to(dev, rank_dtype)
+    hi = counts.to(dev, rank_dtype)
+    lo = None if cumulative else torch.cat([torch.zeros_like(hi[:, :1]), hi[:, :-1]], dim=1)
+    const = None if imputer is not None else _constant(baseline, baseline_params)
+    base: Tensor | None = None
+    if const is None:
+        if isinstance(baseline, str):
+            base = fill(x, baseline, seed=seed, **(baseline_params or {}))
         else:
-            chunk = torch.where(hit[:, None], x[bi], base[bi])
-        out[start : start + idx.numel()] = score_chunk(model, chunk, t[bi], output)
+            base = torch.as_tensor(baseline, dtype=x.dtype, device=dev).expand_as(x)
+    by_mul = const == 0.0 and bool((x >= 0).all())  # x * 0 is +0.0 exactly like the filled value
+    fill_value = None if const is None else torch.tensor(const, dtype=x.dtype, device=dev)
+    per_image = imputer is None and n_cols >= _PER_IMAGE_MIN_STEPS
+    total = b * n_cols
+    out = torch.empty(total, dtype=torch.float32, device=dev)
+    for start in range(0, total, max_batch):
+        stop = min(start + max_batch, total)
+        if per_image:
+            chunk = torch.empty((stop - start, *x.shape[1:]), dtype=x.dtype, device=dev)
+            for img in range(start // n_cols, (stop - 1) // n_cols + 1):
+                k0, k1 = max(start - img * n_cols, 0), min(stop - img * n_cols, n_cols)
+                rows = chunk[img * n_cols + k0 - start : img * n_cols + k1 - start]
+                shown = _shown(ranks[img], None if lo is None else lo[img, k0:k1, None, None],
+                               hi[img, k0:k1, None, None], mode)[:, None]
+                if by_mul:
+                    torch.mul(shown, x[img], out=rows)
+                else:
+                    other = fill_value if base is None else base[img]
+                    torch.where(shown, x[img], other, out=rows)
+            ib = torch.arange(start, stop, device=dev) // n_cols
+        else:
+            idx = torch.arange(start, stop, device=dev)
+            ib, ki = idx // n_cols, idx % n_cols
+            shown = _shown(ranks[ib], None if lo is None else lo[ib, ki][:, None, None],
+                           hi[ib, ki][:, None, None], mode)[:, None]
+            if imputer is not None:
+                assert base is not None
+                chunk = imputer(x[ib], ~shown[:, 0], base[ib])
+            elif by_mul:
+                chunk = x[ib].mul_(shown)
+            elif base is None:
+                chunk = x[ib].masked_fill_(~shown, const)
+            else:
+                chunk = torch.where(shown, x[ib], base[ib])
+        out[start:stop] = score_chunk(model, chunk, t[ib], output)
     return out.view(b, n_cols)
 
 
