@@ -208,12 +208,15 @@ def build_report(out: str | Path, *, gallery_size: int = 4) -> Path:
             "probability of each method ranking first under resampling of images.</p>" + _table(size),
         )
     )
+    randomisation = set(results.loc[results["category"] == "randomisation", "metric"])
+    curve_axes = {m: ("fraction of layers randomised", "similarity to the original map") for m in randomisation}
     sections.append(
         (
             "curves",
-            "Deletion / insertion curves",
-            '<p class="note">Mean model score over images after each perturbation step.</p>'
-            + _img(plots.curves_figure(curves), "curves plot"),
+            "Curves",
+            '<p class="note">Faithfulness metrics: mean model score over images after each perturbation '
+            "step. Randomisation checks: mean similarity of the maps to the original ones after each "
+            "randomised layer.</p>" + _img(plots.curves_figure(curves, curve_axes), "curves plot"),
         )
     )
     sections.append(("distributions", "Score distributions", _img(plots.distributions_figure(results), "distributions plot")))

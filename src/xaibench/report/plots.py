@@ -32,8 +32,11 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6, cols: int = 4) -> tup
     return fig, axes
 
 
-def curves_figure(curves: pd.DataFrame) -> str | None:
-    """Mean curve (over images) per method, one panel per curve metric; x = fraction of steps."""
+def curves_figure(curves: pd.DataFrame, axis_labels: dict[str, tuple[str, str]] | None = None) -> str | None:
+    """Mean curve (over images) per method, one panel per curve metric; x = fraction of steps.
+
+    `axis_labels` maps a metric to its (x, y) axis labels; the default is a perturbation curve's.
+    """
     if curves.empty:
         return None
     metrics = list(dict.fromkeys(curves["metric"]))
@@ -45,8 +48,9 @@ def curves_figure(curves: pd.DataFrame) -> str | None:
             mean = np.nanmean(values, axis=0)
             ax.plot(np.linspace(0, 1, mean.shape[0]), mean, label=str(method), lw=1.4)
         ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("fraction of perturbation steps", fontsize=8)
-        ax.set_ylabel("model score", fontsize=8)
+        xlabel, ylabel = (axis_labels or {}).get(metric, ("fraction of perturbation steps", "model score"))
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
