@@ -151,7 +151,7 @@ def model_parameter_randomisation(
         chosen = chosen[::-1]
     gen = make_generator(seed, inputs.device)
     original = explain_chunked(explainer, inputs, t, max_batch)
-    reference = _prepare(original, absolute, normalise)
+    to_reference = sim.against(compare, _prepare(original, absolute, normalise))  # reference ranked once
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     columns: list[Tensor] = []
     randomised = original
@@ -166,7 +166,7 @@ def model_parameter_randomisation(
             if randomised.shape != original.shape:
                 raise InputError(f"maps after randomisation have shape {tuple(randomised.shape)}, expected "
                                  f"{tuple(original.shape)}")
-            columns.append(compare(reference, _prepare(randomised, absolute, normalise)).to(inputs.device))
+            columns.append(to_reference(_prepare(randomised, absolute, normalise)).to(inputs.device))
     finally:
         model.load_state_dict(state)
     curves = torch.stack(columns, dim=1).float()

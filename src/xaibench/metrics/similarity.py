@@ -14,6 +14,7 @@ their own. Conventions:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,15 +26,19 @@ from xaibench.errors import InputError, WeightsUnavailableError
 __all__ = ["cosine", "kendall", "l1", "l2", "lpips", "pearson", "spearman", "ssim", "top_k_intersection"]
 
 
+def _check(name: str, t: Tensor, min_ndim: int = 2) -> None:
+    if not isinstance(t, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim < min_ndim:
+        raise InputError(f"{name} must be batched with shape [B, ...], got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name} contains NaN or Inf values")
+
+
 def _pair(a: Tensor, b: Tensor, min_ndim: int = 2) -> tuple[Tensor, Tensor]:
     """Check a pair of map batches and return them flattened to float64 [B, N]."""
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, Tensor):
-            raise InputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.ndim < min_ndim:
-            raise InputError(f"{name} must be batched with shape [B, ...], got {tuple(t.shape)}")
-        if not torch.isfinite(t).all():
-            raise InputError(f"{name} contains NaN or Inf values")
+    _check("a", a, min_ndim)
+    _check("b", b, min_ndim)
     if a.shape != b.shape:
         raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return a.detach().flatten(1).double(), b.detach().to(a.device).flatten(1).double()
@@ -96,6 +101,8 @@ def _average_ranks(x: Tensor) -> Tensor:
     pos = torch.arange(n, device=x.device).expand_as(s)
     starts = torch.ones_like(s, dtype=torch.bool)
     starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    if x.device.type == "cpu" and bool(starts.all()):  # no ties: the rank is the sorted position + 1
+        return torch.empty_like(s).scatter_(1, order, (pos + 1).to(s.dtype))
     ends = torch.ones_like(starts)
     ends[:, :-1] = starts[:, 1:]
     first = torch.where(starts, pos, 0).cummax(dim=1).values
@@ -108,6 +115,28 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation per image (as ``scipy.stats.spearmanr``: Pearson of average ranks)."""
     x, y = _pair(a, b)
     return _pearson_flat(_average_ranks(x), _average_ranks(y)).float()
+
+
+def against(similarity: Callable[[Tensor, Tensor], Tensor], a: Tensor) -> Callable[[Tensor], Tensor]:
+    """``b -> similarity(a, b)`` for many `b` and one reference `a`, with the work on `a` done once.
+
+    For `spearman` the reference is checked and ranked once, for `pearson` checked and centred
+    once (same results as calling the function each time); any other function is called as is.
+    """
+    if similarity not in (spearman, pearson):
+        return lambda b: similarity(a, b)
+    _check("a", a)
+    x = a.detach().flatten(1).double()
+    x = _average_ranks(x) if similarity is spearman else x
+
+    def compare(b: Tensor) -> Tensor:
+        _check("b", b)
+        if a.shape != b.shape:
+            raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        y = b.detach().to(a.device).flatten(1).double()
+        return _pearson_flat(x, _average_ranks(y) if similarity is spearman else y).float()
+
+    return compare
 
 
 def _inversions(v: Tensor) -> Tensor:
