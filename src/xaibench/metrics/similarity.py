@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -93,22 +94,48 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 def _average_ranks(x: Tensor) -> Tensor:
     """Ranks 1..N per row, ties sharing their average rank (``scipy.stats.rankdata`` 'average').
 
-    One sort; each run of equal sorted values spans positions [first, last], found by a running
-    max / reversed running min (about 2.5x faster on CPU than two ``searchsorted`` over the row).
+    One sort; each run of equal sorted values spans positions [first, last] and gets
+    ``(first + last + 2) / 2``. On CPU the work runs in NumPy (its sort is about 2x faster than
+    ``torch.sort`` there; ties are averaged, so the sort need not be stable); elsewhere a running
+    max / reversed running min over the runs (no ``searchsorted``).
     """
+    if x.device.type == "cpu":
+        return torch.from_numpy(_average_ranks_np(x.detach().double().numpy()))
     s, order = x.sort(dim=1)
     n = x.shape[1]
     pos = torch.arange(n, device=x.device).expand_as(s)
     starts = torch.ones_like(s, dtype=torch.bool)
     starts[:, 1:] = s[:, 1:] != s[:, :-1]
-    if x.device.type == "cpu" and bool(starts.all()):  # no ties: the rank is the sorted position + 1
-        return torch.empty_like(s).scatter_(1, order, (pos + 1).to(s.dtype))
     ends = torch.ones_like(starts)
     ends[:, :-1] = starts[:, 1:]
     first = torch.where(starts, pos, 0).cummax(dim=1).values
     last = torch.where(ends, pos, n - 1).flip(1).cummin(dim=1).values.flip(1)
     ranks = (first + last + 2).double() / 2
     return torch.empty_like(ranks).scatter_(1, order, ranks)
+
+
+def _average_ranks_np(x: np.ndarray) -> np.ndarray:
+    b, n = x.shape
+    out = np.empty((b, n), dtype=np.float64)
+    if n == 0:
+        return out
+    order = np.argsort(x, axis=1)
+    s = np.take_along_axis(x, order, axis=1)
+    starts = np.empty((b, n), dtype=bool)
+    starts[:, 0] = True
+    np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])
+    if starts.all():  # no ties: rank = sorted position + 1
+        ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (b, n))
+    else:
+        first = np.flatnonzero(starts)  # flat position of each run's first element (runs never span rows)
+        last = np.empty_like(first)
+        last[:-1] = first[1:] - 1
+        last[-1] = b * n - 1
+        # mean flat position + 1 of each run, repeated over the run, minus the row's offset
+        ranks = np.repeat((first + last + 2) / 2, last - first + 1).reshape(b, n)
+        ranks -= np.arange(0, b * n, n, dtype=np.float64)[:, None]
+    np.put_along_axis(out, order, ranks, axis=1)
+    return out
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
