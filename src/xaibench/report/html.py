@@ -118,12 +118,12 @@ def _gallery(out: Path, results: pd.DataFrame, images: dict[str, Any], k: int) -
         maps = load_maps(out, method)
         for title, picked in (("best", sub.head(k)), ("worst", sub.tail(k).iloc[::-1])):
             pos = [index[i] for i in picked["image_id"]]
-            uri = plots.gallery_figure(
-                images["images"][pos],
-                maps[pos],
-                [f"{i}\n{metric}={s:.3g}" for i, s in zip(picked["image_id"], picked["score"])],
+            uri = plots.gallery_figure(images["images"][pos], maps[pos])
+            caption = ", ".join(f"{i} ({s:.3g})" for i, s in zip(picked["image_id"], picked["score"]))
+            parts.append(
+                f"<h3>{_e(method)}: {title} {k} by {_e(metric)}</h3>{_img(uri, f'{method} {title} gallery')}"
+                f'<p class="note">Left to right, image id ({_e(metric)}): {_e(caption)}</p>'
             )
-            parts.append(f"<h3>{_e(method)}: {title} {k} by {_e(metric)}</h3>{_img(uri, f'{method} {title} gallery')}")
     return metric, "".join(parts)
 
 

@@ -95,19 +95,29 @@ def agreement_figure(agreement: pd.DataFrame) -> str | None:
     return to_data_uri(fig)
 
 
-def gallery_figure(images: torch.Tensor, maps: torch.Tensor, titles: list[str]) -> str:
-    """One row per image: the image and its map overlaid (`xaibench.plotting.overlay`)."""
+def gallery_figure(images: torch.Tensor, maps: torch.Tensor, *, cell: int = 96, gap: int = 4) -> str:
+    """Images (top row) and their maps overlaid (bottom row, `xaibench.plotting.overlay`) as one PNG.
+
+    images: uint8 [n, C, H, W]; maps: [n, h, w]. Each picture is scaled (nearest) to `cell` pixels
+    high; drawn with PIL, without matplotlib, so a report with many galleries stays fast.
+    """
+    from PIL import Image
+
     from xaibench.plotting import overlay
 
     n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+    tiles = []
     for k in range(n):
         img = images[k].float() / 255.0
-        shown = img.permute(1, 2, 0).squeeze(-1).numpy()
-        axes[0, k].imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
-        axes[1, k].imshow(np.asarray(overlay(img, maps[k])))
-        axes[0, k].set_title(titles[k], fontsize=7)
-        for ax in axes[:, k]:
-            ax.axis("off")
-    fig.tight_layout()
-    return to_data_uri(fig)
+        rgb = (img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]).permute(1, 2, 0)
+        tiles.append(((rgb.numpy() * 255).round().astype(np.uint8), overlay(img, maps[k])))
+    h, w = tiles[0][0].shape[:2]
+    width = max(1, round(cell * w / h))
+    sheet = Image.new("RGB", (n * width + (n - 1) * gap, 2 * cell + gap), "white")
+    for k, pair in enumerate(tiles):
+        for row, tile in enumerate(pair):
+            picture = Image.fromarray(tile).resize((width, cell), Image.NEAREST)
+            sheet.paste(picture, (k * (width + gap), row * (cell + gap)))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
