@@ -290,3 +290,8 @@ def test_engine_rejects_bad_modes() -> None:
     with pytest.raises(InputError, match="imputer"):
         perturbation_curves(Recorder(), x, torch.tensor([0]), ranking, counts, mode="insert",
                             imputer=lambda a, b, c: a)
+
+
+def test_rank_features_rejects_maps_finer_than_the_inputs() -> None:
+    with pytest.raises(InputError, match="finer than the inputs"):
+        rank_features(torch.rand(2, 8, 8), (4, 4))

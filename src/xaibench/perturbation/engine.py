@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xaibench.checks import check_images, check_maps, check_targets
+from xaibench.checks import check_images, check_map_size, check_maps, check_targets
 from xaibench.errors import InputError
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.forward import class_scores
@@ -118,6 +118,7 @@ def rank_features(
     _choice("order", order, ORDERS)
     _choice("granularity", granularity, GRANULARITIES)
     _choice("resample", resample, RESAMPLES)
+    check_map_size(attributions, size)
     b, h, w = attributions.shape
     big_h, big_w = size
     a = attributions.to(torch.promote_types(attributions.dtype, torch.float32))
