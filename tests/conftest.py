@@ -10,6 +10,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium; Playwright cannot download browsers here
 
 # Trained built-in models are cached here between local test runs (ignored by git).
 os.environ.setdefault("XAIBENCH_CACHE_DIR", str(REPO / ".pytest_cache" / "xaibench"))
@@ -45,3 +46,30 @@ def tiny_cnn() -> torch.nn.Module:
 def images() -> torch.Tensor:
     """A batch of 4 random images [4, 3, 16, 16] in [0, 1]."""
     return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+def _require(condition: bool, reason: str) -> None:
+    """Skip when `condition` fails; with the CI environment variable set, fail instead."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (required when CI is set)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """The chromium binary for Playwright (and Playwright itself): skipped locally, required in CI."""
+    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        _require(False, "playwright is not installed")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def legacy_db() -> Path:
+    """The published HARMONY study database in ../shared/data: skipped locally, required in CI."""
+    db = SHARED_DATA / "harmony_study_2024.sqlite3"
+    _require(db.is_file(), f"published study database not found: {db}")
+    return db

@@ -4,30 +4,13 @@ clicks and keys, go back, change an answer; the labelling page shows the image a
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("django")
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-def require(condition: bool, reason: str) -> None:
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    require(CHROMIUM.exists(), f"{CHROMIUM} not found")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        require(False, "playwright is not installed")
+def server(tmp_path_factory, chromium):
     from django.contrib.auth import get_user_model
 
     from xaibench.harmony.dataset import load_dataset
@@ -45,11 +28,11 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(server, chromium):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"], headless=True)
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"], headless=True)
         context = browser.new_context(viewport={"width": 1100, "height": 800})
         pg = context.new_page()
         pg.set_default_timeout(20000)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from xaibench.harmony.testing import cli
 
 pytest.importorskip("django")
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-LEGACY_DB = SHARED_DATA / "harmony_study_2024.sqlite3"
 
 # (metric, model, method) -> (% fine-tuned, % original, % neither), 1,000 labels each
 PUBLISHED = {
@@ -27,25 +22,17 @@ PUBLISHED = {
 }
 
 
-def require(condition: bool, reason: str) -> None:
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    require(LEGACY_DB.is_file(), f"published study database not found: {LEGACY_DB}")
+def imported(tmp_path_factory, legacy_db):
     from xaibench.harmony.testing import use_home
 
     use_home(tmp_path_factory.mktemp("harmony-import-home"))
     from xaibench.harmony.legacy import import_legacy
 
-    return import_legacy(LEGACY_DB)
+    return import_legacy(legacy_db)
 
 
-def test_import_counts_and_latest_wins(imported):
+def test_import_counts_and_latest_wins(imported, legacy_db):
     from xaibench.harmony.models import Condition, Example, Label
 
     assert imported["conditions"] == 30 and imported["examples"] == 6000
@@ -55,7 +42,7 @@ def test_import_counts_and_latest_wins(imported):
     assert not Example.objects.exclude(image="").exists()  # imported without pictures
     assert set(Label.objects.values_list("choice", flat=True)) == {"finetuned", "original", "neither"}
     # the latest label of each duplicated pair wins
-    con = sqlite3.connect(f"file:{LEGACY_DB}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{legacy_db}?mode=ro", uri=True)
     dups = con.execute(
         "SELECT u.username, max(l.id) FROM relevavance_label l JOIN auth_user u ON u.id = l.user_id "
         "GROUP BY l.user_id, l.example_id HAVING count(*) > 1"
@@ -70,10 +57,10 @@ def test_import_counts_and_latest_wins(imported):
     assert not any(u.has_usable_password() for u in get_user_model().objects.filter(username__startswith="annotator_"))
 
 
-def test_import_is_idempotent(imported, capsys):
+def test_import_is_idempotent(imported, legacy_db, capsys):
     from xaibench.harmony.models import Label
 
-    cli("import-legacy", str(LEGACY_DB))
+    cli("import-legacy", str(legacy_db))
     out = capsys.readouterr().out
     assert "7 duplicated (annotator, example) label(s)" in out and "0 labels created, 0 updated" in out
     assert Label.objects.count() == 30000

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import xaibench
 from xaibench.report import build_report
 from xaibench.runner import parse_config, run
 
-CHROMIUM = "/usr/bin/chromium"
 CONFIG = {
     "name": "report test",
     "seed": 0,
@@ -68,11 +66,7 @@ def test_numbers_come_from_the_reliability_summary(report):
     assert parse_config(CONFIG).hash in page
 
 
-def test_renders_in_chromium(report, tmp_path):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} is missing")
+def test_renders_in_chromium(report, tmp_path, chromium):
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -80,7 +74,7 @@ def test_renders_in_chromium(report, tmp_path):
     requests: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=str(chromium),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"],
         )
