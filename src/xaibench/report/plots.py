@@ -15,12 +15,16 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def to_data_uri(fig: plt.Figure) -> str:
     """Encode a figure as a PNG data URI and close it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _png_uri(buf.getvalue())
 
 
 def _grid(n: int, width: float = 3.4, height: float = 2.6, cols: int = 4) -> tuple[plt.Figure, np.ndarray]:
@@ -120,4 +124,4 @@ def gallery_figure(images: torch.Tensor, maps: torch.Tensor, *, cell: int = 96, 
             sheet.paste(picture, (k * (width + gap), row * (cell + gap)))
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return _png_uri(buf.getvalue())
