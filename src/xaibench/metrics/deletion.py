@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
@@ -58,7 +57,6 @@ def _run(
     if params["normalize"] not in ("original", None):
         raise InputError(f"normalize must be 'original' or None, got {params['normalize']!r}")
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     patch = params["patch_size"]
     granularity = params["granularity"] or ("patch" if patch > 1 else "pixel")
     if granularity not in GRANULARITIES:

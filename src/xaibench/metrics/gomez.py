@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.baselines import fill
@@ -66,7 +65,6 @@ def _single_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(Y, O, constant-map flags) with chunks of at most `max_batch` images."""
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     lo = a.flatten(1).amin(1)[:, None, None]
     hi = a.flatten(1).amax(1)[:, None, None]
     constant = (hi == lo).flatten()
@@ -160,7 +158,6 @@ def _correlation(
     if params["steps"] < 1:
         raise InputError(f"steps must be >= 1, got {params['steps']}")
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     patch = params["patch_size"]
     ranking = rank_features(a, x.shape[-2:], order="morf", granularity="patch" if patch > 1 else "pixel",
                             patch_size=patch, resample=params["resample"])

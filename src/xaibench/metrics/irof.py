@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_map_size
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.engine import (
     perturbation_curves,
@@ -64,7 +63,6 @@ def irof(
     params = metric_params(locals())
     params["segments"] = "given" if segments is not None else "slic"
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     seg = superpixel_segments(x, n_segments=n_segments, compactness=compactness) if segments is None else segments
     ranking = rank_features(a, x.shape[-2:], order="morf", granularity="superpixel", segments=seg)
     counts = step_counts(ranking.num_features, features_per_step=1)

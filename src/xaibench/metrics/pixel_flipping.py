@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_map_size
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
@@ -97,7 +96,6 @@ def pixel_flipping(
     """Pixel-flipping curve and its area (Quantus's AUC of the curve without step 0)."""
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     curves = _curves(model, x, a, t, order="morf", patch_size=1, **params)
     return MetricResult(trapezoid(curves[:, 1:]).float(), pixel_flipping.info, params, curves)  # type: ignore[attr-defined]
 
@@ -136,7 +134,6 @@ def region_perturbation(
     """
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     curves = _curves(model, x, a, t, order=order, patch_size=patch_size, resample=resample, baseline=baseline,
                      baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
                      features_per_step=1, max_steps=regions_evaluation)
@@ -176,7 +173,6 @@ def aopc(
     """``mean_{k=0..steps} (s_0 - s_k)`` on ``floor(k * F / steps)`` perturbed features."""
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     curves = _curves(model, x, a, t, **params)
     return MetricResult(_aopc(curves).float(), aopc.info, params, curves)  # type: ignore[attr-defined]
 
@@ -213,7 +209,6 @@ def abpc(
     """``trapezoid(lerf - morf, dx=1/steps)``; curves = MoRF, ``extras["lerf"]`` = LeRF curve."""
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     morf = _curves(model, x, a, t, order="morf", **params)
     lerf = _curves(model, x, a, t, order="lerf", **params)
     score = trapezoid(lerf - morf, 1.0 / steps).float()

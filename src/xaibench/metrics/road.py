@@ -23,7 +23,6 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_map_size
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
@@ -95,7 +94,6 @@ def road(
     if noise < 0:
         raise InputError(f"noise must be >= 0, got {noise}")
     x, a, t = prepare(model, inputs, attributions, targets)
-    check_map_size(a, x.shape[-2:])
     h, w = x.shape[-2:]
     n_pixels = h * w
     counts = torch.cat([torch.zeros(1, dtype=torch.long), (n_pixels * pct / 100).long()])

@@ -342,11 +342,13 @@ def prepare(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate the common metric arguments; return them on the model's device.
 
-    Checks: images [B, C, H, W] finite, maps [B, h, w] finite with the same B, targets in
-    ``[0, num_classes)`` (one forward on the first image tells the number of classes).
+    Checks: images [B, C, H, W] finite, maps [B, h, w] finite with the same B and no finer than
+    the images, targets in ``[0, num_classes)`` (one forward on the first image tells the number of
+    classes).
     """
     check_images(inputs)
     check_maps(attributions, batch=inputs.shape[0])
+    check_map_size(attributions, inputs.shape[-2:])
     dev = model_device(model, inputs.device)
     x = inputs.to(dev)
     with torch.no_grad():
