@@ -1,0 +1,79 @@
+"""`build_experiment_report(DIR)` -> DIR/report.html for an experiment directory: the recipe's section
+(tables and figures it describes as data) with the run's provenance, in the style of the run report."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
+from xaibench.experiments.base import Block
+from xaibench.report.html import CSS
+from xaibench.report.plots import to_data_uri
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "NaN"
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(block: Table) -> str:
+    frame: pd.DataFrame = block.frame
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = []
+        for column, value in zip(frame.columns, row):
+            cls = block.highlight.get((i, column))
+            cells.append(f'<td class="{cls}">{_cell(value)}</td>' if cls else f"<td>{_cell(value)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    caption = f'<p class="note">{html.escape(block.caption)}</p>' if block.caption else ""
+    return f'{caption}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def render_block(block: Block) -> str:
+    """HTML of one report block."""
+    if isinstance(block, Text):
+        return f"<p>{html.escape(block.text)}</p>"
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Figure):
+        caption = html.escape(block.caption)
+        img = f'<img class="plot" alt="{caption}" src="{to_data_uri(block.figure)}">'
+        return img + (f'<p class="note">{caption}</p>' if caption else "")
+    raise TypeError(f"not a report block: {type(block).__name__}")
+
+
+def build_experiment_report(out: str | Path) -> Path:
+    """Write DIR/report.html for the experiment in `out`; returns its path."""
+    exp = ExperimentDir(out)
+    manifest = exp.manifest
+    recipe = recipes().get(manifest["recipe"])
+    blocks = recipe.report(exp)
+    done, planned = len(manifest.get("steps", {})), len(manifest.get("plan", []))
+    partial = (
+        f'<p class="bad"><strong>Partial experiment: {done} of {planned} steps finished.</strong> '
+        f"Finish it with <code>xaibench experiment {html.escape(recipe.name)} CONFIG --out DIR --resume</code>.</p>"
+        if "finished" not in manifest
+        else ""
+    )
+    title = manifest["config"].get("name") or f"{recipe.name} experiment"
+    provenance = {k: v for k, v in manifest.items() if k not in ("steps", "config")}
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(title)}</title><style>{CSS}</style></head><body><main>
+<h1>{html.escape(title)}</h1><p class="note">{html.escape(recipe.summary)}</p>{partial}
+<h2>Results</h2>{"".join(render_block(b) for b in blocks)}
+<h2>Configuration and provenance</h2>
+<pre>{html.escape(json.dumps(manifest["config"], indent=1, sort_keys=True))}</pre>
+<pre>{html.escape(json.dumps(provenance, indent=1, sort_keys=True))}</pre>
+</main></body></html>"""
+    path = Path(out) / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,106 @@
+"""The experiment mechanism: plan, commit, skip on resume, redo what was damaged, refuse a changed config."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+
+from xaibench.cli import main
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.experiments import REQUIRED, Figure, Recipe, Step, Table, Text, load_table, recipes, run_experiment
+from xaibench.experiments.base import run_recipe
+
+CALLS: list[str] = []
+
+
+def _make(ctx):
+    CALLS.append("make")
+    values = pd.DataFrame({"i": range(ctx.cfg["n"]), "v": [ctx.seed("v", i) % 97 for i in range(ctx.cfg["n"])]})
+    ctx.write_table("values", values)
+
+
+def _total(ctx):
+    CALLS.append("total")
+    values = ctx.experiment.table("values")
+    ctx.write_table("total", pd.DataFrame({"total": [int(values["v"].sum())]}))
+
+
+def _report(exp):
+    fig, ax = plt.subplots()
+    ax.plot(exp.table("values")["v"])
+    return [Text("toy"), Table(exp.table("total")[["total"]], "sum"), Figure(fig, "values")]
+
+
+TOY = Recipe(
+    name="toy-mechanism",
+    summary="two steps for the tests",
+    schema={"n": ((int,), REQUIRED)},
+    plan=lambda cfg: [Step("make", _make), Step("total", _total, needs=("make",))],
+    report=_report,
+)
+if "toy-mechanism" not in recipes():
+    recipes().add(TOY.name, TOY)
+
+
+def test_run_resume_and_redo(tmp_path):
+    CALLS.clear()
+    out = tmp_path / "exp"
+    run_recipe(TOY, TOY.parse({"n": 5, "seed": 3}), out)
+    assert CALLS == ["make", "total"]
+    first = load_table(out, "total")
+    assert {"config_hash", "seed", "experiment", "xaibench_version", "step"} <= set(first.columns)
+    with pytest.raises(InputError, match="already holds an experiment"):
+        run_recipe(TOY, TOY.parse({"n": 5, "seed": 3}), out)
+    CALLS.clear()
+    run_recipe(TOY, TOY.parse({"n": 5, "seed": 3}), out, resume=True)
+    assert CALLS == []  # everything committed and intact
+    # damage the first step's table: it is redone, and so is the step that needs it
+    (out / "steps" / "make" / "tables" / "values.parquet").write_bytes(b"broken")
+    CALLS.clear()
+    run_recipe(TOY, TOY.parse({"n": 5, "seed": 3}), out, resume=True)
+    assert CALLS == ["make", "total"]
+    pd.testing.assert_frame_equal(load_table(out, "total"), first)
+    with pytest.raises(InputError, match="refusing to resume"):
+        run_recipe(TOY, TOY.parse({"n": 6, "seed": 3}), out, resume=True)
+    CALLS.clear()
+    run_recipe(TOY, TOY.parse({"n": 6, "seed": 3}), out, overwrite=True)
+    assert CALLS == ["make", "total"] and len(load_table(out, "values")) == 6
+
+
+def test_uncommitted_step_is_redone_from_scratch(tmp_path):
+    out = tmp_path / "exp"
+    boom = Recipe("toy-fail", "fails", {}, lambda cfg: [Step("a", _fail)], lambda exp: [])
+    with pytest.raises(RuntimeError):
+        run_recipe(boom, boom.parse({}), out)
+    manifest = json.loads((out / "experiment.json").read_text())
+    assert manifest["steps"] == {} and "finished" not in manifest
+
+
+def _fail(ctx):
+    (ctx.folder / "half.txt").write_text("partial")
+    raise RuntimeError("killed")
+
+
+def test_config_errors_and_unknown_recipe(tmp_path):
+    with pytest.raises(InputError, match="unknown key 'nn'.*'n'"):
+        TOY.parse({"nn": 3})
+    with pytest.raises(InputError, match="missing required key 'n'"):
+        TOY.parse({})
+    with pytest.raises(UnknownNameError, match="toy-mechanism|toy_mechanism"):
+        run_experiment("toy-mechanisn", {"n": 1}, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_runs_lists_and_reports(tmp_path, capsys):
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text("n = 4\nseed = 1\n")
+    assert main(["experiment", "toy-mechanism", str(cfg), "--out", str(tmp_path / "e")]) == 0
+    page = (tmp_path / "e" / "report.html").read_text()
+    assert "two steps for the tests" in page and "<table>" in page and "data:image/png;base64" in page
+    assert main(["experiment", "--list"]) == 0
+    assert "toy-mechanism" in capsys.readouterr().out
+    assert main(["experiment", "toy-mechanism", str(cfg), "--out", str(tmp_path / "e")]) == 2
+    assert "already holds an experiment" in capsys.readouterr().err
