@@ -1,0 +1,216 @@
+"""Streaming explanation metrics for training loops: one torchmetrics `Metric` class per registered metric.
+
+``xaibench.streaming.Deletion(method="gradcam", steps=16)`` is a `torchmetrics.Metric` whose
+``update(model=, inputs=, targets=, ...)`` scores a batch with the registered function
+(`xaibench.metrics.deletion`, never a second implementation) and accumulates the scores; ``compute()``
+is the mean over the images whose score is defined, so it equals
+``xaibench.metrics.deletion(...).mean()`` on all the images at once. The classes are generated from
+the `METRICS` registry (names in CamelCase: ``PointingGame``, ``RelevanceMassAccuracy``,
+``MaxSensitivity``, ...); `streaming_metric(name)` finds one by its registry name.
+
+- ``update`` takes the metric vocabulary as keywords (``model``, ``inputs``, ``attributions``,
+  ``targets``, ``masks``, ``explainer``, ``labels``). Maps and explainers that are not passed are made
+  from the ``method`` given to the constructor (``xaibench.explainer(method, model, **method_params)``).
+  It works inside Lightning's validation loop (no grad, inference mode): gradients are switched on
+  and inference tensors copied for the explainer.
+- States are sums (``total``, ``count``, ``undefined``) with ``dist_reduce_fx="sum"``: constant memory,
+  and torchmetrics' DDP sync gives every process the mean over all processes' images.
+- ``bootstrap=B`` adds a percentile bootstrap interval of the mean (``reliability.bootstrap_ci``)
+  and ``compute()`` returns ``{"mean", "low", "high"}``. It needs the per-image scores: a
+  ``"cat"`` state of 8 bytes per image (gathered from every process at ``compute``), the one state
+  that grows with the data. The scores are sorted before resampling, so the interval does not
+  depend on how the images were split across processes. Curves are never accumulated.
+- Randomised metrics (``max_sensitivity``, ...) draw with seed ``seed + k`` on the k-th update since
+  the last reset (per process), unless ``seed`` is set in the parameters.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from xaibench.errors import InputError
+from xaibench.metrics import METRICS
+from xaibench.metrics.base import VOCABULARY
+
+# Keyword arguments of `torchmetrics.Metric.__init__` (distributed sync and placement of the states).
+TORCHMETRICS_KWARGS = (
+    "compute_on_cpu",
+    "dist_sync_on_step",
+    "process_group",
+    "dist_sync_fn",
+    "distributed_available_fn",
+    "sync_on_compute",
+    "compute_with_cache",
+)
+
+
+class ExplanationMetric(Metric):
+    """Base of the generated classes: a registered metric, accumulated over batches (see the module docstring).
+
+    method / method_params: explanation method that makes the maps (and the explainer of robustness
+    metrics) when ``update`` is not given them. bootstrap / level / seed: bootstrap resamples of the
+    interval (0 = no interval), its level and seed (also the base seed of randomised metrics).
+    Other keywords are the metric's parameters (checked against its signature) or torchmetrics'
+    ``Metric`` options (``sync_on_compute``, ``process_group``, ...).
+    """
+
+    metric_name: ClassVar[str] = ""
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        method: str | None = None,
+        method_params: dict[str, Any] | None = None,
+        *,
+        bootstrap: int = 0,
+        level: float = 0.95,
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        entry = METRICS.get(self.metric_name)
+        own = {k: params.pop(k) for k in list(params) if k in TORCHMETRICS_KWARGS}
+        super().__init__(**own)
+        allowed = [n for n in inspect.signature(entry.fn).parameters if n not in VOCABULARY]
+        for key in params:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed + list(TORCHMETRICS_KWARGS), n=3, cutoff=0.5)
+                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                raise InputError(
+                    f"{type(self).__name__}: unknown parameter {key!r}.{hint} "
+                    f"Metric {self.metric_name!r} takes: {', '.join(allowed) or 'none'}."
+                )
+        if bootstrap < 0 or bootstrap == 1:
+            raise InputError(f"{type(self).__name__}: bootstrap must be 0 (no interval) or >= 2, got {bootstrap}")
+        if method is not None:
+            from xaibench.explainers import METHODS
+
+            METHODS.get(method)  # unknown names fail here, with suggestions
+        self.entry = entry
+        self.method = method
+        self.method_params = dict(method_params or {})
+        self.params = params
+        self.bootstrap = int(bootstrap)
+        self.level = float(level)
+        self.seed = int(seed)
+        self._takes_seed = "seed" in inspect.signature(entry.fn).parameters
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("undefined", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        if self.bootstrap:
+            self.add_state("scores", [], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        model: nn.Module | None = None,
+        inputs: Tensor | None = None,
+        attributions: Tensor | None = None,
+        targets: Tensor | None = None,
+        masks: Tensor | None = None,
+        explainer: Any = None,
+        labels: Tensor | None = None,
+    ) -> None:
+        """Score one batch with the registered function and add its scores to the states."""
+        given = {
+            "model": model,
+            "inputs": inputs,
+            "attributions": attributions,
+            "targets": targets,
+            "masks": masks,
+            "explainer": explainer,
+            "labels": labels,
+        }
+        requires = self.entry.info.requires
+        with torch.inference_mode(False), torch.enable_grad():
+            words = {k: v.clone() if isinstance(v, Tensor) and v.is_inference() else v for k, v in given.items()}
+            needs_method = ("attributions" in requires and attributions is None) or (
+                "explainer" in requires and explainer is None
+            )
+            if needs_method:
+                if self.method is None or model is None or inputs is None or targets is None:
+                    raise InputError(
+                        f"{type(self).__name__}.update: pass the maps (attributions=) or give the metric a "
+                        "method (method='gradcam') and pass model, inputs and targets"
+                    )
+                from xaibench import explainer as make_explainer
+
+                made = make_explainer(self.method, model, **self.method_params)
+                if "explainer" in requires and explainer is None:
+                    words["explainer"] = made
+                if "attributions" in requires and attributions is None:
+                    words["attributions"] = made(words["inputs"], words["targets"]).detach()
+            missing = [w for w in requires if words[w] is None]
+            if missing:
+                raise InputError(
+                    f"{type(self).__name__}.update: metric {self.metric_name!r} needs {', '.join(missing)}"
+                )
+            kwargs = {w: words[w] for w in requires}
+            if self._takes_seed and "seed" not in self.params:
+                kwargs["seed"] = self.seed + int(self._update_count) - 1  # counted before update runs
+            result = self.entry.fn(**kwargs, **self.params)
+        scores = result.scores.detach().to(self.total.device, torch.float64).flatten()
+        defined = ~torch.isnan(scores)
+        self.total += scores[defined].sum()
+        self.count += defined.sum()
+        self.undefined += (~defined).sum()
+        if self.bootstrap:
+            self.scores.append(scores[defined])
+
+    def compute(self) -> Tensor | dict[str, Tensor]:
+        """Mean of the defined scores (NaN if none); with ``bootstrap``, ``{"mean", "low", "high"}``."""
+        mean = self.total / self.count if self.count > 0 else torch.full_like(self.total, float("nan"))
+        if not self.bootstrap:
+            return mean
+        low = high = torch.full_like(mean, float("nan"))
+        empty = isinstance(self.scores, list) and not self.scores  # a list before sync, a tensor after
+        scores = self.total.new_zeros(0) if empty else dim_zero_cat(self.scores)
+        if scores.numel() >= 2:
+            from xaibench.reliability import MeanStatistic, bootstrap_ci
+
+            values = torch.sort(scores.cpu()).values.numpy()
+            ci = bootstrap_ci(
+                MeanStatistic(), values, n_boot=self.bootstrap, level=self.level, seed=self.seed, method="percentile"
+            )
+            low, high = (torch.tensor(v, dtype=torch.float64, device=mean.device) for v in (ci.low, ci.high))
+        return {"mean": mean, "low": low, "high": high}
+
+
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _make(name: str) -> type[ExplanationMetric]:
+    info = METRICS.get(name).info
+    cls_name = _class_name(name)
+    doc = (
+        f"Streaming `xaibench.metrics.{name}` ({info.category}; "
+        f"{'higher' if info.higher_is_better else 'lower'} is better): mean over batches. "
+        f"Cost per image: {info.cost}. See `ExplanationMetric` for the arguments."
+    )
+    attrs = {
+        "metric_name": name,
+        "higher_is_better": info.higher_is_better,
+        "__doc__": doc,
+        "__module__": __name__,
+        "__qualname__": cls_name,
+    }
+    return type(cls_name, (ExplanationMetric,), attrs)
+
+
+CLASSES: dict[str, type[ExplanationMetric]] = {name: _make(name) for name, _ in METRICS.items()}
+globals().update({cls.__name__: cls for cls in CLASSES.values()})
+
+
+def streaming_metric(name: str) -> type[ExplanationMetric]:
+    """The streaming class of a registered metric name (unknown names fail with suggestions)."""
+    return CLASSES[METRICS.get(name).info.name]
+
+
+__all__ = ["CLASSES", "ExplanationMetric", "streaming_metric", *(cls.__name__ for cls in CLASSES.values())]
