@@ -57,16 +57,18 @@ def labels():
 def _labels():
     from django.db import connections
 
-    from xaibench.harmony.models import Label, Presentation
+    from xaibench.harmony.models import Assignment, Label, Presentation
+    from xaibench.harmony.views import example_order
 
     connections.close_all()
 
+    order = example_order(Assignment.objects.get(annotator__username="browser_ann"))
     out = {}
     for label in Label.objects.filter(annotator__username="browser_ann").select_related("example"):
         pres = Presentation.objects.get(annotator=label.annotator, example=label.example)
         side = "neither" if label.choice == "neither" else (
             "left" if (label.choice == "finetuned") == pres.finetuned_left else "right")
-        out[label.example.position + 1] = side
+        out[order.index(label.example_id) + 1] = side
     return out
 
 
@@ -119,10 +121,11 @@ def test_browser_login_label_back_change(server, page, tmp_path):
     def stored():
         from xaibench.harmony.models import Label
 
-        return list(Label.objects.filter(annotator__username="browser_ann").values_list("response_ms", "revisions"))
+        return list(Label.objects.filter(annotator__username="browser_ann").values_list(
+            "response_ms", "client_response_ms", "revisions"))
 
     rows = off_loop(stored)
-    assert len(rows) == 3 and all(ms is not None and ms >= 0 for ms, _ in rows)
-    assert sorted(r for _, r in rows) == [0, 0, 1]
+    assert len(rows) == 3 and all(server is not None and client is not None for server, client, _ in rows)
+    assert sorted(r for *_, r in rows) == [0, 0, 1]
     page.goto(base + "/")
     assert "3 / 3" in page.inner_text(".card")

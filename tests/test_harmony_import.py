@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 
+from xaibench.harmony.legacy import LEGACY_PREFIX
 from xaibench.harmony.testing import cli
 
 pytest.importorskip("django")
@@ -50,11 +51,13 @@ def test_import_counts_and_latest_wins(imported, legacy_db):
     con.close()
     assert len(dups) == 7
     for username, latest in dups:
-        assert Label.objects.filter(annotator__username=username, legacy_id=latest).count() == 1
-    # imported accounts cannot log in until a password is set
+        assert Label.objects.filter(annotator__username=LEGACY_PREFIX + username, legacy_id=latest).count() == 1
+    # imported accounts live in their own namespace and cannot log in
     from django.contrib.auth import get_user_model
 
-    assert not any(u.has_usable_password() for u in get_user_model().objects.filter(username__startswith="annotator_"))
+    legacy = get_user_model().objects.filter(username__startswith=LEGACY_PREFIX)
+    assert legacy.count() == 5 and not get_user_model().objects.filter(username__startswith="annotator_").exists()
+    assert not any(u.has_usable_password() or u.is_active for u in legacy)
 
 
 def test_import_is_idempotent(imported, legacy_db, capsys):

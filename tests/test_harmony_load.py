@@ -98,7 +98,8 @@ def test_concurrent_annotators_every_label_exactly_once(server):
 
     from django.db.models import Count
 
-    from xaibench.harmony.models import Assignment, Label, Presentation
+    from xaibench.harmony.models import Assignment, Example, Label, Presentation
+    from xaibench.harmony.views import example_order
 
     assert Label.objects.count() == ANNOTATORS * CONDITIONS * EXAMPLES
     assert not Label.objects.values("annotator", "example").annotate(n=Count("id")).filter(n__gt=1).exists()
@@ -106,7 +107,7 @@ def test_concurrent_annotators_every_label_exactly_once(server):
         name = f"load{i:02d}"
         assignments = list(Assignment.objects.filter(annotator__username=name).order_by("position", "id"))
         for (card, n), side in records[i].items():
-            example = assignments[card - 1].condition.examples.order_by("position", "id")[n - 1]
+            example = Example.objects.get(pk=example_order(assignments[card - 1])[n - 1])
             label = Label.objects.get(annotator__username=name, example=example)
             pres = Presentation.objects.get(annotator__username=name, example=example)
             expected = "neither" if side == "neither" else ("finetuned" if (side == "left") == pres.finetuned_left else "original")

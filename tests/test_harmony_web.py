@@ -84,10 +84,11 @@ class Browser:
 
 
 def label_of(name, card, n):
-    from xaibench.harmony.models import Assignment, Label
+    from xaibench.harmony.models import Assignment, Example, Label
+    from xaibench.harmony.views import example_order
 
     a = Assignment.objects.filter(annotator__username=name).order_by("position", "id")[card - 1]
-    example = a.condition.examples.order_by("position", "id")[n - 1]
+    example = Example.objects.get(pk=example_order(a)[n - 1])
     return Label.objects.filter(annotator__username=name, example=example), example
 
 
@@ -117,7 +118,8 @@ def test_full_flow_back_and_change(study):
         pres = Presentation.objects.get(annotator__username="ann_flow", example=example)
         expected = "neither" if side == "neither" else (
             Label.FINETUNED if (side == "left") == pres.finetuned_left else Label.ORIGINAL)
-        assert label.choice == expected and label.response_ms == 1234 and label.finetuned_left == pres.finetuned_left
+        assert label.choice == expected and label.finetuned_left == pres.finetuned_left
+        assert label.client_response_ms == 1234 and label.response_ms is not None
     r = b.get("/card/1/")
     assert r["Location"] == "/card/1/done/"
     assert "is done" in b.get("/card/1/done/").content.decode()

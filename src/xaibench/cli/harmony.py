@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("import-legacy", help="import the published study's database (app label relevavance)")
     q.add_argument("path", metavar="SQLITE")
+    q.add_argument("--skip-invalid", action="store_true",
+                   help="import the valid rows and count the others (default: stop and report them)")
     q.set_defaults(func=handle_import_legacy)
 
     q = sub.add_parser("make-sample", help="write a small synthetic study data set to try the application")
@@ -88,18 +90,19 @@ def handle_add_annotator(args: argparse.Namespace) -> int:
 
     from xaibench.errors import InputError
 
+    from xaibench.harmony.legacy import LEGACY_PREFIX
+
     name = args.name.strip()
     if not name or len(name) > 150:
         raise InputError("annotator name must be 1-150 characters")
+    if name.startswith(LEGACY_PREFIX):
+        raise InputError(f"annotator names starting with {LEGACY_PREFIX!r} are reserved for imported legacy annotators")
     generated = not args.password_stdin
-    if generated:
-        password = secrets.token_urlsafe(12)
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if len(password) < 8:
-            raise InputError("password must have at least 8 characters")
+    password = secrets.token_urlsafe(12) if generated else sys.stdin.readline(4096).rstrip("\r\n")
     _ready()
     from django.contrib.auth import get_user_model
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
     from django.db import transaction
 
     from xaibench.harmony.dataset import assign_conditions
@@ -108,6 +111,10 @@ def handle_add_annotator(args: argparse.Namespace) -> int:
     User = get_user_model()
     if User.objects.filter(username=name).exists():
         raise InputError(f"annotator {name!r} already exists")
+    try:
+        validate_password(password, user=User(username=name))
+    except ValidationError as err:
+        raise InputError(f"password refused for {name!r}: {' '.join(err.messages)}") from err
     with transaction.atomic():
         user = User.objects.create_user(username=name, password=password)
         if args.staff:
@@ -177,12 +184,13 @@ def handle_analyze(args: argparse.Namespace) -> int:
 def handle_import_legacy(args: argparse.Namespace) -> int:
     from xaibench.harmony.legacy import import_legacy, read_legacy
 
-    read_legacy(args.path)  # validate first
+    read_legacy(args.path, skip_invalid=args.skip_invalid)  # validate first
     _ready()
-    c = import_legacy(args.path)
+    c = import_legacy(args.path, skip_invalid=args.skip_invalid)
     print(
         f"imported {args.path}: {c['conditions']} conditions, {c['examples']} examples (without pictures), "
-        f"{c['labels_read']} labels read, {c['annotators']} new annotator account(s); "
+        f"{c['labels_read']} labels read, {c['rows_skipped']} invalid row(s) skipped, "
+        f"{c['annotators']} new legacy annotator account(s); "
         f"{c['duplicates']} duplicated (annotator, example) label(s) resolved (latest wins); "
         f"{c['labels_created']} labels created, {c['labels_updated']} updated"
     )

@@ -12,7 +12,10 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from xaibench.harmony.export import labels_frame
+from xaibench.harmony.forms import AdminLoginForm
 from xaibench.harmony.models import Assignment, Condition, Example, Label
+
+admin.site.login_form = AdminLoginForm  # failed logins throttled as on the annotators' page
 
 
 def _csv_response(df, filename: str) -> HttpResponse:
@@ -54,7 +57,8 @@ class AssignmentAdmin(admin.ModelAdmin):
 @admin.register(Label)
 class LabelAdmin(admin.ModelAdmin):
     change_list_template = "admin/harmony/label/change_list.html"
-    list_display = ("annotator", "example", "choice", "finetuned_left", "response_ms", "revisions", "updated_at")
+    list_display = ("annotator", "example", "choice", "finetuned_left", "response_ms", "client_response_ms", "revisions",
+                    "updated_at")
     list_filter = ("choice", "annotator", "example__condition__metric", "example__condition__model", "example__condition__method")
     list_select_related = ("annotator", "example__condition")
     raw_id_fields = ("example",)

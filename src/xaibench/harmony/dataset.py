@@ -1,15 +1,23 @@
 """The study data-set format: a folder with ``manifest.json`` and PNG files.
 
 Validation (``read_manifest``) needs no Django; ``load_dataset`` stores it in the database.
-See docs/harmony.md for the format.
+Stored pictures are re-encoded from their pixels (``canonical_png``) and the two maps of an
+example are padded to one byte length (``pad_png``), so that nothing but the pixels tells the
+sides apart. See docs/harmony.md for the format and what is left as a signal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
 
 from xaibench.errors import InputError
 
@@ -23,6 +31,14 @@ CONDITION_REQUIRED = {"dataset", "metric", "model", "method", "examples"}
 EXAMPLE_KEYS = {"id", "image", "original", "finetuned", "prediction", "label"}
 EXAMPLE_REQUIRED = {"id", "image", "original", "finetuned", "prediction"}
 PICTURES = ("image", "original", "finetuned")
+# the longest text per key (the database columns' sizes); paths as the data-set folder names them
+MAX_TEXT = {"id": 128, "dataset": 128, "metric": 128, "model": 128, "method": 128, "name": 128,
+            "prediction": 256, "label": 256, "description": 10_000}
+MAX_PATH = 512  # a picture's path relative to the folder (Example.source_image)
+MAX_DIR = 4096  # the data-set folder's own path
+MAX_MANIFEST_BYTES = 64 * 2**20
+MAX_SIDE = 4096  # pixels per side of a picture
+PAD_CHUNK = b"paDd"  # ancillary, private, safe-to-copy PNG chunk of zeros: equal byte lengths per example
 
 
 @dataclass
@@ -32,6 +48,7 @@ class ExampleSpec:
     label: str
     pictures: dict[str, Path]  # image / original / finetuned -> absolute path
     relative: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height)
 
 
 @dataclass
@@ -71,47 +88,81 @@ def _text(obj: dict, key: str, where: str, required: bool = True) -> str:
     value = value.strip()
     if required and not value:
         raise InputError(f"{where}: {key!r} must not be empty")
-    if len(value) > 128 and key in {"id", "dataset", "metric", "model", "method"}:
-        raise InputError(f"{where}: {key!r} is longer than 128 characters")
+    if len(value) > MAX_TEXT[key]:
+        raise InputError(f"{where}: {key!r} has {len(value):,} characters; at most {MAX_TEXT[key]:,} are allowed")
     return value
 
 
-def _picture(root: Path, rel: object, where: str) -> Path:
+def _short(text: str, keep: int = 80) -> str:
+    return text if len(text) <= keep else f"{text[:keep]}... ({len(text):,} characters)"
+
+
+def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
+    """The resolved path of a picture inside ``root`` (resolved) and its (width, height)."""
     if not isinstance(rel, str) or not rel.strip():
         raise InputError(f"{where}: expected a relative PNG path")
+    if len(rel) > MAX_PATH:
+        raise InputError(f"{where}: the path {_short(rel)!r} is longer than {MAX_PATH} characters")
     pure = PurePosixPath(rel.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts:
         raise InputError(f"{where}: {rel!r} must be a path relative to the data-set folder, without '..'")
     path = root.joinpath(*pure.parts)
-    if not path.is_file():
+    try:
+        resolved = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise InputError(f"{where}: file not found: {path}") from None
+    except (OSError, RuntimeError) as err:  # a name too long, a symlink loop, no permission
+        raise InputError(f"{where}: cannot open {path}: {getattr(err, 'strerror', None) or err}") from None
+    if not resolved.is_relative_to(root):
+        raise InputError(f"{where}: {rel!r} leads to {resolved}, outside the data-set folder {root} (a symbolic link?)")
+    if not resolved.is_file():
         raise InputError(f"{where}: file not found: {path}")
-    with open(path, "rb") as fh:
-        if fh.read(8) != PNG_SIGNATURE:
-            raise InputError(f"{where}: {path} is not a PNG file")
-    return path
+    try:
+        with open(resolved, "rb") as fh:
+            if fh.read(8) != PNG_SIGNATURE:
+                raise InputError(f"{where}: {path} is not a PNG file")
+        with Image.open(resolved) as im:
+            size = im.size
+            if max(size) > MAX_SIDE:
+                raise InputError(f"{where}: {path} is {size[0]}x{size[1]} pixels; at most {MAX_SIDE} per side are allowed")
+            im.verify()  # chunk checksums and a complete file, without decoding the pixels
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a damaged file
+        raise InputError(f"{where}: {path} is not a readable PNG file ({err})") from None
+    return resolved, size
 
 
 def read_manifest(directory: str | Path) -> Manifest:
     """Read and validate DIR/manifest.json; every problem raises ``InputError`` naming its place."""
-    root = Path(directory).expanduser()
-    if not root.is_dir():
-        raise InputError(f"study data set {root}: not a directory")
-    manifest_path = root / "manifest.json"
-    if not manifest_path.is_file():
-        raise InputError(f"study data set {root}: file not found: {manifest_path}")
+    if len(str(directory)) > MAX_DIR:
+        raise InputError(f"study data set {_short(str(directory))!r}: the path is longer than {MAX_DIR} characters")
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{manifest_path}: bad JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+        root = Path(directory).expanduser().resolve()
+        if not root.is_dir():
+            raise InputError(f"study data set {root}: not a directory")
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            raise InputError(f"study data set {root}: file not found: {manifest_path}")
+        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InputError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES // 2**20} MiB")
+        text = manifest_path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"study data set {_short(str(directory))}: cannot read it ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
         raise InputError(f"{manifest_path}: not UTF-8 text") from err
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{manifest_path}: bad JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
     where = str(manifest_path)
     _check_keys(data, TOP_KEYS, {"format", "version", "conditions"}, where)
     if data["format"] != FORMAT:
         raise InputError(f"{where}: 'format' must be {FORMAT!r}, got {data['format']!r}")
     if data["version"] != VERSION:
         raise InputError(f"{where}: unsupported 'version' {data['version']!r} (this xaibench reads version {VERSION})")
-    name = _text(data, "name", where, required=False) or root.name
+    name = _text(data, "name", where, required=False) or root.name[: MAX_TEXT["name"]]
+    _text(data, "description", where, required=False)
     if not isinstance(data["conditions"], list) or not data["conditions"]:
         raise InputError(f"{where}: 'conditions' must be a non-empty list")
     conditions: list[ConditionSpec] = []
@@ -120,6 +171,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         cwhere = f"{where}: conditions[{ci}]"
         _check_keys(cond, CONDITION_KEYS, CONDITION_REQUIRED, cwhere)
         ident = tuple(_text(cond, k, cwhere) for k in ("dataset", "metric", "model", "method"))
+        _text(cond, "description", cwhere, required=False)
         if ident in seen_conditions:
             raise InputError(f"{cwhere}: duplicate condition {' / '.join(ident)}")
         seen_conditions.add(ident)
@@ -134,26 +186,81 @@ def read_manifest(directory: str | Path) -> Manifest:
             if key in seen_keys:
                 raise InputError(f"{ewhere}: duplicate example id {key!r}")
             seen_keys.add(key)
-            pictures = {p: _picture(root, ex[p], f"{ewhere}.{p}") for p in PICTURES}
+            prediction = _text(ex, "prediction", ewhere)
+            label = _text(ex, "label", ewhere, required=False)
+            found = {p: _picture(root, ex[p], f"{ewhere}.{p}") for p in PICTURES}
+            sizes = {p: size for p, (_, size) in found.items()}
+            if sizes["original"] != sizes["finetuned"]:
+                (wo, ho), (wf, hf) = sizes["original"], sizes["finetuned"]
+                raise InputError(
+                    f"{ewhere}: the two maps differ in size (original {wo}x{ho}, finetuned {wf}x{hf} pixels); "
+                    "render both at one size, or the size would tell the sides apart"
+                )
             examples.append(
                 ExampleSpec(
                     key=key,
-                    prediction=_text(ex, "prediction", ewhere),
-                    label=_text(ex, "label", ewhere, required=False),
-                    pictures=pictures,
+                    prediction=prediction,
+                    label=label,
+                    pictures={p: path for p, (path, _) in found.items()},
                     relative={p: str(ex[p]) for p in PICTURES},
+                    sizes=sizes,
                 )
             )
         conditions.append(ConditionSpec(*ident, examples=examples))
     return Manifest(root=root, name=name, conditions=conditions)
 
 
-def _store_png(path: Path) -> str:
-    """Copy a PNG into media storage under a content hash (names reveal nothing); returns its name."""
+def _rgb(im: Image.Image) -> np.ndarray:
+    """8-bit RGB pixels of a decoded PNG: 16-bit values scaled to 8 bits, transparency composited
+    onto white."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+        im = Image.fromarray(np.round(np.asarray(im, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:] / 255
+        return np.round(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    return np.asarray(im.convert("RGB"))
+
+
+def canonical_png(path: Path) -> bytes:
+    """The picture's pixels as 8-bit RGB, encoded by one PNG encoder with fixed settings and no
+    ancillary chunk (no text, colour profile, gamma, resolution or time): only the pixels of two
+    files can differ."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            pixels = _rgb(im)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for a damaged file
+        raise InputError(f"{path}: cannot decode the PNG ({err})") from None
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def pad_png(data: bytes, length: int) -> bytes:
+    """``data`` (a PNG) grown to exactly ``length`` bytes by a chunk of zeros before IEND
+    (``length - len(data) >= 12``, the chunk's own size)."""
+    n = length - len(data) - 12
+    if n < 0:
+        raise ValueError(f"cannot pad {len(data)} bytes to {length}")
+    zeros = bytes(n)
+    chunk = struct.pack(">I", n) + PAD_CHUNK + zeros + struct.pack(">I", zlib.crc32(PAD_CHUNK + zeros))
+    return data[:-12] + chunk + data[-12:]  # the last 12 bytes are the IEND chunk
+
+
+def pictures_of(espec: ExampleSpec) -> dict[str, bytes]:
+    """The bytes stored for an example: canonical PNGs, the two maps padded to one length."""
+    out = {p: canonical_png(espec.pictures[p]) for p in PICTURES}
+    length = max(len(out["original"]), len(out["finetuned"])) + 12
+    out["original"], out["finetuned"] = pad_png(out["original"], length), pad_png(out["finetuned"], length)
+    return out
+
+
+def _store_png(data: bytes) -> str:
+    """Store PNG bytes in media storage under their content hash (names reveal nothing); returns the name."""
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
-    data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     name = f"harmony/{digest[:2]}/{digest}.png"
     if not default_storage.exists(name):
@@ -180,13 +287,14 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
             )
             counts["conditions_created"] += int(created)
             for position, espec in enumerate(cspec.examples):
+                stored = {p: _store_png(data) for p, data in pictures_of(espec).items()}
                 fields = {
                     "position": position,
                     "prediction": espec.prediction,
                     "label": espec.label,
-                    "image": _store_png(espec.pictures["image"]),
-                    "original_map": _store_png(espec.pictures["original"]),
-                    "finetuned_map": _store_png(espec.pictures["finetuned"]),
+                    "image": stored["image"],
+                    "original_map": stored["original"],
+                    "finetuned_map": stored["finetuned"],
                     "source_image": espec.relative["image"],
                 }
                 example = Example.objects.filter(condition=condition, key=espec.key).first()

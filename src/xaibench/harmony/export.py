@@ -6,7 +6,8 @@ import pandas as pd
 
 COLUMNS = [
     "annotator", "dataset", "metric", "model", "method", "condition_id", "example_id", "example",
-    "prediction", "choice", "finetuned_side", "response_ms", "revisions", "created_at", "updated_at",
+    "prediction", "choice", "finetuned_side", "response_ms", "client_response_ms", "revisions", "created_at",
+    "updated_at",
 ]
 
 
@@ -17,12 +18,13 @@ def labels_frame() -> pd.DataFrame:
     rows = Label.objects.values_list(
         "annotator__username", "example__condition__dataset", "example__condition__metric",
         "example__condition__model", "example__condition__method", "example__condition_id", "example_id",
-        "example__key", "example__prediction", "choice", "finetuned_left", "response_ms", "revisions",
+        "example__key", "example__prediction", "choice", "finetuned_left", "response_ms", "client_response_ms", "revisions",
         "created_at", "updated_at",
     ).order_by("annotator__username", "example__condition_id", "example__position", "example_id")
     df = pd.DataFrame.from_records(list(rows), columns=COLUMNS)
     df["finetuned_side"] = df["finetuned_side"].map({True: "left", False: "right"})
-    df["response_ms"] = df["response_ms"].astype("Int64")
+    for column in ("response_ms", "client_response_ms"):
+        df[column] = df[column].astype("Int64")
     return df
 
 

@@ -102,7 +102,12 @@ class Label(models.Model):
     finetuned_left = models.BooleanField(null=True, blank=True, help_text="side of the fine-tuned map when answered")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    response_ms = models.PositiveIntegerField(null=True, blank=True, help_text="time to answer, milliseconds")
+    response_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="time to answer measured by the server: page sent to answer received, ms"
+    )
+    client_response_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="time to answer reported by the browser (not trusted), ms"
+    )
     revisions = models.PositiveIntegerField(default=0, help_text="how many times the answer was changed")
     legacy_id = models.BigIntegerField(null=True, blank=True, help_text="label id in an imported database")
 

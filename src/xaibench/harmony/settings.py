@@ -9,6 +9,9 @@ Environment variables
 - ``SECRET_KEY``, ``DEBUG`` (default off), ``ALLOWED_HOSTS`` and ``CSRF_TRUSTED_ORIGINS``
   (comma-separated).
 - ``HARMONY_STATIC_ROOT``: where ``collectstatic`` writes (default ``<home>/static``).
+- ``HARMONY_LOGIN_FAILURES_PER_ACCOUNT`` / ``_PER_CLIENT`` (default 5 / 20) failed logins per
+  ``HARMONY_LOGIN_WINDOW_S`` (default 900) before logins are refused; ``HARMONY_TRUSTED_PROXIES``
+  (comma-separated addresses whose ``X-Forwarded-For`` names the client).
 
 Production deployments use ``xaibench.harmony.settings_production``, which also requires an explicit
 ``SECRET_KEY`` and turns on HTTPS-only cookies, HSTS and the proxy header.
@@ -124,6 +127,15 @@ def _databases() -> dict:
 
 DATABASES = _databases()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The failed-login counters (xaibench.harmony.throttle) live in the database, so that every worker
+# and machine sees the same counts; the table is created by the app's migrations.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "harmony_cache"}}
+HARMONY_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_ACCOUNT", "5"))
+HARMONY_LOGIN_FAILURES_PER_CLIENT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_CLIENT", "20"))
+HARMONY_LOGIN_WINDOW_S = int(os.environ.get("HARMONY_LOGIN_WINDOW_S", "900"))
+# Peers whose X-Forwarded-For names the client (the reverse proxy); none when serving directly.
+HARMONY_TRUSTED_PROXIES = env_list("HARMONY_TRUSTED_PROXIES", [])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},

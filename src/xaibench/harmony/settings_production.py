@@ -21,6 +21,7 @@ if not os.environ.get("ALLOWED_HOSTS"):
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [f"https://{h}" for h in ALLOWED_HOSTS if h[0] not in ".*"])
+HARMONY_TRUSTED_PROXIES = env_list("HARMONY_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)

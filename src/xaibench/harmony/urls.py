@@ -8,7 +8,7 @@ from xaibench.harmony import views
 
 app_patterns = [
     path("", views.home, name="home"),
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("card/<int:card>/", views.card_start, name="card"),
     path("card/<int:card>/done/", views.card_done, name="done"),

@@ -1,11 +1,14 @@
 """Annotator-facing views. Nothing here reveals which map is which: sides are decided and stored
 server-side (``Presentation``), the answer buttons post opaque per-(annotator, example) tokens and
-pictures are served under neutral names (``image``, ``left``, ``right``)."""
+pictures are served under neutral names (``image``, ``left``, ``right``). Each annotator sees the
+examples of a condition in their own order (``example_order``)."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
@@ -15,9 +18,22 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
+from xaibench.harmony.forms import LoginForm
 from xaibench.harmony.models import Assignment, Example, Label, Presentation
 
 MAX_RESPONSE_MS = 24 * 3600 * 1000
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login page with failed-login throttling; a throttled attempt is answered 429."""
+
+    form_class = LoginForm
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.throttled:
+            response.status_code = 429
+        return response
 
 
 def _assignments(user) -> list[Assignment]:
@@ -31,8 +47,12 @@ def _assignment(user, card: int) -> Assignment:
     return assignments[card - 1]
 
 
-def _example_ids(assignment: Assignment) -> list[int]:
-    return list(assignment.condition.examples.order_by("position", "id").values_list("id", flat=True))
+def example_order(assignment: Assignment) -> list[int]:
+    """Example ids of the assignment's condition in its annotator's order: sorted by a hash of
+    (annotator, example), so every annotator has an own order that is the same on every request
+    and keeps the relative order of the examples already there when new ones are loaded."""
+    ids = assignment.condition.examples.values_list("id", flat=True)
+    return sorted(ids, key=lambda i: hashlib.blake2b(f"{assignment.annotator_id}:{i}".encode(), digest_size=8).digest())
 
 
 def _labelled_ids(user, example_ids: list[int]) -> set[int]:
@@ -58,7 +78,7 @@ def _presentation(user, example_id: int) -> Presentation:
 def home(request):
     cards = []
     for number, assignment in enumerate(_assignments(request.user), start=1):
-        ids = _example_ids(assignment)
+        ids = example_order(assignment)
         done = len(_labelled_ids(request.user, ids))
         total = len(ids)
         cards.append(
@@ -77,7 +97,7 @@ def home(request):
 @require_GET
 def card_start(request, card: int):
     assignment = _assignment(request.user, card)
-    ids = _example_ids(assignment)
+    ids = example_order(assignment)
     labelled = _labelled_ids(request.user, ids)
     for n, example_id in enumerate(ids, start=1):
         if example_id not in labelled:
@@ -89,7 +109,7 @@ def card_start(request, card: int):
 @require_GET
 def card_done(request, card: int):
     assignment = _assignment(request.user, card)
-    ids = _example_ids(assignment)
+    ids = example_order(assignment)
     labelled = _labelled_ids(request.user, ids)
     missing = [n for n, example_id in enumerate(ids, start=1) if example_id not in labelled]
     return render(
@@ -107,7 +127,7 @@ def _side_of(label: Label | None, presentation: Presentation) -> str | None:
     return "left" if (label.choice == Label.FINETUNED) == presentation.finetuned_left else "right"
 
 
-def _save_label(user, example_id: int, presentation: Presentation, side: str, response_ms: int | None) -> None:
+def _save_label(user, example_id: int, presentation: Presentation, side: str, times: dict[str, int | None]) -> None:
     if side == "neither":
         choice = Label.NEITHER
     else:
@@ -122,7 +142,7 @@ def _save_label(user, example_id: int, presentation: Presentation, side: str, re
                         example_id=example_id,
                         choice=choice,
                         finetuned_left=presentation.finetuned_left,
-                        response_ms=response_ms,
+                        **times,
                     )
                 return
             except IntegrityError:  # a concurrent request of the same annotator created it
@@ -131,30 +151,33 @@ def _save_label(user, example_id: int, presentation: Presentation, side: str, re
             label.revisions += 1
         label.choice = choice
         label.finetuned_left = presentation.finetuned_left
-        label.response_ms = response_ms
+        for field, value in times.items():
+            setattr(label, field, value)
         label.save()
 
 
-def _response_ms(request, presentation: Presentation) -> int | None:
-    raw = request.POST.get("rt", "")
-    try:
-        value = int(float(raw))
-        if 0 <= value <= MAX_RESPONSE_MS:
-            return value
-    except (TypeError, ValueError):
-        pass
+def _response_times(request, presentation: Presentation) -> dict[str, int | None]:
+    """``response_ms``: from the last time the server sent the page to receiving the answer;
+    ``client_response_ms``: what the browser reports (``rt``), kept for comparison, never trusted.
+    Either is None when unknown or outside [0, 24 h]."""
+    server = None
     if presentation.shown_at is not None:
-        elapsed = int((timezone.now() - presentation.shown_at).total_seconds() * 1000)
-        if 0 <= elapsed <= MAX_RESPONSE_MS:
-            return elapsed
-    return None
+        server = int((timezone.now() - presentation.shown_at).total_seconds() * 1000)
+    try:
+        client = int(float(request.POST.get("rt", "")[:32]))
+    except (TypeError, ValueError, OverflowError):
+        client = None
+    return {
+        "response_ms": server if server is not None and 0 <= server <= MAX_RESPONSE_MS else None,
+        "client_response_ms": client if client is not None and 0 <= client <= MAX_RESPONSE_MS else None,
+    }
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def label_example(request, card: int, n: int):
     assignment = _assignment(request.user, card)
-    ids = _example_ids(assignment)
+    ids = example_order(assignment)
     if n < 1 or n > len(ids):
         raise Http404("no such example")
     example_id = ids[n - 1]
@@ -170,7 +193,7 @@ def label_example(request, card: int, n: int):
         side = next((s for t, s in sides.items() if secrets.compare_digest(t, token)), None)
         if side is None:
             return HttpResponseBadRequest("unknown answer; reload the page")
-        _save_label(request.user, example_id, presentation, side, _response_ms(request, presentation))
+        _save_label(request.user, example_id, presentation, side, _response_times(request, presentation))
         if n < len(ids):
             return redirect("harmony:example", card=card, n=n + 1)
         return redirect("harmony:card", card=card)
@@ -215,7 +238,7 @@ def picture(request, card: int, n: int, slot: str):
     if slot not in {"image", "left", "right"}:
         raise Http404("no such picture")
     assignment = _assignment(request.user, card)
-    ids = _example_ids(assignment)
+    ids = example_order(assignment)
     if n < 1 or n > len(ids):
         raise Http404("no such example")
     example = Example.objects.get(pk=ids[n - 1])

@@ -1,0 +1,47 @@
+"""Login forms with failed-login throttling (``xaibench.harmony.throttle``), for the annotators'
+login page and the admin's."""
+
+from __future__ import annotations
+
+import math
+
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
+
+from xaibench.harmony import throttle
+
+
+class ThrottledLoginMixin:
+    """Refuses a throttled login before the password is checked; counts failures, clears the
+    account's counter on success. ``throttled`` tells the view to answer 429."""
+
+    throttled = False
+
+    def clean(self):
+        username = self.cleaned_data.get("username")
+        if not username:
+            return super().clean()  # the required-field error; no password is checked
+        wait = throttle.retry_after(self.request, username)
+        if wait is not None:
+            self.throttled = True
+            minutes = math.ceil(wait / 60)
+            raise ValidationError(
+                f"Too many failed logins for this account or from this address. Try again in {minutes} minute(s).",
+                code="throttled",
+            )
+        try:
+            cleaned = super().clean()
+        except ValidationError:
+            throttle.record_failure(self.request, username)
+            raise
+        throttle.record_success(username, self.request)
+        return cleaned
+
+
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    pass
+
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    pass
