@@ -1,0 +1,205 @@
+"""Explanation alignment, shared by the recipes of Bang, Boggust & Satyanarayan (2024).
+
+Explanation alignment reports agreement of saliency with a human explanation like accuracy: the
+mean over a test set of a per-image score, for the predicted class. Scores per image and mask:
+
+- ``iou``, ``gtc``, ``sc``: Shared Interest IoU, ground-truth coverage and saliency coverage of the
+  binarised map (`xaibench.metrics.shared_interest`);
+- ``pg``: pointing game on the raw map (a hit when the map's maximum lies in the mask);
+- ``case``: the image's Shared Interest case (the eight recurring patterns, `CASES`).
+
+Saliency settings (`SALIENCY`), as in the paper's code:
+
+- ``vanilla_gradient``: |d logit_c / d x| summed over the colour channels (Captum's ``Saliency``
+  with ``abs=True``, channels summed as Shared Interest's ``flatten``), binarised at mean + 1 std of
+  the per-image min-max normalised map;
+- ``gradcam``: Grad-CAM at the model's default layer, upsampled to the input, binarised at 0.5 of
+  the min-max normalised map.
+
+Images whose mask is empty (or whose map is constant) have undefined scores: they are excluded from
+the means and counted (``undefined``), never scored 0. Benchmarks go through the runner
+(`benchmark_config` -> ``ctx.run_benchmark``); `per_image` turns a run into one row per (image,
+mask), with the case computed from the run's cached maps by `shared_interest_cases`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from xaibench.errors import InputError
+from xaibench.experiments.base import Step, StepContext
+from xaibench.metrics.shared_interest import CASES, shared_interest_cases
+
+SALIENCY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "vanilla_gradient": ({"method": "saliency", "reduce": "abs_sum"}, {"binarize": "mean_std", "k": 1.0}),
+    "gradcam": ({"method": "gradcam"}, {"binarize": "threshold", "t": 0.5}),
+}
+SCORES = {"iou": "iou_coverage", "gtc": "ground_truth_coverage", "sc": "saliency_coverage"}
+KINDS = (*SCORES, "pg")
+NO_CASE = "none"
+MODEL_KEYS = ("spec", "weights", "num_classes")
+PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
+
+
+def evaluate_then_summarise(evaluate: Callable[[StepContext], None],
+                            summarise: Callable[[StepContext], None]) -> list[Step]:
+    """The plan of an alignment recipe: a step running the benchmarks, a step summarising them."""
+    return [Step("evaluate", evaluate), Step("summarise", summarise, needs=("evaluate",))]
+
+
+def check_saliency(name: str) -> None:
+    if name not in SALIENCY:
+        raise InputError(f"config saliency: must be one of {', '.join(SALIENCY)}, got {name!r}")
+
+
+def check_models(models: Mapping[str, Any], where: str = "models") -> None:
+    """Every ``[models.<label>]`` table needs a spec; only the runner's model keys are allowed."""
+    if not models:
+        raise InputError(f"config [{where}]: at least one model is required")
+    for label, table in models.items():
+        if not isinstance(table, Mapping) or "spec" not in table:
+            raise InputError(f"config [{where}.{label}]: a table with spec = \"...\" is required")
+        unknown = sorted(set(table) - set(MODEL_KEYS))
+        if unknown:
+            raise InputError(f"config [{where}.{label}]: unknown key {unknown[0]!r}; allowed: {', '.join(MODEL_KEYS)}")
+
+
+def benchmark_config(model: Mapping[str, Any], data: Mapping[str, Any], masks: Sequence[str], saliency: str, *,
+                     name: str = "", batch: int = 64) -> dict[str, Any]:
+    """A runner config scoring `saliency` maps of the predicted class against each of `masks`."""
+    check_saliency(saliency)
+    method, binarize = SALIENCY[saliency]
+    metrics: dict[str, Any] = {}
+    for mask in masks:
+        for short, score in SCORES.items():
+            metrics[f"{short}_{mask}"] = {"metric": "shared_interest", "mask": mask, "score": score, **binarize}
+        metrics[f"pg_{mask}"] = {"metric": "pointing_game", "mask": mask}
+    return {
+        "name": name,
+        "target": "predicted",
+        "shard_size": batch,
+        "explain_batch": batch,
+        "model": dict(model),
+        "data": {k: v for k, v in data.items() if v is not None},
+        "methods": {saliency: method},
+        "metrics": metrics,
+    }
+
+
+def validate_benchmark(config: Mapping[str, Any]) -> None:
+    """Check a runner config built by `benchmark_config` (names, parameters) before anything runs."""
+    from xaibench.runner import parse_config
+
+    parse_config(config)
+
+
+def per_image(run_dir: str | Path) -> pd.DataFrame:
+    """One row per (image, mask) of a run made from `benchmark_config`.
+
+    Columns: image_id, image_index, label, prediction, correct, mask, iou, gtc, sc, pg, case,
+    nan_reason, model_spec, model_hash, dataset_spec, dataset_split.
+    """
+    from xaibench.runner import layout
+    from xaibench.store import load_manifest, load_results
+
+    rows = load_results(run_dir)
+    rows[["kind", "mask"]] = rows["metric"].str.split("_", n=1, expand=True)
+    keys = ["image_id", "image_index", "label", "prediction", "correct", "mask"]
+    wide = rows.pivot(index=keys, columns="kind", values="score").reset_index()
+    iou = rows[rows["kind"] == "iou"]
+    reasons = iou.set_index(["image_id", "mask"])["nan_reason"]
+    wide["nan_reason"] = [reasons.get((i, m)) for i, m in zip(wide["image_id"], wide["mask"])]
+    for column in ("model_spec", "model_hash", "dataset_spec", "dataset_split"):
+        wide[column] = rows[column].iloc[0]
+
+    # Cases from the maps the run cached per shard, with the same images' masks (one shard at a time).
+    config = load_manifest(run_dir)["config"]
+    saliency = next(iter(config["methods"]))
+    dataset = _dataset(config["data"])
+    case: dict[tuple[str, str], str] = {}
+    for shard, part in iou.groupby("shard"):
+        maps = torch.load(layout.maps_path(run_dir, saliency, int(shard)), map_location="cpu", weights_only=True)["maps"]
+        images = part[part["mask"] == part["mask"].iloc[0]]  # one row per image, in the shard's order
+        samples = [dataset[i] for i in images["image_index"]]
+        correct = torch.tensor(images["correct"].to_numpy(dtype=bool))
+        for mask in part["mask"].unique():
+            masks = torch.stack([s.masks[mask] for s in samples])
+            found = shared_interest_cases(maps, masks, correct, **SALIENCY[saliency][1]).labels()
+            case.update({(i, mask): c or NO_CASE for i, c in zip(images["image_id"], found)})
+    wide["case"] = [case[(i, m)] for i, m in zip(wide["image_id"], wide["mask"])]
+    return wide
+
+
+def _dataset(data: Mapping[str, Any]) -> Any:
+    from xaibench.data import load_dataset
+
+    kwargs = {"image_size": data["image_size"]} if data.get("image_size") is not None else {}
+    return load_dataset(data["spec"], split=data["split"], **kwargs)
+
+
+def summarise(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Explanation alignment per group of `by` (plus mask): images, accuracy, mean scores, undefined.
+
+    Means are over the images whose score is defined; ``undefined`` counts the others (empty
+    masks, constant maps), which are excluded, not scored 0. Accuracy is over all images.
+    """
+    out = []
+    for key, part in frame.groupby([*by, "mask"], sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        defined = part["iou"].notna()
+        row = dict(zip([*by, "mask"], key))
+        row.update(images=len(part), accuracy=float(part["correct"].mean()))
+        for kind in KINDS:
+            values = part[kind].dropna()
+            row[kind] = float(values.mean()) if len(values) else math.nan
+        row["undefined"] = int((~defined).sum())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def case_counts(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """How many images of each group (`by` plus mask) fall in each of the eight cases (and none)."""
+    counts = (
+        frame.groupby([*by, "mask"], sort=False)["case"].value_counts().unstack(fill_value=0)
+        .reindex(columns=[*CASES, NO_CASE], fill_value=0).reset_index()
+    )
+    counts.columns.name = None
+    return counts
+
+
+def shown(frame: pd.DataFrame) -> pd.DataFrame:
+    """A stored table without its provenance columns (for the report)."""
+    return frame.drop(columns=[c for c in PROVENANCE if c in frame.columns])
+
+
+def rounded(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`frame` with float columns rounded for the report."""
+    return frame.round({c: digits for c in frame.columns if frame[c].dtype.kind == "f"})
+
+
+def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, label: str = "model",
+            xlabel: str = "", ylabel: str = "") -> Any:
+    """A matplotlib scatter of `y` against `x` per model, marker area ~ sqrt(`size`) when given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sizes = None
+    if size is not None:
+        root = summary[size].astype(float).pow(0.5)
+        sizes = 30 + 300 * root / max(float(root.max()), 1e-12)
+    ax.scatter(summary[x], summary[y], s=sizes, alpha=0.7)
+    for _, row in summary.iterrows():
+        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,120 @@
+"""Model comparison (Bang, Boggust & Satyanarayan 2024, ImageNet models).
+
+Models of any kind (``torchvision:``, ``timm:``, ``builtin:``, ``file:`` specs) on one data set
+with human masks or boxes: accuracy and explanation alignment per model (mean Shared Interest IoU,
+ground-truth coverage, saliency coverage and pointing game of the predicted class), images with an
+empty mask excluded from the alignment means and counted, and Shared Interest's eight cases per
+model. The report plots alignment against accuracy with marker area ~ sqrt(parameters): models
+of similar accuracy can differ widely in what they look at.
+
+Built-in stand-in (the shipped config): ``builtin:digits`` with its ``digit`` masks and the two
+built-in digit CNNs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from xaibench.experiments import _alignment as al
+from xaibench.experiments.base import (
+    REQUIRED,
+    Block,
+    ExperimentConfig,
+    ExperimentDir,
+    Figure,
+    Recipe,
+    Step,
+    StepContext,
+    Table,
+    Text,
+)
+from xaibench.runner.config import _section
+
+DATA = {
+    "spec": ((str,), REQUIRED),
+    "split": ((str,), "test"),
+    "mask": ((str,), REQUIRED),
+    "n": ((int,), None),
+    "image_size": ((int,), None),
+}
+
+
+def _runs(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+    data = _section("[data].", cfg["data"], DATA)
+    mask = data.pop("mask")
+    return [
+        (label, al.benchmark_config(model, data, [mask], cfg["saliency"], batch=cfg["batch"], name=label))
+        for label, model in cfg["models"].items()
+    ]
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    al.check_saliency(cfg["saliency"])
+    al.check_models(cfg["models"])
+    for _, config in _runs(cfg):
+        al.validate_benchmark(config)
+
+
+def evaluate(ctx: StepContext) -> None:
+    from xaibench.runner import parse_config
+    from xaibench.runner.shard import get_context
+
+    frames, sizes = [], []
+    for label, config in _runs(ctx.cfg):
+        ctx.log(f"{label}: {config['model']['spec']}")
+        frame = al.per_image(ctx.run_benchmark(label, config))
+        frame.insert(0, "model", label)
+        frames.append(frame)
+        model = get_context(parse_config({"seed": ctx.seed(label), **config})).model  # the runner's, not reloaded
+        sizes.append({"model": label, "parameters": sum(p.numel() for p in model.parameters())})
+    ctx.write_table("alignment_images", pd.concat(frames, ignore_index=True))
+    ctx.write_table("model_sizes", pd.DataFrame(sizes))
+
+
+def summarise(ctx: StepContext) -> None:
+    images = ctx.experiment.table("alignment_images")
+    sizes = al.shown(ctx.experiment.table("model_sizes"))
+    summary = al.summarise(images, ["model"]).merge(sizes, on="model")
+    ctx.write_table("alignment", summary)
+    ctx.write_table("cases", al.case_counts(images, ["model"]))
+
+
+def plan(cfg: ExperimentConfig) -> list[Step]:
+    return al.evaluate_then_summarise(evaluate, summarise)
+
+
+def report(exp: ExperimentDir) -> list[Block]:
+    blocks: list[Block] = [Text(
+        "Accuracy and explanation alignment of each model on one data set: mean Shared Interest IoU, "
+        "ground-truth coverage (gtc), saliency coverage (sc) of the binarised saliency and pointing-game hit "
+        "rate (pg), for the predicted class. Images with an empty mask are excluded from the alignment means "
+        "and counted (undefined)."
+    )]
+    if not exp.has_table("alignment"):
+        return blocks + [Text("No results yet.")]
+    summary = exp.table("alignment")
+    columns = ["model", "parameters", "images", "accuracy", "iou", "gtc", "sc", "pg", "undefined"]
+    blocks.append(Table(al.rounded(summary[columns]), "One row per model."))
+    for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG")):
+        fig = al.scatter(summary, score, "accuracy", size="parameters", xlabel=name, ylabel="accuracy")
+        blocks.append(Figure(fig, f"{name} against accuracy; marker area ~ sqrt(parameters)."))
+    blocks.append(Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case."))
+    return blocks
+
+
+RECIPE = Recipe(
+    name="model-comparison",
+    summary="model comparison: accuracy and explanation alignment of many models on one data set with masks",
+    schema={
+        "saliency": ((str,), "gradcam"),
+        "batch": ((int,), 64),
+        "models": ((dict,), REQUIRED),
+        "data": ((dict,), REQUIRED),
+    },
+    plan=plan,
+    report=report,
+    example="experiment-model-comparison.toml",
+    validate=validate,
+)

@@ -1,0 +1,117 @@
+"""The explanation-alignment recipes end to end on their built-in stand-ins, and the spurious
+recipe at full size against the paper's qualitative pattern (Bang, Boggust & Satyanarayan 2024)."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+
+import pandas as pd
+import pytest
+import torch
+
+from xaibench.errors import InputError
+from xaibench.experiments import load_table, recipes, run_experiment
+from xaibench.experiments import _alignment as al
+from xaibench.metrics.shared_interest import CASES
+from xaibench.report.experiment import build_experiment_report
+
+
+def example(name: str) -> dict:
+    text = resources.files("xaibench.configs").joinpath(f"experiment-{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def test_alignment_recipes_are_registered_with_their_examples():
+    for name in ("spurious", "model-comparison"):
+        recipe = recipes().get(name)
+        assert recipe.example == f"experiment-{name}.toml"
+        recipe.parse(example(name))  # the shipped config is valid
+
+
+def test_spurious_full_size_reproduces_the_papers_pattern(tmp_path):
+    cfg = example("spurious")
+    cfg["batch"] = 270  # two shards per test set: the whole 540-image test sets
+    out = run_experiment("spurious", cfg, tmp_path / "spurious")
+    table = load_table(out, "alignment").set_index(["model", "test_set", "mask"])
+    # the paper's table: model x test set x ground truth
+    assert len(table) == 8 and table.index.is_unique
+    assert set(table.index) == {(m, t, g) for m in ("normal", "shortcut") for t in ("correlated", "uncorrelated")
+                                for g in ("digit", "square")}
+    assert (table["images"] == 540).all() and (table["undefined"] == 0).all()
+    for test in ("correlated", "uncorrelated"):
+        normal_digit, normal_square = table.loc[("normal", test, "digit")], table.loc[("normal", test, "square")]
+        short_digit, short_square = table.loc[("shortcut", test, "digit")], table.loc[("shortcut", test, "square")]
+        # normal model: aligned with the digit, not the square (IoU and pointing game)
+        assert normal_digit["iou"] > normal_square["iou"] + 0.08
+        assert normal_digit["pg"] > 0.4 and normal_square["pg"] < 0.05
+        # shortcut model: the reverse
+        assert short_square["pg"] > 0.5 and short_digit["pg"] < 0.1
+        assert short_square["iou"] > short_digit["iou"] + 0.02
+        assert normal_digit["accuracy"] > 0.95
+    # the shortcut model is right on correlated data and near chance (10 classes) on uncorrelated data
+    assert table.loc[("shortcut", "correlated", "digit"), "accuracy"] > 0.95
+    assert table.loc[("shortcut", "uncorrelated", "digit"), "accuracy"] < 0.2
+    # Shared Interest's eight cases: every image once per (model, test set, mask)
+    cases = load_table(out, "cases")
+    assert list(cases.columns[3:12]) == [*CASES, al.NO_CASE]
+    assert (cases[[*CASES, al.NO_CASE]].sum(axis=1) == 540).all()
+    page = build_experiment_report(out).read_text()
+    assert "EA_IoU" in page and "human aligned" in page
+    # per-image rows carry provenance of the runner and of the experiment
+    images = load_table(out, "alignment_images")
+    assert {"model_hash", "dataset_spec", "config_hash", "case", "iou", "pg"} <= set(images.columns)
+    assert len(images) == 8 * 540
+
+
+def test_per_image_scores_match_the_metrics_and_cases(tmp_path):
+    """The tables are the metric functions' results: recompute a few images directly."""
+    import xaibench
+    from xaibench.data import collate, load_dataset
+    from xaibench.metrics.localisation import pointing_game
+    from xaibench.metrics.shared_interest import shared_interest, shared_interest_cases
+
+    cfg = example("model-comparison")
+    cfg["data"]["n"] = 40
+    cfg["models"] = {"normal": {"spec": "builtin:digits-cnn"}}
+    out = run_experiment("model-comparison", cfg, tmp_path / "mc")
+    images = load_table(out, "alignment_images").sort_values("image_index")
+    ds = load_dataset("builtin:digits")
+    batch = collate([ds[i] for i in images["image_index"]])
+    model = xaibench.load_model("builtin:digits-cnn", device="cpu")
+    with torch.no_grad():
+        pred = model(batch.images).argmax(1)
+    maps = xaibench.explainer("gradcam", model)(batch.images, pred)
+    mask = batch.masks["digit"]
+    iou = shared_interest(maps, mask, binarize="threshold", t=0.5).scores
+    assert torch.allclose(torch.tensor(images["iou"].to_numpy()), iou.double(), atol=1e-6)
+    assert images["pg"].tolist() == pointing_game(maps, mask).scores.tolist()
+    assert images["prediction"].tolist() == pred.tolist()
+    cases = shared_interest_cases(maps, mask, pred == batch.labels, binarize="threshold", t=0.5).labels()
+    assert images["case"].tolist() == [c or al.NO_CASE for c in cases]
+    summary = load_table(out, "alignment")
+    assert summary.loc[0, "iou"] == pytest.approx(float(iou.double().mean()))
+    assert summary.loc[0, "parameters"] == sum(p.numel() for p in model.parameters())
+    assert "data:image/png;base64" in build_experiment_report(out).read_text()  # the scatter
+
+
+def test_summary_excludes_and_counts_undefined_images():
+    frame = pd.DataFrame({
+        "model": ["a"] * 4, "mask": ["m"] * 4, "correct": [True, True, False, True],
+        "iou": [0.5, float("nan"), 0.1, 0.3], "gtc": [1, float("nan"), 0.2, 0.5],
+        "sc": [0.5, float("nan"), 0.1, 0.4], "pg": [1.0, float("nan"), 0.0, 1.0],
+    })
+    row = al.summarise(frame, ["model"]).iloc[0]
+    assert row["images"] == 4 and row["undefined"] == 1 and row["accuracy"] == 0.75
+    assert row["iou"] == pytest.approx(0.3) and row["pg"] == pytest.approx(2 / 3)
+
+
+def test_config_errors_name_the_key():
+    spurious = recipes().get("spurious")
+    cfg = example("spurious")
+    with pytest.raises(InputError, match="saliency"):
+        spurious.parse({**cfg, "saliency": "vanila"})
+    with pytest.raises(InputError, match=r"\[data\].*'maks'.*'masks'"):
+        spurious.parse({**cfg, "data": {"spec": "builtin:digits-spurious", "maks": ["digit"]}})
+    with pytest.raises(InputError, match=r"\[models.normal\]"):
+        spurious.parse({**cfg, "models": {"normal": {"spex": "builtin:digits-cnn"}}})
