@@ -106,3 +106,112 @@ def test_import_errors(tmp_path):
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(InputError, match="missing table"):
         read_legacy(other)
+
+
+LEGACY_SCHEMA = """
+CREATE TABLE auth_user (id INTEGER PRIMARY KEY, username varchar(150), password varchar(128), is_staff bool);
+CREATE TABLE relevavance_dataset (id INTEGER PRIMARY KEY, name varchar(128));
+CREATE TABLE relevavance_experiment (id INTEGER PRIMARY KEY, name varchar(128));
+CREATE TABLE relevavance_cnnmodel (id INTEGER PRIMARY KEY, name varchar(128));
+CREATE TABLE relevavance_relevancymethod (id INTEGER PRIMARY KEY, name varchar(128));
+CREATE TABLE relevavance_example (id INTEGER PRIMARY KEY, dataset_id bigint, experiment_id bigint, image varchar(512),
+    relevancy_method_id bigint, cnn_model_id bigint, prediction varchar(512));
+CREATE TABLE relevavance_label (id INTEGER PRIMARY KEY, choice varchar(128), example_id bigint, user_id INTEGER);
+INSERT INTO auth_user VALUES (1, 'annotator_1', '', 0), (2, 'coordinator', '', 1);
+INSERT INTO relevavance_dataset VALUES (1, 'ImageNet');
+INSERT INTO relevavance_experiment VALUES (1, 'MiniMetric');
+INSERT INTO relevavance_cnnmodel VALUES (1, 'VGG');
+INSERT INTO relevavance_relevancymethod VALUES (1, 'GradCamAttributor');
+INSERT INTO relevavance_example VALUES (1, 1, 1, 'x/1_image.png', 1, 1, 'dhole'), (2, 1, 1, 'x/2_image.png', 1, 1, 'van');
+INSERT INTO relevavance_label VALUES (1, 'learn', 1, 1), (2, 'neither', 2, 1), (3, 'original', 1, 2), (4, 'learn', 2, 2);
+"""
+
+
+def mini_legacy(path, *sql: str):
+    """A small database shaped like the published study's, changed by ``sql``."""
+    con = sqlite3.connect(path)
+    con.executescript(LEGACY_SCHEMA)
+    for statement in sql:
+        con.execute(statement)
+    con.commit()
+    con.close()
+    return path
+
+
+def test_import_reports_hostile_rows(tmp_path):
+    from xaibench.errors import InputError
+    from xaibench.harmony.legacy import read_legacy
+
+    cases = [
+        ("DROP TABLE relevavance_label", "missing table.*relevavance_label"),
+        ("ALTER TABLE relevavance_label DROP COLUMN choice", r"missing column\(s\): relevavance_label lacks choice"),
+        ("UPDATE relevavance_example SET prediction = NULL WHERE id = 2", r"1 x example: prediction is NULL \(id 2\)"),
+        ("UPDATE relevavance_example SET image = X'00ff' WHERE id = 1", r"example: image is not text \(bytes\) \(id 1\)"),
+        ("UPDATE relevavance_example SET image = CAST(X'ff41' AS TEXT) WHERE id = 1", r"image is not text \(invalid UTF-8\)"),
+        ("INSERT INTO relevavance_label VALUES (9, 'learn', 1, 42)", r"1 x label whose user is missing \(id 9\)"),
+        ("INSERT INTO relevavance_label VALUES (9, 'learn', 77, 1)", r"label whose example is missing.*\(id 9\)"),
+        ("UPDATE relevavance_example SET prediction = printf('%.*c', 3000000, 'x') WHERE id = 1",
+         "prediction is longer than 256 characters"),
+        ("UPDATE auth_user SET username = '  ' WHERE id = 2", r"2 x label: username is empty \(id 3, 4\)"),
+        ("UPDATE relevavance_label SET choice = 'maybe' WHERE id = 1", "unknown choice 'maybe'"),
+        ("UPDATE relevavance_cnnmodel SET name = NULL", "example: model is NULL"),
+        ("UPDATE relevavance_example SET image = 'y/1_image.png' WHERE id = 2", "image name repeats another"),
+    ]
+    for i, (sql, message) in enumerate(cases):
+        db = mini_legacy(tmp_path / f"case{i}.sqlite3", sql)
+        with pytest.raises(InputError, match=message):
+            read_legacy(db)
+    # --skip-invalid keeps the valid rows and says what it left out
+    db = mini_legacy(tmp_path / "skip.sqlite3", "INSERT INTO relevavance_label VALUES (9, 'learn', 1, 42)",
+                     "UPDATE relevavance_example SET prediction = NULL WHERE id = 2")
+    data = read_legacy(db, skip_invalid=True)
+    assert [e[0] for e in data["examples"]] == [1] and [lab[0] for lab in data["labels"]] == [1, 3]
+    assert data["problems"] == {"example: prediction is NULL": [2], "label whose user is missing": [9],
+                                "label whose example is missing or cannot be imported": [2, 4]}
+
+
+def test_import_reports_a_damaged_database(tmp_path):
+    from xaibench.errors import InputError
+    from xaibench.harmony.legacy import read_legacy
+
+    db = mini_legacy(tmp_path / "damaged.sqlite3", *[
+        f"INSERT INTO relevavance_example VALUES ({i}, 1, 1, 'x/{i}_image.png', 1, 1, '{'p' * 200}')" for i in range(3, 800)
+    ])
+    data = bytearray(db.read_bytes())
+    page = 4096
+    assert len(data) > 20 * page
+    data[len(data) - 5 * page: len(data) - 3 * page] = b"\xa5" * (2 * page)
+    db.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged"):
+        read_legacy(db)
+
+
+def test_legacy_annotators_never_merge_into_live_accounts(tmp_path):
+    from xaibench.harmony.testing import use_home
+
+    use_home(tmp_path / "home")
+    from django.contrib.auth import get_user_model
+
+    from xaibench.errors import InputError
+    from xaibench.harmony.legacy import import_legacy
+    from xaibench.harmony.models import Label
+
+    User = get_user_model()
+    User.objects.create_user("coordinator", password="correct horse 1", is_staff=True, is_superuser=True)
+    User.objects.create_user("annotator_1", password="correct horse 1")
+    counts = import_legacy(mini_legacy(tmp_path / "study.sqlite3"))
+    assert counts["annotators"] == 2 and counts["labels_created"] == 4
+    assert not Label.objects.filter(annotator__username__in=["coordinator", "annotator_1"]).exists()
+    for name in ("legacy.coordinator", "legacy.annotator_1"):
+        user = User.objects.get(username=name)
+        assert not user.is_active and not user.is_staff and not user.has_usable_password()
+        assert Label.objects.filter(annotator=user).count() == 2
+    live = User.objects.get(username="coordinator")
+    assert live.is_staff and live.check_password("correct horse 1")
+    assert import_legacy(tmp_path / "study.sqlite3")["labels_created"] == 0  # idempotent
+    # an account in the legacy namespace that can log in is never taken over
+    other = mini_legacy(tmp_path / "other.sqlite3", "UPDATE auth_user SET username = 'mallory' WHERE id = 1")
+    User.objects.create_user("legacy.mallory", password="correct horse 1")
+    with pytest.raises(InputError, match="'legacy.mallory' exists and is not an imported legacy annotator"):
+        import_legacy(other)
+    assert not Label.objects.filter(annotator__username="legacy.mallory").exists()

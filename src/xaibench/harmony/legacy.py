@@ -73,21 +73,21 @@ def _report(path: Path, problems: dict[str, list]) -> str:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a database that has the required tables and columns."""
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         con.text_factory = _text_factory
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        columns = {t: {r[1] for r in con.execute(f"PRAGMA table_info({t})")} for t in REQUIRED_COLUMNS if t in tables}
     except sqlite3.DatabaseError as err:
-        raise InputError(f"{path}: not an SQLite database ({err})") from None
+        raise InputError(f"{path}: not an SQLite database, or a damaged one ({err})") from None
     missing = sorted(set(REQUIRED_COLUMNS) - tables)
-    if missing:
+    lacking = [f"{t} lacks {', '.join(sorted(REQUIRED_COLUMNS[t] - c))}" for t, c in columns.items() if REQUIRED_COLUMNS[t] - c]
+    if missing or lacking:
         con.close()
-        raise InputError(f"{path}: not a HARMONY study database, missing table(s) {', '.join(missing)}")
-    for table, needed in REQUIRED_COLUMNS.items():
-        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
-        if needed - have:
-            con.close()
-            raise InputError(f"{path}: table {table} lacks column(s) {', '.join(sorted(needed - have))}")
+        if missing:
+            raise InputError(f"{path}: not a HARMONY study database, missing table(s) {', '.join(missing)}")
+        raise InputError(f"{path}: not a HARMONY study database, missing column(s): {'; '.join(lacking)}")
     return con
 
 

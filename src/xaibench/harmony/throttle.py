@@ -59,11 +59,11 @@ def _keys(request, username: str) -> list[tuple[str, int]]:
 
 def retry_after(request, username: str) -> int | None:
     """Seconds until a login naming ``username`` from this client is accepted again; None if now."""
-    waits = []
+    waits, now = [], time.time()
     for key, limit in _keys(request, username):
-        entry = cache.get(key)
-        if entry and entry[0] >= limit:
-            waits.append(max(1, math.ceil(entry[1] - time.time())))
+        count, expires = cache.get(key) or (0, now)
+        if count >= limit and expires > now:
+            waits.append(max(1, math.ceil(expires - now)))
     return max(waits) if waits else None
 
 
@@ -71,7 +71,9 @@ def record_failure(request, username: str) -> None:
     window = _setting("HARMONY_LOGIN_WINDOW_S")
     now = time.time()
     for key, _ in _keys(request, username):
-        count, expires = cache.get(key) or (0, now + window)
+        count, expires = cache.get(key) or (0, now)
+        if expires <= now:  # a new window starts with this failure
+            count, expires = 0, now + window
         cache.set(key, (count + 1, expires), timeout=max(1, math.ceil(expires - now)))
 
 
