@@ -1,5 +1,6 @@
 """`build_experiment_report(DIR)` -> DIR/report.html for an experiment directory: the recipe's section
-(tables and figures it describes as data) with the run's provenance, in the style of the run report."""
+(tables and figures it describes as data) with the run's provenance, in the style of the run report.
+Provenance columns are shown once, at the end, not in every table."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def _cell(value: object) -> str:
     return html.escape(str(value))
 
 
+PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
+
+
 def _table(block: Table) -> str:
-    frame: pd.DataFrame = block.frame
+    frame: pd.DataFrame = block.frame.drop(columns=[c for c in PROVENANCE if c in block.frame.columns])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for i, row in enumerate(frame.itertuples(index=False)):

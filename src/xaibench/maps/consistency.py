@@ -1,0 +1,150 @@
+"""Comparing image-level behaviour: consistency with observers, best model, best method (MAPS).
+
+- `bootstrap_spearman(x, y)`: Spearman correlation across images, bootstrapped over images
+  (resampled with replacement, `seed`); returns the bootstrap mean and a percentile interval.
+- `consistency(model_i1, observer_i1, reliability)`: that bootstrap mean divided by
+  ``sqrt(reliability)`` of the observer (the noise ceiling; a model's I1 is deterministic), with the
+  interval scaled alike. MAPS' ``get_best_model`` does exactly this.
+- `rank_models`: consistency of every model's clean-image I1 with the observer; the best model is
+  the most consistent one.
+- `half_splits`, `reference_models`: MAPS' best-method proxy first picks, for each target model,
+  the reference model whose clean I1 correlates best with the target's (Spearman, averaged over
+  random half-splits of the images, on the first halves).
+- `method_proxy`: for each target model, method and split, Spearman over the split's first half
+  between the target's and its reference's I1 on EMIs made from the *reference's* maps (MAPS uses
+  percentile 75); a method's score is the median over splits and target models (`best_method`).
+- `proxy_vs_ground_truth`: Spearman across methods between the proxy and the ground truth (map
+  agreement between target and reference, `similarity.inverse_l2` averaged over images).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata, spearmanr
+
+from xaibench.errors import InputError
+
+
+def _vectors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise InputError(f"behaviour vectors differ in length: {x.size} and {y.size} images")
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3:
+        raise InputError("a correlation across images needs at least 3 images with finite values")
+    return x[keep], y[keep]
+
+
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(1) / den, np.nan)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A bootstrap estimate: mean over resamples and a percentile interval at `level` %."""
+
+    value: float
+    low: float
+    high: float
+    level: float
+
+
+def bootstrap_spearman(x: np.ndarray, y: np.ndarray, *, n_boot: int = 5000, level: float = 95.0,
+                       seed: int = 0) -> Estimate:
+    """Spearman correlation across images, bootstrapped over images (all resamples in one pass)."""
+    x, y = _vectors(x, y)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    rho = _rowwise_pearson(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
+    tail = (100.0 - level) / 2
+    return Estimate(float(np.nanmean(rho)), float(np.nanpercentile(rho, tail)),
+                    float(np.nanpercentile(rho, 100 - tail)), level)
+
+
+def consistency(model_i1: np.ndarray, observer_i1: np.ndarray, reliability: float, *, n_boot: int = 5000,
+                level: float = 95.0, seed: int = 0) -> Estimate:
+    """Noise-corrected consistency: bootstrap mean Spearman / sqrt(observer reliability)."""
+    if not np.isfinite(reliability) or reliability <= 0:
+        raise InputError(f"the observer's reliability must be positive, got {reliability!r}")
+    est = bootstrap_spearman(model_i1, observer_i1, n_boot=n_boot, level=level, seed=seed)
+    ceiling = float(np.sqrt(reliability))
+    return Estimate(est.value / ceiling, est.low / ceiling, est.high / ceiling, level)
+
+
+def rank_models(clean_i1: Mapping[str, np.ndarray], observer_i1: np.ndarray, reliability: float, *,
+                n_boot: int = 5000, level: float = 95.0, seed: int = 0) -> pd.DataFrame:
+    """One row per model (model, accuracy = mean I1, consistency, low, high), most consistent first."""
+    rows = []
+    for name, values in clean_i1.items():
+        est = consistency(values, observer_i1, reliability, n_boot=n_boot, level=level, seed=seed)
+        rows.append({"model": name, "mean_i1": float(np.nanmean(values)), "consistency": est.value,
+                     "low": est.low, "high": est.high})
+    return pd.DataFrame(rows).sort_values("consistency", ascending=False, ignore_index=True)
+
+
+def half_splits(n_images: int, repeats: int = 20, *, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`repeats` random splits of the images into two halves (sorted indices), as MAPS draws them."""
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _ in range(repeats):
+        first = np.sort(rng.choice(n_images, n_images // 2, replace=False))
+        splits.append((first, np.setdiff1d(np.arange(n_images), first)))
+    return splits
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = _vectors(x, y)
+    return float(spearmanr(x, y).statistic)
+
+
+def reference_models(clean_i1: Mapping[str, np.ndarray], splits: Sequence[tuple[np.ndarray, np.ndarray]]
+                     ) -> dict[str, str]:
+    """For each target model, the other model whose clean I1 correlates best with it (first halves)."""
+    if len(clean_i1) < 2:
+        raise InputError("choosing a reference model needs at least two models")
+    names = list(clean_i1)
+    refs = {}
+    for target in names:
+        scores = {ref: np.mean([_spearman(clean_i1[target][s], clean_i1[ref][s]) for s, _ in splits])
+                  for ref in names if ref != target}
+        refs[target] = max(scores, key=scores.__getitem__)
+    return refs
+
+
+def method_proxy(emi_i1: Mapping[tuple[str, str, str], np.ndarray], references: Mapping[str, str],
+                 methods: Sequence[str], splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """Proxy rows (target, reference, method, split, proxy).
+
+    ``emi_i1[(source, method, model)]`` is `model`'s I1 on EMIs made from `source`'s maps by `method`.
+    """
+    rows = []
+    for target, ref in references.items():
+        for method in methods:
+            key_t, key_r = (ref, method, target), (ref, method, ref)
+            for key in (key_t, key_r):
+                if key not in emi_i1:
+                    raise InputError(f"no I1 of model {key[2]!r} on EMIs of {key[0]!r}'s {key[1]!r} maps")
+            for k, (first, _) in enumerate(splits):
+                rows.append({"target": target, "reference": ref, "method": method, "split": k,
+                             "proxy": _spearman(emi_i1[key_t][first], emi_i1[key_r][first])})
+    return pd.DataFrame(rows)
+
+
+def best_method(proxy: pd.DataFrame) -> pd.DataFrame:
+    """Methods by the median proxy over splits and target models, best first."""
+    return (proxy.groupby("method")["proxy"].median().rename("median_proxy").sort_values(ascending=False)
+            .reset_index())
+
+
+def proxy_vs_ground_truth(proxy: pd.DataFrame, ground_truth: pd.DataFrame) -> float:
+    """Spearman across methods between the median proxy and the mean ground truth (column ``agreement``)."""
+    merged = best_method(proxy).merge(ground_truth.groupby("method")["agreement"].mean().reset_index(), on="method")
+    return _spearman(merged["median_proxy"].to_numpy(), merged["agreement"].to_numpy())

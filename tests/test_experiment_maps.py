@@ -1,0 +1,87 @@
+"""The MAPS recipe end to end on the built-in digits with a SIMULATED observer: the planted observer
+model must be found as the best model, and the observer's reliability must match its trial count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xaibench import load_model
+from xaibench.cli import main
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.experiments import load_table, run_experiment
+from xaibench.models import save_model
+
+
+@pytest.fixture(scope="module")
+def digit_models(tmp_path_factory):
+    """Three digits CNNs that behave differently: the trained one and two with perturbed weights."""
+    folder = tmp_path_factory.mktemp("models")
+    specs = {}
+    for k, scale in enumerate((0.0, 0.15, 0.3)):
+        model = load_model("builtin:digits-cnn")
+        gen = torch.Generator().manual_seed(k)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+        specs[f"m{k}"] = f"file:{save_model(model, folder / f'm{k}.pt', 'builtin:digits-cnn')}"
+    return specs
+
+
+def _config(specs, **extra):
+    return {
+        "seed": 0,
+        "data": {"spec": "builtin:digits", "n": 160},
+        "models": {label: {"spec": spec} for label, spec in specs.items()},
+        "methods": {"saliency": {}, "gradcam": {}},
+        "observers": {"sim": {"simulate": "m1", "trials": 16}},
+        "percentiles": [50, 80],
+        "proxy_percentile": 75,
+        "splits": 4,
+        "n_boot": 300,
+        **extra,
+    }
+
+
+def test_maps_recipe_recovers_the_simulated_observer(tmp_path, digit_models):
+    out = run_experiment("maps", _config(digit_models), tmp_path / "maps")
+    ranking = load_table(out, "model_consistency")
+    assert ranking.iloc[0]["model"] == "m1" and ranking.iloc[0]["best"]
+    rel = load_table(out, "reliability")
+    assert rel["simulated"].all() and set(rel["method"]) == {"clean", "saliency", "gradcam"}
+    clean = rel[rel["method"] == "clean"].iloc[0]
+    assert clean["reliability"] == pytest.approx(clean["expected_reliability"], abs=0.12)
+    emis = load_table(out, "i1_emi")
+    assert set(emis["percentile"]) == {50.0, 75.0, 80.0} and len(emis) == 3 * 2 * 3 * 3 * 160
+    # fewer visible pixels, lower accuracy on EMIs (mean over models and methods)
+    by_p = emis.groupby("percentile")["i1"].mean()
+    assert by_p[50.0] > by_p[80.0]
+    assert set(load_table(out, "best_method")["method"]) == {"saliency", "gradcam"}
+    assert {"config_hash", "seed", "experiment"} <= set(ranking.columns)
+    from xaibench.report.experiment import build_experiment_report
+
+    page = build_experiment_report(out).read_text()
+    for needle in ("SIMULATED OBSERVERS", "Model consistency", "Best-method proxy", "Ground-truth check", "EMIs of"):
+        assert needle in page
+
+
+def test_maps_config_errors(tmp_path, digit_models):
+    with pytest.raises(InputError, match="at least two"):
+        run_experiment("maps", _config({"m0": digit_models["m0"]}), tmp_path / "a")
+    with pytest.raises(UnknownNameError, match="saliency"):
+        run_experiment("maps", _config(digit_models, methods={"salency": {}}), tmp_path / "b")
+    with pytest.raises(InputError, match="simulate = 'm9' is not a model label"):
+        run_experiment("maps", _config(digit_models, observers={"x": {"simulate": "m9"}}), tmp_path / "c")
+    with pytest.raises(InputError, match=r"each must be a number in \[0, 100\]"):
+        run_experiment("maps", _config(digit_models, percentiles=[50, 120]), tmp_path / "d")
+    assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_maps_recorded_trials_missing_file_is_named(tmp_path, digit_models, capsys):
+    cfg = tmp_path / "maps.toml"
+    models = "\n".join(f'[models.{k}]\nspec = "{v}"' for k, v in digit_models.items())
+    cfg.write_text(f'[data]\nspec = "builtin:digits"\nn = 40\n{models}\n[methods.saliency]\n'
+                   f'[observers.humans]\nclean = "nowhere.csv"\n')
+    assert main(["experiment", "maps", str(cfg), "--out", str(tmp_path / "e")]) == 2
+    assert "[observers.humans]: behaviour file not found: nowhere.csv" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
