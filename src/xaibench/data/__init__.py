@@ -7,6 +7,7 @@ stacks samples into a `Batch`. Specs:
 - ``builtin:digits``, ``builtin:digits-spurious``  (`xaibench.data.digits`)
 - ``folder:<root>`` or a bare path to an existing folder  (`xaibench.data.folder.FolderDataset`)
 - ``imagenet:<root>``  (`xaibench.data.folder.ImageNetDataset`)
+- ``celeba:``, ``celebamask-hq:``, ``cifar100:``, ``subset:`` and the alignment stand-ins  (`xaibench.data.layouts`)
 
 See docs/models-data.md for layouts, masks and errors.
 """
@@ -39,6 +40,12 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise InputError(f"image_size must be a positive integer, got {image_size!r}")
     scheme, sep, rest = spec.partition(":")
+    if sep:  # published layouts (CelebA, CelebAMask-HQ, CIFAR-100), subsets, alignment stand-ins
+        from xaibench.data.layouts import extra_dataset
+
+        extra = extra_dataset(scheme, rest, split, image_size)
+        if extra is not None:
+            return extra
     if scheme == "builtin" and sep:
         from xaibench.data.digits import DigitsDataset
 
