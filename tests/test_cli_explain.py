@@ -1,4 +1,5 @@
-"""`xaibench explain`: chunked maps equal whole-batch maps; maps.pt and gallery.png are written."""
+"""`xaibench explain`: chunked maps equal whole-batch maps; maps.pt and the gallery pages are written;
+--image-size reaches the data set, --n beyond the data set says so, --device names what exists."""
 
 from __future__ import annotations
 
@@ -54,13 +55,19 @@ class _Batch:
     ids: list
 
 
-def _fake_data(monkeypatch: pytest.MonkeyPatch) -> list[_Sample]:
+def _fake_data(monkeypatch: pytest.MonkeyPatch, calls: list | None = None) -> list[_Sample]:
     import xaibench.data
 
     gen = torch.Generator().manual_seed(1)
     samples = [_Sample(torch.rand(3, 32, 32, generator=gen), i % 4, f"img{i}") for i in range(6)]
+
+    def load_dataset(spec, split="test", **kw):
+        if calls is not None:
+            calls.append((spec, split, kw))
+        return samples
+
     monkeypatch.setattr(xaibench, "load_model", lambda spec, **kw: _model(), raising=False)
-    monkeypatch.setattr(xaibench.data, "load_dataset", lambda spec, split="test", **kw: samples, raising=False)
+    monkeypatch.setattr(xaibench.data, "load_dataset", load_dataset, raising=False)
     monkeypatch.setattr(xaibench.data, "collate", lambda s: _Batch(
         torch.stack([x.image for x in s]), torch.tensor([x.label for x in s]), {}, [x.id for x in s]),
         raising=False)
@@ -78,18 +85,19 @@ def test_explain_writes_maps_and_gallery(tmp_path, monkeypatch: pytest.MonkeyPat
     images = torch.stack([s.image for s in samples[:4]])
     assert set(saved["maps"]) == {"saliency", "gradcam++"}
     torch.testing.assert_close(saved["maps"]["saliency"], xaibench.explainer("saliency", _model())(images, saved["targets"]))
-    assert plt.imread(tmp_path / "gallery.png").shape[:2] == (4 * 160, 3 * 160)
+    assert plt.imread(tmp_path / "gallery.png").shape[:2] == (4 * 160, 3 * 200)  # 1.6 x 2 inches per picture
 
 
-def test_explain_predicted_targets_and_unknown_method(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explain_predicted_targets_and_unknown_method(tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     samples = _fake_data(monkeypatch)
     args = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "sobel",
                                  "--n", "10", "--out", str(tmp_path)])
     assert args.func(args) == 0
+    assert "--n 10 is more than the 6 images of 'd'" in capsys.readouterr().err
     saved = torch.load(tmp_path / "maps.pt", weights_only=True)
     with torch.no_grad():
         assert saved["targets"].tolist() == _model()(torch.stack([s.image for s in samples])).argmax(1).tolist()
-    assert saved["maps"]["sobel"].shape == (6, 32, 32)  # --n larger than the data set: all of it
+    assert saved["maps"]["sobel"].shape == (6, 32, 32)  # --n larger than the data set: all of it, said on stderr
     bad = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "salency",
                                 "--out", str(tmp_path)])
     with pytest.raises(UnknownNameError, match="saliency"):
@@ -106,3 +114,37 @@ def test_explain_builtin_model_and_data(tmp_path) -> None:
     assert args.func(args) == 0
     saved = torch.load(tmp_path / "maps.pt", weights_only=True)
     assert saved["maps"]["gradcam"].shape[0] == 3 and (tmp_path / "gallery.png").stat().st_size > 0
+
+
+def test_explain_image_size_reaches_the_data_set(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    _fake_data(monkeypatch, calls)
+    args = _parser().parse_args(["explain", "--model", "m", "--data", "folder:photos", "--methods", "sobel",
+                                 "--n", "2", "--image-size", "224", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    assert calls == [("folder:photos", "test", {"image_size": 224})]
+    assert torch.load(tmp_path / "maps.pt", weights_only=True)["image_size"] == 224
+
+
+def test_explain_gallery_is_paginated(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_data(monkeypatch)
+    monkeypatch.setattr(explain, "GALLERY_ROWS", 4)
+    args = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "sobel",
+                                 "--n", "6", "--out", str(tmp_path)])
+    assert args.func(args) == 0
+    assert sorted(p.name for p in tmp_path.glob("gallery*.png")) == ["gallery-01.png", "gallery-02.png"]
+    assert plt.imread(tmp_path / "gallery-01.png").shape[0] == 4 * 160
+    assert plt.imread(tmp_path / "gallery-02.png").shape[0] == 2 * 160
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:7", "tpu"])
+def test_explain_unavailable_device_lists_the_available_ones(tmp_path, monkeypatch: pytest.MonkeyPatch, device) -> None:
+    from xaibench.errors import InputError
+
+    _fake_data(monkeypatch)
+    if device == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    args = _parser().parse_args(["explain", "--model", "m", "--data", "d", "--methods", "sobel",
+                                 "--out", str(tmp_path), "--device", device])
+    with pytest.raises(InputError, match=r"Available.*cpu"):
+        args.func(args)

@@ -1,4 +1,4 @@
-"""Heatmap overlay and gallery rendering (xaibench.plotting)."""
+"""Map colours, mask outlines and the PNG gallery (xaibench.plotting)."""
 
 from __future__ import annotations
 
@@ -8,39 +8,60 @@ import pytest
 import torch
 
 from xaibench.errors import InputError
-from xaibench.plotting import overlay, save_gallery
+from xaibench.plotting import DIVERGING, SEQUENTIAL, colour_limits, map_colours, mask_outline, save_gallery
 
 
-def test_overlay_is_colormap_of_minmax_map_blended_over_grey() -> None:
-    image = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(0))
-    heat = torch.randn(6, 5, generator=torch.Generator().manual_seed(1)) * 7 - 3
-    norm = ((heat - heat.min()) / (heat.max() - heat.min())).numpy()
-    colours = plt.get_cmap("viridis")(norm)[..., :3]
-    grey = image.mean(0).numpy()[..., None]
-    want = np.round((0.3 * grey + 0.7 * colours) * 255).astype(np.uint8)
-    got = overlay(image, heat, cmap="viridis", alpha=0.7)
-    assert got.dtype == np.uint8 and got.shape == (6, 5, 3)
-    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
-    # alpha = 0 shows the grey image only; a constant map is the colormap's low end everywhere.
-    assert np.array_equal(overlay(image, heat, alpha=0.0)[..., 0], np.round(grey[..., 0] * 255).astype(np.uint8))
-    low = np.round(np.array(plt.get_cmap("jet")(0.0)[:3]) * 255)
-    assert np.array_equal(overlay(image, torch.full((6, 5), 2.0), alpha=1.0), np.broadcast_to(low, (6, 5, 3)))
+def _cmap(name: str, values: np.ndarray) -> np.ndarray:
+    return np.round(plt.get_cmap(name)(values)[..., :3] * 255).astype(np.uint8)
 
 
-def test_overlay_resizes_low_resolution_maps_and_accepts_grey_images() -> None:
-    out = overlay(torch.rand(1, 16, 16), torch.rand(2, 2))
-    assert out.shape == (16, 16, 3)
+def test_signed_maps_are_diverging_and_centred_at_zero() -> None:
+    heat = torch.tensor([[-2.0, 0.0], [1.0, 0.5]])
+    assert colour_limits(heat) == (-2.0, 2.0, DIVERGING)
+    rgb, vmin, vmax, cmap = map_colours(heat)
+    assert (vmin, vmax, cmap) == (-2.0, 2.0, DIVERGING)
+    want = _cmap(DIVERGING, np.array([[0.0, 0.5], [0.75, 0.625]]))  # (m + 2) / 4
+    assert np.abs(rgb.astype(int) - want.astype(int)).max() <= 1
+    # 0 is the middle of the diverging map (near white), not the colour of the minimum
+    assert rgb[0, 1].min() > 200
+
+
+def test_non_negative_maps_are_sequential_from_zero() -> None:
+    heat = torch.tensor([[0.0, 3.0], [1.5, 0.75]])
+    rgb, vmin, vmax, cmap = map_colours(heat)
+    assert (vmin, vmax, cmap) == (0.0, 3.0, SEQUENTIAL)
+    assert np.abs(rgb.astype(int) - _cmap(SEQUENTIAL, heat.numpy() / 3).astype(int)).max() <= 1
+    # a constant positive map keeps its level against 0 (no min-max stretching); all-zero is 0's colour
+    assert np.array_equal(map_colours(torch.full((2, 2), 5.0))[0], np.broadcast_to(_cmap(SEQUENTIAL, np.array([1.0]))[0], (2, 2, 3)))
+    assert np.array_equal(map_colours(torch.zeros(2, 2))[0], np.broadcast_to(_cmap(SEQUENTIAL, np.array([0.0]))[0], (2, 2, 3)))
+
+
+def test_map_colours_resizes_and_rejects_bad_shapes() -> None:
+    assert map_colours(torch.rand(2, 2), (16, 12))[0].shape == (16, 12, 3)
     with pytest.raises(InputError):
-        overlay(torch.rand(2, 16, 16), torch.rand(16, 16))
-    with pytest.raises(InputError):
-        overlay(torch.rand(3, 16, 16), torch.rand(1, 16, 16))
+        map_colours(torch.rand(1, 16, 16))
 
 
-def test_save_gallery_writes_png_grid(tmp_path) -> None:
+def test_mask_outline_is_the_inner_border() -> None:
+    mask = torch.zeros(6, 6, dtype=torch.bool)
+    mask[1:5, 1:5] = True
+    outline = mask_outline(mask)
+    want = mask.numpy().copy()
+    want[2:4, 2:4] = False
+    assert np.array_equal(outline, want)
+    full = mask_outline(torch.ones(3, 3, dtype=torch.bool))  # the image edge counts as outside
+    assert full.sum() == 8 and not full[1, 1]
+
+
+def test_save_gallery_writes_png_grid_with_a_colour_bar_per_map(tmp_path) -> None:
     images = torch.rand(3, 3, 12, 12)
-    maps = {"a": torch.rand(3, 12, 12), "b": torch.rand(3, 3, 3)}
-    path = save_gallery(images, maps, tmp_path / "g.png", titles=["x", "y", "z"], cell=1.0)
+    maps = {"a": torch.rand(3, 12, 12) - 0.5, "b": torch.rand(3, 3, 3)}
+    masks = torch.zeros(3, 12, 12, dtype=torch.bool)
+    masks[:, 3:9, 3:9] = True
+    path = save_gallery(images, maps, tmp_path / "g.png", titles=["x", "y", "z"], masks=masks, cell=1.0)
     img = plt.imread(path)
-    assert img.shape[:2] == (300, 300)  # 3 rows x (1 + 2 methods) columns of 1 inch at 100 dpi
+    assert img.shape[:2] == (300, 375)  # 3 rows x (1 + 2 methods) columns of 1.25 x 1 inch at 100 dpi
     with pytest.raises(InputError):
         save_gallery(images, {"a": torch.rand(2, 12, 12)}, tmp_path / "bad.png")
+    with pytest.raises(InputError):
+        save_gallery(images, maps, tmp_path / "bad.png", masks=masks[:2])

@@ -1,17 +1,33 @@
-"""The HTML report: self-contained, numbers from the reliability summary, renders in headless Chromium."""
+"""The HTML report: self-contained, numbers from the reliability summary, a summary with verdicts,
+controls never "best", normalised curves, rates for binary scores, a partial run announced, and in
+headless Chromium a fixed first column and a gallery of every method on the same images."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import re
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import xaibench
 from xaibench.report import build_report
+from xaibench.report.curves import curve_panels
+from xaibench.report.html import ranking_table
+from xaibench.report.plots import is_binary, rate_interval
+from xaibench.report.summary import (
+    alignment_finding,
+    best_per_metric,
+    control_methods,
+    effective_params,
+    sanity_verdicts,
+)
 from xaibench.runner import parse_config, run
 
 CONFIG = {
@@ -20,11 +36,12 @@ CONFIG = {
     "shard_size": 6,
     "model": {"spec": "builtin:digits-spurious-cnn"},
     "data": {"spec": "builtin:digits-spurious", "n": 12},
-    "methods": {"saliency": {}, "input_x_gradient": {}},
+    "methods": {"saliency": {}, "input_x_gradient": {}, "random": {}},
     "metrics": {
         "deletion": {"steps": 4},
         "rma_digit": {"metric": "relevance_mass_accuracy", "mask": "digit"},
         "rma_square": {"metric": "relevance_mass_accuracy", "mask": "square"},
+        "pg_square": {"metric": "pointing_game", "mask": "square"},
     },
 }
 
@@ -34,6 +51,11 @@ def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "run"
     run(parse_config(CONFIG), out)
     return build_report(out)
+
+
+def _section(page: str, sid: str) -> str:
+    start = page.index(f'<section id="{sid}">')
+    return page[start:page.index("</section>", start)]
 
 
 def test_self_contained(report):
@@ -61,9 +83,140 @@ def test_numbers_come_from_the_reliability_summary(report):
     alpha = page[page.index('id="alpha-table"') :]
     for r in rel.alpha.itertuples(index=False):
         assert r.metric in alpha and str(r.interpretation) in alpha
-    for section in ("curves", "distributions", "sanity", "alignment", "gallery", "size", "provenance"):
+    for section in ("summary", "curves", "distributions", "sanity", "alignment", "gallery", "size", "provenance"):
         assert f'<section id="{section}">' in page
-    assert parse_config(CONFIG).hash in page
+    assert parse_config(CONFIG).hash[:16] in page
+
+
+def test_summary_says_what_was_run_and_the_verdicts(report):
+    summary = _section(report.read_text(encoding="utf-8"), "summary")
+    assert "builtin:digits-spurious-cnn" in summary and "builtin:digits-spurious" in summary
+    assert "n = 12" in summary
+    for label in ("saliency", "input_x_gradient", "random", *CONFIG["metrics"]):
+        assert label in summary
+    assert "steps=4" in summary  # deletion's parameter as run
+    assert "normalize=original" in summary  # ... and its default, as run
+    assert "Reliable enough to rank by" in summary or "No metric is reliable enough" in summary
+    results = xaibench.load_results(report.parent)
+    rma = results[(results["metric_name"] == "relevance_mass_accuracy") & (results["method"] != "random")]
+    favoured = rma.groupby("mask")["score"].mean().idxmax()
+    assert f"Human alignment" in summary and f"most on the &#x27;{favoured}&#x27; mask" in summary
+    assert 'id="partial"' not in report.read_text(encoding="utf-8")
+
+
+def test_controls_are_never_best(report):
+    page = report.read_text(encoding="utf-8")
+    ranking = page[page.index('id="ranking-table"') : page.index("</table>", page.index('id="ranking-table"'))]
+    random_row = next(r for r in ranking.split("<tr") if "random<span" in r)
+    assert 'class="best"' not in random_row
+    assert 'class="control"' in "<tr" + random_row
+
+
+def _rel(means: list[tuple], alpha: dict[str, float], significant: bool = True) -> SimpleNamespace:
+    frame = pd.DataFrame(means, columns=["metric", "method", "mean", "low", "high", "rank", "n"])
+    pairs = []
+    for metric, group in frame.groupby("metric"):
+        methods = list(group["method"])
+        pairs += [{"metric": metric, "method_a": a, "method_b": b, "significant": significant}
+                  for i, a in enumerate(methods) for b in methods[i + 1:]]
+    alpha_frame = pd.DataFrame({"metric": list(alpha), "alpha": list(alpha.values()),
+                                "interpretation": ["x"] * len(alpha)})
+    return SimpleNamespace(means=frame, alpha=alpha_frame, pairwise=pd.DataFrame(pairs))
+
+
+def test_best_method_skips_controls_and_flags_a_winning_control():
+    rel = _rel([("m", "random", 0.9, 0.8, 1.0, 1, 10), ("m", "gradcam", 0.7, 0.6, 0.8, 2, 10),
+                ("m", "saliency", 0.2, 0.1, 0.3, 3, 10), ("u", "gradcam", 0.5, 0.4, 0.6, 1, 10),
+                ("u", "saliency", 0.4, 0.3, 0.5, 2, 10)], {"m": 0.9, "u": 0.3})
+    best = best_per_metric(rel, {"random"}).set_index("metric")
+    assert best.at["m", "best"] == "gradcam" and best.at["m", "beaten_by"] == ["random"]
+    assert bool(best.at["m", "reliable"]) and bool(best.at["m", "clear"])
+    assert best.at["u", "best"] == "gradcam" and not best.at["u", "reliable"]  # alpha 0.3 < 0.667
+    assert not best_per_metric(_rel(rel.means.values.tolist(), {"m": 0.9, "u": 0.3}, significant=False),
+                               {"random"}).set_index("metric").at["m", "clear"]
+    results = pd.DataFrame({"metric": ["m"] * 3, "method": ["random", "gradcam", "saliency"],
+                            "higher_is_better": [True] * 3})
+    table = ranking_table(rel.means[rel.means["metric"] == "m"], results, rel.alpha, {"random"})
+    rows = {r.split("</th>")[0].split(">")[-1] if "<span" not in r else "random": r for r in table.split("<tr")[2:]}
+    assert 'class="ctrl-win"' in rows["random"] and 'class="best"' not in rows["random"]
+    assert 'class="best"' in rows["gradcam"] and 'class="best"' not in rows["saliency"]
+
+
+def test_controls_come_from_the_method_registry():
+    results = pd.DataFrame({"method": ["edges", "noise", "grad"], "method_name": ["sobel", "random", "saliency"]})
+    assert control_methods(results) == {"edges", "noise"}
+
+
+def test_sanity_verdicts_use_the_confidence_bounds_and_the_threshold():
+    rel = _rel([("mprt", "a", 0.2, 0.1, 0.3, 1, 9), ("mprt", "b", 0.9, 0.8, 1.0, 3, 9),
+                ("mprt", "c", 0.5, 0.3, 0.7, 2, 9)], {"mprt": 0.9})
+    results = pd.DataFrame({"metric": ["mprt"], "category": ["randomisation"]})
+    table = sanity_verdicts(rel, results, {"mprt": {"threshold": 0.5}}).set_index("method")
+    assert table["verdict"].to_dict() == {"a": "passes", "b": "fails", "c": "unclear"}
+    assert table.at["a", "mprt"] == "passes (0.20)"
+    strict = sanity_verdicts(rel, results, {"mprt": {"threshold": 0.25}}).set_index("method")
+    assert strict.at["a", "verdict"] == "unclear"
+
+
+def test_alignment_finding_names_the_mask_the_maps_fall_on():
+    rows = [("pg", "pointing_game", m, method, s) for m, method, s in
+            [("digit", "a", 0.2), ("square", "a", 0.8), ("digit", "b", 0.4), ("square", "b", 0.6),
+             ("digit", "random", 1.0), ("square", "random", 0.0)]]
+    results = pd.DataFrame(rows, columns=["metric", "metric_name", "mask", "method", "score"]).assign(category="localisation")
+    table, sentences = alignment_finding(results, {"random"})
+    assert table.set_index("metric").loc["pointing_game"].to_dict() == pytest.approx({"digit": 0.3, "square": 0.7})
+    assert "'square'" in sentences[0] and "square 0.700 vs digit 0.300" in sentences[1]
+
+
+def test_effective_params_prefer_the_stored_column():
+    base = pd.DataFrame({"metric": ["del"], "metric_name": ["deletion"]})
+    cfg = {"max_batch": 99, "metrics": {"del": {"metric": "deletion", "mask": None, "steps": 7}}}
+    params = effective_params(base, cfg)["del"]
+    assert params["steps"] == 7 and params["normalize"] == "original" and params["max_batch"] == 99
+    stored = base.assign(params=[json.dumps({"steps": 3})])
+    assert effective_params(stored, cfg) == {"del": {"steps": 3}}
+
+
+def test_normalised_curves_integrate_to_the_score():
+    # deletion with normalize="original": score = area(curve) / score of the unperturbed image
+    curve = np.array([0.8, 0.4, 0.2])
+    original = 0.8
+    area = 0.5 * (curve.sum() - (curve[0] + curve[-1]) / 2)
+    results = pd.DataFrame({"image_id": ["i"], "method": ["m"], "metric": ["del"], "metric_name": ["deletion"],
+                            "score": [area / original]})
+    curves = pd.DataFrame({"image_id": ["i"], "method": ["m"], "metric": ["del"], "curve": [curve.tolist()]})
+    (panel,) = curve_panels(curves, results, {"del": {"normalize": "original", "granularity": None, "patch_size": 1}})
+    np.testing.assert_allclose(panel.means["m"], curve / original)
+    assert panel.xlabel == "fraction of pixels removed (most relevant first)" and panel.x == [0.0, 0.5, 1.0]
+    (raw,) = curve_panels(curves, results, {"del": {"normalize": None}})
+    np.testing.assert_allclose(raw.means["m"], curve)
+    road = curves.assign(metric="road")
+    (panel,) = curve_panels(road, results.assign(metric="road", metric_name="road"), {"road": {"percentages": [10, 50]}})
+    assert panel.x == [0.0, 10.0, 50.0] and "ROAD" in panel.xlabel
+    mprt = curves.assign(metric="mprt")
+    (panel,) = curve_panels(mprt, results.assign(metric="mprt", metric_name="model_parameter_randomisation"),
+                            {"mprt": {"layers": ["fc", "conv2", "conv1"], "order": "top_down"}})
+    assert panel.x == ["fc", "conv2", "conv1"] and "top-down" in panel.xlabel
+
+
+def test_binary_scores_are_rates_with_wilson_intervals():
+    assert is_binary(pd.Series([0.0, 1.0, np.nan, 1.0])) and not is_binary(pd.Series([0.0, 0.5]))
+    rate, low, high = rate_interval(8, 10)
+    # Wilson score interval, z = 1.959964: (p + z^2/2n ± z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    assert rate == 0.8 and low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
+
+
+def test_partial_run_is_announced(report, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(report.parent, partial)
+    (partial / "shards" / "shard-00001.parquet").unlink()
+    page = build_report(partial).read_text(encoding="utf-8")
+    banner = page[page.index('id="partial"'):page.index("</div>", page.index('id="partial"'))]
+    manifest = json.loads((partial / "run.json").read_text())
+    missing = manifest["positions"][6:12]
+    assert "Partial run: 1 of 2 shards finished" in banner and "(6 of 12 images)" in banner
+    assert f"shard 1 (6 images, data set positions {missing[0]}–{missing[-1]})" in banner
+    assert page.index('id="partial"') < page.index('<section id="summary">')
 
 
 def test_renders_in_chromium(report, tmp_path, chromium):
@@ -79,25 +232,69 @@ def test_renders_in_chromium(report, tmp_path, chromium):
                   "--disable-sync", "--no-first-run"],
         )
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
             page.goto(report.as_uri(), wait_until="load")
+            assert page.locator("#summary-box").is_visible()
             assert page.locator("#ranking-table").is_visible()
             assert page.locator("#alpha-table").is_visible()
+            page_width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             rows = page.locator("#ranking-table tbody tr").count()
             widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
-            first_plot = page.locator("img.plot").first
-            first_plot.scroll_into_view_if_needed()
-            assert first_plot.is_visible()
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot), full_page=True)
+
+            # a narrow window: the ranking table scrolls sideways, its method column stays put
+            page.set_viewport_size({"width": 520, "height": 800})
+            sticky = page.evaluate("""() => {
+                const box = document.querySelector('#ranking-table').parentElement;
+                const first = () => document.querySelector('#ranking-table tbody tr th').getBoundingClientRect().left;
+                const last = () => document.querySelector('#ranking-table tbody tr td:last-child').getBoundingClientRect().left;
+                const before = [first(), last()];
+                box.scrollLeft = box.scrollWidth;
+                return {overflows: box.scrollWidth > box.clientWidth, first: [before[0], first()], last: [before[1], last()]};
+            }""")
+            # the gallery: the same images in every column, one colour bar per map
+            gallery = page.evaluate("""() => Array.from(document.querySelectorAll('#gallery-table tbody tr')).map(
+                tr => Array.from(tr.querySelectorAll('img')).map(i => i.alt))""")
+            bars = page.locator("#gallery-table .bar").count()
         finally:
             browser.close()
     assert errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
     assert rows == len(CONFIG["methods"])
+    assert page_width[0] <= page_width[1]  # nothing wider than the window at 1280 px
     assert widths and min(widths) > 0
+    assert sticky["overflows"] and sticky["first"][0] == sticky["first"][1] and sticky["last"][1] < sticky["last"][0]
+    assert len(gallery) >= 6  # 12 images, one per class in turn
+    for alts in gallery:
+        image_id = alts[0].removeprefix("image ")
+        assert alts[1:] == [f"{m} map of {image_id} with colour bar" for m in CONFIG["methods"]]
+    assert bars == len(gallery) * len(CONFIG["methods"])
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
-    assert pixels.shape[0] > 900 and pixels.std() > 10  # not blank: tables and plots drawn
+    assert pixels.shape[0] > 800 and pixels.std() > 10  # not blank: tables and plots drawn
+
+
+def test_map_tiles_carry_their_colour_bar():
+    import torch
+    from PIL import Image
+
+    from xaibench.plotting import DIVERGING, SEQUENTIAL
+    from xaibench.report.plots import BAR, map_tile
+
+    import matplotlib.pyplot as plt
+
+    for heat, cmap, limits in ((torch.linspace(-1, 2, 64).reshape(8, 8), DIVERGING, (-2.0, 2.0)),
+                               (torch.rand(8, 8) * 3, SEQUENTIAL, None)):
+        uri, vmin, vmax = map_tile(heat, (8, 8), [torch.ones(8, 8, dtype=torch.bool)], cell=32)
+        tile = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+        assert tile.shape == (32 + 3 + BAR, 32, 3)
+        want = np.round(plt.get_cmap(cmap)(np.linspace(0, 1, 32))[:, :3] * 255)
+        assert np.abs(tile[-1] - want).max() <= 1  # the bar spans the colour map from vmin to vmax
+        if limits:
+            assert (vmin, vmax) == limits
+        else:
+            assert vmin == 0 and vmax == pytest.approx(float(heat.max()))
+        assert (tile[0, 5] == (0, 230, 64)).all()  # the mask's outline along the border

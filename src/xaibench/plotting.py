@@ -1,8 +1,11 @@
-"""Heatmap overlays and galleries (matplotlib, Agg backend), shared by the CLI and the HTML report.
+"""Attribution maps as colours, and PNG galleries (images x methods), shared by the CLI and the report.
 
-Images are [C, H, W] in [0, 1] (C = 1 or 3); maps are [H, W] (any sign). Each map is min-max
-normalised on its own (a constant map shows as all-low), coloured with a colormap and blended
-over the grey-scale image.
+Colour convention (the same everywhere): a map with negative values is *signed* and drawn with
+the diverging `DIVERGING` colour map centred at 0 (limits ``±max|m|``: blue negative, white 0, red
+positive); a non-negative map is drawn with the sequential `SEQUENTIAL` map from 0 to its
+maximum. Every map is scaled on its own and shown with its own colour bar; an all-zero map is the
+colour of 0. Images are [C, H, W] in [0, 1] (C = 1 or 3); maps are [h, w] at any resolution
+(resized to the image, bilinear, where needed).
 """
 
 from __future__ import annotations
@@ -21,50 +24,63 @@ from torch import Tensor  # noqa: E402
 
 from xaibench.errors import InputError  # noqa: E402
 
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "inferno"
+OUTLINE = (0, 230, 64)  # mask and box outlines: green, visible on both colour maps
 
-def _image_rgb(image: Tensor) -> np.ndarray:
-    """[C, H, W] in [0, 1] -> float RGB [H, W, 3] in [0, 1]."""
+
+def image_rgb(image: Tensor) -> np.ndarray:
+    """[C, H, W] in [0, 1] (or uint8) -> RGB uint8 [H, W, 3]."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise InputError(f"image must have shape [C, H, W] with C = 1 or 3, got {tuple(image.shape)}")
-    img = image.detach().float().cpu().clamp(0, 1)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    return img.permute(1, 2, 0).numpy()
+    img = image.detach().cpu()
+    img = img.float() / 255.0 if img.dtype == torch.uint8 else img.float().clamp(0, 1)
+    return (img.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def normalise(heatmap: Tensor) -> Tensor:
-    """Min-max normalise to [0, 1]; a constant map becomes all zeros."""
-    m = heatmap.detach().float().cpu()
-    lo, hi = m.min(), m.max()
-    return (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+def colour_limits(heatmap: Tensor) -> tuple[float, float, str]:
+    """(vmin, vmax, colour map name): ``(-a, a, DIVERGING)`` for a signed map (a = max |m|), else
+    ``(0, max, SEQUENTIAL)``; an all-zero map gets limits of ±1 or [0, 1]."""
+    m = heatmap.detach().float()
+    finite = m[torch.isfinite(m)]
+    if finite.numel() and float(finite.min()) < 0:
+        a = float(finite.abs().max())
+        return -a, a, DIVERGING
+    top = float(finite.max()) if finite.numel() else 0.0
+    return 0.0, (top if top > 0 else 1.0), SEQUENTIAL
 
 
-def overlay(image: Tensor, heatmap: Tensor, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """The min-max normalised `heatmap` [h, w] coloured with `cmap` over the grey-scale `image`.
+def map_colours(heatmap: Tensor, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float, float, str]:
+    """The map coloured by the convention above: (RGB uint8 [H, W, 3], vmin, vmax, colour map name).
 
-    A map at another resolution than the image is resized bilinearly. Returns RGB uint8 [H, W, 3].
+    `size` = (H, W) resizes the map bilinearly first (limits are taken after resizing).
     """
     if heatmap.ndim != 2:
         raise InputError(f"heatmap must have shape [H, W], got {tuple(heatmap.shape)}")
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = _image_rgb(image)
-    h, w = rgb.shape[:2]
     m = heatmap.detach().float().cpu()
-    if tuple(m.shape) != (h, w):
-        m = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    colours = plt.get_cmap(cmap)(normalise(m).numpy())[..., :3]
-    grey = rgb.mean(axis=2, keepdims=True).repeat(3, axis=2)
-    out = (1 - alpha) * grey + alpha * colours
-    return (out * 255).round().clip(0, 255).astype(np.uint8)
+    if size is not None and tuple(m.shape) != tuple(size):
+        m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    vmin, vmax, cmap = colour_limits(m)
+    scaled = ((m - vmin) / (vmax - vmin)).clamp(0, 1).nan_to_num(0.5).numpy()
+    rgb = plt.get_cmap(cmap)(scaled)[..., :3]
+    return (rgb * 255).round().astype(np.uint8), vmin, vmax, cmap
+
+
+def mask_outline(mask: Tensor) -> np.ndarray:
+    """The border pixels of a bool mask [H, W] (inside the mask, next to a pixel outside or the edge)."""
+    m = mask.detach().bool().cpu()
+    padded = F.pad(m[None, None].float(), (1, 1, 1, 1), value=0.0)
+    inner = -F.max_pool2d(-padded, 3, stride=1)[0, 0] > 0.5
+    return (m & ~inner).numpy()
 
 
 def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *,
-                 titles: Sequence[str] | None = None, cmap: str = "jet", alpha: float = 0.5,
+                 titles: Sequence[str] | None = None, masks: Tensor | None = None,
                  cell: float = 1.6) -> Path:
-    """A PNG grid: one row per image; columns = the image, then each method's map overlaid.
+    """A PNG grid: one row per image; columns = the image, then each method's map with its colour bar.
 
-    images: [N, C, H, W] in [0, 1]; maps: method -> [N, h, w]; titles: one per row (e.g. ids).
+    images: [N, C, H, W] in [0, 1]; maps: method -> [N, h, w]; titles: one per row (e.g. the id and
+    the class names); masks: bool [N, H, W] drawn as outlines on every picture of the row.
     """
     n = images.shape[0]
     for name, m in maps.items():
@@ -72,22 +88,34 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
             raise InputError(f"maps of {name!r} must have shape [{n}, H, W], got {tuple(m.shape)}")
     if titles is not None and len(titles) != n:
         raise InputError(f"titles has {len(titles)} entries, expected {n}")
+    if masks is not None and tuple(masks.shape) != (n, *images.shape[-2:]):
+        raise InputError(f"masks must have shape [{n}, {images.shape[-2]}, {images.shape[-1]}], got {tuple(masks.shape)}")
     cols = 1 + len(maps)
-    fig, axes = plt.subplots(n, cols, figsize=(cell * cols, cell * n), squeeze=False)
+    size = tuple(images.shape[-2:])
+    fig, axes = plt.subplots(n, cols, figsize=(cell * cols * 1.25, cell * n), squeeze=False)
     try:
         for i in range(n):
-            axes[i, 0].imshow(_image_rgb(images[i]))
+            outline = mask_outline(masks[i]) if masks is not None else None
+            picture = image_rgb(images[i])
+            if outline is not None:
+                picture[outline] = OUTLINE
+            axes[i, 0].imshow(picture)
             if titles is not None:
                 axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
             for j, (name, m) in enumerate(maps.items(), start=1):
-                axes[i, j].imshow(overlay(images[i], m[i], cmap=cmap, alpha=alpha))
+                rgb, vmin, vmax, cmap = map_colours(m[i], size)
+                if outline is not None:
+                    rgb[outline] = OUTLINE
+                axes[i, j].imshow(rgb)
+                bar = plt.cm.ScalarMappable(norm=plt.Normalize(vmin, vmax), cmap=cmap)
+                cb = fig.colorbar(bar, ax=axes[i, j], fraction=0.046, pad=0.03)
+                cb.ax.tick_params(labelsize=5)
                 if i == 0:
                     axes[i, j].set_title(name, fontsize=8)
             for ax in axes[i]:
                 ax.set_xticks([])
                 ax.set_yticks([])
         axes[0, 0].set_title("image", fontsize=8)
-        fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)

@@ -1,8 +1,10 @@
 """`xaibench explain`: attribution maps of a few images for several methods, saved with a gallery.
 
 Writes ``DIR/maps.pt`` (``{"maps": {method: float32 [N, H, W]}, "ids": [N], "targets": long [N],
-"labels": long [N], "target_policy", "model", "data", "params": {method: params}}``) and
-``DIR/gallery.png`` (rows = images; columns = the image, then each method's map overlaid).
+"labels": long [N], "classes": [names], "target_policy", "model", "data", "image_size", "split",
+"seed"}``) and the gallery (rows = images with their true and explained class names and the
+default mask's outline; columns = the image, then each method's map with its colour bar):
+``DIR/gallery.png``, or ``DIR/gallery-01.png``, ``-02`` ... of at most `GALLERY_ROWS` images each.
 The images are the first N of the split; the explained class is the model's prediction or the label.
 """
 
@@ -16,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+GALLERY_ROWS = 16  # images per gallery page: a page stays a few thousand pixels high
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,10 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model spec, e.g. builtin:digits-cnn or torchvision:resnet18")
     p.add_argument("--data", required=True, help="data set spec, e.g. builtin:digits")
     p.add_argument("--split", default="test", help="data set split (default: test)")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help="resize the shorter side to N and centre-crop N x N (needed for photos of different sizes)")
     p.add_argument("--methods", required=True, help="comma-separated method names (see `xaibench methods`)")
     p.add_argument("--n", type=int, default=16, help="number of images (default: 16)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: a GPU if any, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the methods that draw random numbers")
     p.add_argument("--target", choices=("predicted", "label"), default="predicted",
                    help="explained class: the model's prediction (default) or the true label")
@@ -74,12 +80,34 @@ def explain_images(model: nn.Module, images: Tensor, targets: Tensor, methods: S
     return out
 
 
+def _class_name(classes: Sequence[str], index: int) -> str:
+    return classes[index] if 0 <= index < len(classes) else str(index)
+
+
+def save_gallery_pages(out: Path, images: Tensor, maps: dict[str, Tensor], titles: list[str],
+                       masks: Tensor | None) -> list[Path]:
+    """The gallery as ``gallery.png`` or, beyond `GALLERY_ROWS` images, pages ``gallery-01.png`` ..."""
+    from xaibench.plotting import save_gallery
+
+    n = images.shape[0]
+    starts = range(0, n, GALLERY_ROWS)
+    paths = []
+    for page, s in enumerate(starts, start=1):
+        part = slice(s, s + GALLERY_ROWS)
+        name = "gallery.png" if len(starts) == 1 else f"gallery-{page:02d}.png"
+        paths.append(save_gallery(images[part], {m: v[part] for m, v in maps.items()}, out / name,
+                                  titles=titles[part], masks=None if masks is None else masks[part]))
+    return paths
+
+
 def handle(args: argparse.Namespace) -> int:
+    import sys
+
     from xaibench import load_model
     from xaibench.data import collate, load_dataset
+    from xaibench.devices import resolve_device
     from xaibench.errors import InputError
     from xaibench.explainers import METHODS
-    from xaibench.plotting import save_gallery
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -88,25 +116,35 @@ def handle(args: argparse.Namespace) -> int:
         METHODS.get(m)
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
-    model = load_model(args.model).to(torch.device(args.device)).eval()
-    dataset = load_dataset(args.data, split=args.split)
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data, split=args.split, image_size=args.image_size)
     n = min(args.n, len(dataset))
+    if n < args.n:
+        print(f"xaibench: --n {args.n} is more than the {len(dataset)} images of {args.data!r} "
+              f"(split {args.split!r}); explaining all {n}", file=sys.stderr)
+    model = load_model(args.model).to(device).eval()
     batch = collate([dataset[i] for i in range(n)])
     if args.target == "label":
         targets = batch.labels.long()
     else:
         with torch.no_grad():
-            targets = torch.cat([model(batch.images[s:s + args.batch_size].to(args.device)).argmax(1).cpu()
+            targets = torch.cat([model(batch.images[s:s + args.batch_size].to(device)).argmax(1).cpu()
                                  for s in range(0, n, args.batch_size)])
     maps = explain_images(model, batch.images, targets, methods, seed=args.seed,
                           batch_size=args.batch_size, max_batch=args.max_batch)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    classes = list(getattr(dataset, "classes", []) or [])
     torch.save({
         "maps": maps, "ids": list(batch.ids), "targets": targets.cpu(), "labels": batch.labels.long().cpu(),
-        "target_policy": args.target, "model": args.model, "data": args.data, "split": args.split,
-        "seed": args.seed,
+        "classes": classes, "target_policy": args.target, "model": args.model, "data": args.data,
+        "image_size": args.image_size, "split": args.split, "seed": args.seed,
     }, out / "maps.pt")
-    save_gallery(batch.images, maps, out / "gallery.png", titles=list(batch.ids))
-    print(f"maps of {n} images x {len(methods)} methods written to {out / 'maps.pt'} and {out / 'gallery.png'}")
+    explained = "explained" if args.target == "label" else "predicted"
+    titles = [f"{i}\ntrue: {_class_name(classes, int(y))}\n{explained}: {_class_name(classes, int(t))}"
+              for i, y, t in zip(batch.ids, batch.labels.tolist(), targets.tolist())]
+    default = getattr(dataset, "default_mask", None)
+    pages = save_gallery_pages(out, batch.images, maps, titles, batch.masks.get(default) if default else None)
+    shown = pages[0] if len(pages) == 1 else f"{len(pages)} pages {pages[0].name} ... {pages[-1].name}"
+    print(f"maps of {n} images x {len(methods)} methods written to {out / 'maps.pt'}; gallery: {shown}")
     return 0

@@ -1,4 +1,4 @@
-"""`xaibench reliability DIR [--json]`: reliability statistics of a run (see docs/reliability.md)."""
+"""`xaibench reliability DIR [--json] [--max-pairs N|all]`: reliability statistics of a run (see docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals; 1 - level is the significance threshold (default 0.95)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the images (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    p.add_argument("--max-pairs", type=_pair_limit, default=20, metavar="N|all",
+                   help="significant method pairs to print, smallest adjusted p first (default 20; 'all'; "
+                        "--json always has every pair)")
     p.set_defaults(func=handle)
+
+
+def _pair_limit(text: str) -> int | None:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'all', got {text!r}")
+    return value
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -31,7 +46,7 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _text(rel: Any) -> str:
+def _text(rel: Any, max_pairs: int | None = 20) -> str:
     import pandas as pd
 
     lines = ["Reliability of each metric (Krippendorff's alpha, ordinal, of the per-image method rankings)"]
@@ -50,17 +65,26 @@ def _text(rel: Any) -> str:
         lines.append(f"  {metric}")
         for r in group.sort_values("rank", kind="stable").itertuples(index=False):
             lines.append(f"    #{int(r.rank):<3} {r.method:<24} {_f(r.mean, 4)} [{_f(r.low, 4)}, {_f(r.high, 4)}]  n={r.n}")
-    sig = rel.pairwise[rel.pairwise["significant"]]
-    lines += ["", f"Paired Wilcoxon tests: {len(sig)} of {len(rel.pairwise)} method pairs differ (Holm p_adj < {1 - rel.level:.2g})"]
-    lines += [f"  {r.metric}: {r.method_a} vs {r.method_b}  diff {_f(r.diff, 4)}  p_adj {r.p_adj:.2g}" for r in sig.itertuples(index=False)]
-    lines += ["", "Minimum benchmark size (images for the top method to stay first with probability >= 0.95)"]
+    sig = rel.pairwise[rel.pairwise["significant"]].sort_values(["p_adj", "p"], kind="stable")
+    shown = sig if max_pairs is None else sig.head(max_pairs)
+    lines += ["", f"Paired Wilcoxon tests: {len(sig)} of {len(rel.pairwise)} method pairs differ (Holm p_adj < {1 - rel.level:.2g})"
+              + (f"; the {len(shown)} with the smallest p_adj:" if len(shown) < len(sig) else "")]
+    lines += [f"  {r.metric}: {r.method_a} vs {r.method_b}  diff {_f(r.diff, 4)}  p_adj {r.p_adj:.2g}" for r in shown.itertuples(index=False)]
+    if len(shown) < len(sig):
+        lines.append(f"  ... {len(sig) - len(shown)} more (--max-pairs all prints them, --json has every pair)")
+    best_mean = rel.means[rel.means["rank"] == 1].groupby("metric", sort=False)["method"].agg(list)
+    lines += ["", "Minimum benchmark size (images for the top method to stay first with probability >= 0.95)",
+              "  top = the method ranked first on the most images (first places), which can differ from the",
+              "  mean-score #1 above when a method wins often by a little but loses by a lot elsewhere"]
     for r in rel.benchmark_size.itertuples(index=False):
         if r.top_method is None:
             lines.append(f"  {r.metric}: undefined ({r.reason})")
             continue
-        probs = ", ".join(f"{k} {v:.2f}" for k, v in dict(r.first_place_probs).items())
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(dict(r.first_place_probs).items(), key=lambda kv: -kv[1]) if v > 0)
         verdict = f"{r.min_n} of {r.max_n}" + ("" if r.reducible else " (cannot be reduced)")
-        lines.append(f"  {r.metric}: top {r.top_method}, {verdict}; first places: {probs}")
+        by_mean = best_mean.get(r.metric, [])
+        differs = f" (mean-score #1: {', '.join(by_mean)})" if by_mean and r.top_method not in by_mean else ""
+        lines.append(f"  {r.metric}: top {r.top_method}{differs}, {verdict}; first places: {probs}")
     if rel.notes:
         lines += ["", "Notes"] + [f"  {n}" for n in rel.notes]
     return "\n".join(lines)
@@ -74,5 +98,5 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rel.to_dict(), indent=2, allow_nan=False))
     else:
-        print(_text(rel))
+        print(_text(rel, args.max_pairs))
     return 0

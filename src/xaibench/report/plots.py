@@ -1,10 +1,11 @@
-"""Figures of the report, rendered with matplotlib (Agg) to base64 PNG data URIs."""
+"""Figures of the report as base64 PNG data URIs: matplotlib (Agg) for plots, PIL for gallery tiles."""
 
 from __future__ import annotations
 
 import base64
 import io
 import math
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -13,6 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from xaibench.plotting import OUTLINE, image_rgb, map_colours, mask_outline  # noqa: E402
 
 
 def _png_uri(png: bytes) -> str:
@@ -36,44 +40,99 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6, cols: int = 4) -> tup
     return fig, axes
 
 
-def curves_figure(curves: pd.DataFrame, axis_labels: dict[str, tuple[str, str]] | None = None) -> str | None:
-    """Mean curve (over images) per method, one panel per curve metric; x = fraction of steps.
+def _style(method: str, k: int, controls: set[str]) -> dict:
+    """Line style of a method: controls dashed grey-ish, the others solid in the tab10 cycle."""
+    if method in controls:
+        return {"color": "0.45" if k % 2 else "0.65", "ls": "--", "lw": 1.2}
+    return {"color": plt.get_cmap("tab10")(k % 10), "ls": "-", "lw": 1.5}
 
-    `axis_labels` maps a metric to its (x, y) axis labels; the default is a perturbation curve's.
+
+def _figure_legend(fig: plt.Figure, methods: list[str], controls: set[str]) -> None:
+    """One legend for the whole figure, above the panels (controls marked)."""
+    handles = [plt.Line2D([], [], **_style(m, k, controls)) for k, m in enumerate(methods)]
+    labels = [f"{m} (control)" if m in controls else m for m in methods]
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 6),
+               fontsize=8, frameon=False)
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    """One panel of the curves figure: mean curve per method over images, on shared x values.
+
+    x: numbers, or names (e.g. the randomised layers) shown as tick labels.
     """
-    if curves.empty:
+
+    metric: str
+    x: list
+    xlabel: str
+    ylabel: str
+    means: dict[str, np.ndarray]
+
+
+def curves_figure(panels: list[CurvePanel], methods: list[str], controls: set[str]) -> str | None:
+    """One panel per curve metric, one line per method, one legend for the figure."""
+    if not panels:
         return None
-    metrics = list(dict.fromkeys(curves["metric"]))
-    fig, axes = _grid(len(metrics))
-    for ax, metric in zip(axes.flat, metrics):
-        sub = curves[curves["metric"] == metric]
-        for method, group in sub.groupby("method", sort=False):
-            values = np.array([np.asarray(c, dtype=float) for c in group["curve"]])
-            mean = np.nanmean(values, axis=0)
-            ax.plot(np.linspace(0, 1, mean.shape[0]), mean, label=str(method), lw=1.4)
-        ax.set_title(metric, fontsize=10)
-        xlabel, ylabel = (axis_labels or {}).get(metric, ("fraction of perturbation steps", "model score"))
-        ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes.flat, panels):
+        named = bool(panel.x) and isinstance(panel.x[0], str)
+        xs = np.arange(len(panel.x)) if named else np.asarray(panel.x, dtype=float)
+        for k, method in enumerate(methods):
+            if method in panel.means:
+                ax.plot(xs, panel.means[method], **_style(method, k, controls))
+        if named:
+            ax.set_xticks(xs, panel.x, rotation=45, ha="right", fontsize=7)
+        ax.set_title(panel.metric, fontsize=10)
+        ax.set_xlabel(panel.xlabel, fontsize=8)
+        ax.set_ylabel(panel.ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
-    axes.flat[0].legend(fontsize=7, loc="best")
     fig.tight_layout()
+    _figure_legend(fig, methods, controls)
     return to_data_uri(fig)
 
 
-def distributions_figure(results: pd.DataFrame) -> str:
-    """Box plots of per-image scores by method, one panel per metric."""
+def is_binary(scores: pd.Series) -> bool:
+    """Whether every defined score is 0 or 1 (pointing game, increase in confidence, ...)."""
+    values = scores.dropna().to_numpy(dtype=float)
+    return values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
+
+
+def rate_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
+    """(rate, low, high): the Wilson score interval of a binomial rate (scipy)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    ci = binomtest(int(hits), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return hits / n, float(ci.low), float(ci.high)
+
+
+def distributions_figure(results: pd.DataFrame, controls: set[str]) -> str:
+    """Per metric: box plots of per-image scores by method, or, for binary scores, the rate of 1s
+    with its 95 % Wilson interval."""
     metrics = list(dict.fromkeys(results["metric"]))
     methods = list(dict.fromkeys(results["method"]))
     fig, axes = _grid(len(metrics))
+    labels = [f"{m} (control)" if m in controls else m for m in methods]
     for ax, metric in zip(axes.flat, metrics):
         sub = results[results["metric"] == metric]
-        data = [sub.loc[sub["method"] == m, "score"].dropna().to_numpy() for m in methods]
-        data = [d if d.size else np.array([np.nan]) for d in data]
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=45, ha="right", fontsize=7)
         arrow = "higher is better" if bool(sub["higher_is_better"].iloc[0]) else "lower is better"
-        ax.set_title(f"{metric} ({arrow})", fontsize=9)
+        data = [sub.loc[sub["method"] == m, "score"].dropna().to_numpy(dtype=float) for m in methods]
+        if is_binary(sub["score"]):
+            rates = np.array([rate_interval(int(d.sum()), d.size) for d in data])
+            pos = np.arange(1, len(methods) + 1)
+            err = np.abs(rates[:, 1:].T - rates[:, 0])
+            colours = ["0.55" if m in controls else "C0" for m in methods]
+            ax.bar(pos, rates[:, 0], color=colours, width=0.6)
+            ax.errorbar(pos, rates[:, 0], yerr=np.nan_to_num(err), fmt="none", ecolor="k", capsize=3, lw=1)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("rate (95% Wilson CI)", fontsize=7)
+            ax.set_title(f"{metric}: rate ({arrow})", fontsize=9)
+        else:
+            data = [d if d.size else np.array([np.nan]) for d in data]
+            ax.boxplot(data, showfliers=False)
+            ax.set_title(f"{metric} ({arrow})", fontsize=9)
+        ax.set_xticks(range(1, len(methods) + 1), labels, rotation=45, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return to_data_uri(fig)
@@ -99,29 +158,42 @@ def agreement_figure(agreement: pd.DataFrame) -> str | None:
     return to_data_uri(fig)
 
 
-def gallery_figure(images: torch.Tensor, maps: torch.Tensor, *, cell: int = 96, gap: int = 4) -> str:
-    """Images (top row) and their maps overlaid (bottom row, `xaibench.plotting.overlay`) as one PNG.
+def _resized(rgb: np.ndarray, masks: list[torch.Tensor], cell: int) -> np.ndarray:
+    """`rgb` [H, W, 3] scaled (nearest) to `cell` pixels high, with 1-pixel outlines of the masks
+    (scaled the same way) in the colours of `OUTLINES`."""
+    h, w = rgb.shape[:2]
+    size = (max(1, round(cell * w / h)), cell)
+    out = np.asarray(Image.fromarray(rgb).resize(size, Image.NEAREST)).copy()
+    for mask, colour in zip(masks, OUTLINES):
+        big = Image.fromarray(mask.detach().cpu().numpy().astype(np.uint8) * 255).resize(size, Image.NEAREST)
+        out[mask_outline(torch.from_numpy(np.asarray(big) > 0))] = colour
+    return out
 
-    images: uint8 [n, C, H, W]; maps: [n, h, w]. Each picture is scaled (nearest) to `cell` pixels
-    high; drawn with PIL, without matplotlib, so a report with many galleries stays fast.
-    """
-    from PIL import Image
 
-    from xaibench.plotting import overlay
-
-    n = images.shape[0]
-    tiles = []
-    for k in range(n):
-        img = images[k].float() / 255.0
-        rgb = (img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]).permute(1, 2, 0)
-        tiles.append(((rgb.numpy() * 255).round().astype(np.uint8), overlay(img, maps[k])))
-    h, w = tiles[0][0].shape[:2]
-    width = max(1, round(cell * w / h))
-    sheet = Image.new("RGB", (n * width + (n - 1) * gap, 2 * cell + gap), "white")
-    for k, pair in enumerate(tiles):
-        for row, tile in enumerate(pair):
-            picture = Image.fromarray(tile).resize((width, cell), Image.NEAREST)
-            sheet.paste(picture, (k * (width + gap), row * (cell + gap)))
+def _encode(picture: Image.Image) -> str:
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    picture.save(buf, format="PNG")
     return _png_uri(buf.getvalue())
+
+
+BAR = 8  # colour bar height under a map tile, pixels
+OUTLINES = (OUTLINE, (0, 200, 255), (255, 0, 220))  # colours of the first, second and third mask's outline
+
+
+def image_tile(image: torch.Tensor, masks: list[torch.Tensor], cell: int = 96) -> str:
+    """The image (uint8 or [0, 1] [C, H, W]) scaled (nearest) to `cell` pixels high, masks outlined."""
+    return _encode(Image.fromarray(_resized(image_rgb(image), masks, cell)))
+
+
+def map_tile(heatmap: torch.Tensor, size: tuple[int, int], masks: list[torch.Tensor],
+             cell: int = 96) -> tuple[str, float, float]:
+    """A map coloured by `xaibench.plotting.map_colours` (masks outlined) with its colour bar strip
+    underneath; returns (data URI, vmin, vmax) for the bar's labels."""
+    rgb, vmin, vmax, cmap = map_colours(heatmap, size)
+    picture = _resized(rgb, masks, cell)
+    width = picture.shape[1]
+    bar = (plt.get_cmap(cmap)(np.linspace(0, 1, width))[None, :, :3] * 255).round().astype(np.uint8)
+    sheet = Image.new("RGB", (width, cell + 3 + BAR), "white")
+    sheet.paste(Image.fromarray(picture), (0, 0))
+    sheet.paste(Image.fromarray(np.repeat(bar, BAR, axis=0)), (0, cell + 3))
+    return _encode(sheet), vmin, vmax
