@@ -148,3 +148,31 @@ def test_explain_unavailable_device_lists_the_available_ones(tmp_path, monkeypat
                                  "--out", str(tmp_path), "--device", device])
     with pytest.raises(InputError, match=r"Available.*cpu"):
         args.func(args)
+
+
+def test_explain_photos_of_different_sizes_with_image_size_in_the_spec(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from xaibench.errors import InputError
+
+    root = tmp_path / "photos" / "test"
+    for k, (cls, size) in enumerate([("cat", (40, 50)), ("dog", (64, 48)), ("dog", (33, 70))]):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (40 * k, 90, 200)).save(root / cls / f"p{k}.png")
+    monkeypatch.setattr(xaibench, "load_model", lambda spec, **kw: _model(), raising=False)
+    spec = f"folder:{tmp_path / 'photos'}"
+    base = ["explain", "--model", "m", "--methods", "sobel", "--n", "3"]
+    plain = _parser().parse_args([*base, "--data", spec, "--out", str(tmp_path / "a")])
+    with pytest.raises(InputError, match="image_size"):
+        plain.func(plain)
+    for extra in (["--data", f"{spec}?image_size=24"], ["--data", spec, "--image-size", "24"]):
+        args = _parser().parse_args([*base, *extra, "--out", str(tmp_path / "b")])
+        assert args.func(args) == 0
+        saved = torch.load(tmp_path / "b" / "maps.pt", weights_only=True)
+        assert saved["maps"]["sobel"].shape == (3, 24, 24) and saved["classes"] == ["cat", "dog"]
+    clash = _parser().parse_args([*base, "--data", f"{spec}?image_size=24", "--image-size", "32", "--out", str(tmp_path)])
+    with pytest.raises(InputError, match="give it once"):
+        clash.func(clash)
+    bad = _parser().parse_args([*base, "--data", f"{spec}?size=24", "--out", str(tmp_path)])
+    with pytest.raises(InputError, match=r"\?image_size=<positive int>"):
+        bad.func(bad)

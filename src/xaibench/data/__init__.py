@@ -8,6 +8,7 @@ stacks samples into a `Batch`. Specs:
 - ``folder:<root>`` or a bare path to an existing folder  (`xaibench.data.folder.FolderDataset`)
 - ``imagenet:<root>``  (`xaibench.data.folder.ImageNetDataset`)
 - ``celeba:``, ``celebamask-hq:``, ``cifar100:``, ``subset:`` and the alignment stand-ins  (`xaibench.data.layouts`)
+- ``folder:<root>?image_size=224`` (and ``imagenet:``): the spec carries `image_size`
 
 See docs/models-data.md for layouts, masks and errors.
 """
@@ -40,6 +41,8 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise InputError(f"image_size must be a positive integer, got {image_size!r}")
     scheme, sep, rest = spec.partition(":")
+    if scheme in ("folder", "imagenet") and sep and "?" in rest:
+        rest, image_size = _spec_image_size(spec, rest, image_size)
     if sep:  # published layouts (CelebA, CelebAMask-HQ, CIFAR-100), subsets, alignment stand-ins
         from xaibench.data.layouts import extra_dataset
 
@@ -73,6 +76,19 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
     raise InputError(
         f"data set {spec!r} is neither a spec (builtin:<name>, folder:<root>, imagenet:<root>) nor an existing folder"
     )
+
+
+def _spec_image_size(spec: str, rest: str, image_size: int | None) -> tuple[str, int]:
+    """``<root>?image_size=N`` -> (root, N); an `image_size` argument as well must agree with it."""
+    root, _, query = rest.rpartition("?")
+    key, eq, value = query.partition("=")
+    if key.strip() != "image_size" or not eq or not value.strip().isdigit() or int(value) < 1:
+        raise InputError(f"data set spec {spec!r}: after the root only '?image_size=<positive int>' is understood, "
+                         f"got '?{query}'")
+    if image_size is not None and image_size != int(value):
+        raise InputError(f"data set spec {spec!r} says image_size={int(value)} but image_size={image_size} was "
+                         "also given; give it once")
+    return root, int(value)
 
 
 __all__ = ["Batch", "ImageDataset", "Sample", "collate", "load_dataset"]
