@@ -1,0 +1,77 @@
+"""The trainer end to end on a tiny budget: files written, model loadable, resume after SIGKILL
+gives the same model bitwise, clear errors for bad runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from xaibench.errors import InputError
+from xaibench.models import load_model, model_hash
+from xaibench.training import load_train_config, train
+from xaibench.training.engine import LOG_COLUMNS
+
+TINY = {
+    "seed": 3, "device": "cpu", "setting": "fl+fp+ap", "epochs": 2, "batch_size": 32, "optimizer": "adam",
+    "lr": 0.01, "schedule": "onecycle", "selection": "accuracy",
+    "model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits", "n": 160, "val_fraction": 0.25},
+}
+
+
+def test_train_writes_model_log_and_config(tmp_path):
+    result = train(TINY, tmp_path / "run", progress=False)
+    out = tmp_path / "run"
+    assert result.model_path == out / "model.pt" and result.config_hash == load_train_config(out / "train.toml").hash
+    assert list(result.log.columns) == list(LOG_COLUMNS) and list(result.log["epoch"]) == [0, 1]
+    assert result.log["selected"].sum() == 1 and int(result.log.loc[result.log["selected"], "epoch"].iloc[0]) == result.best_epoch
+    assert result.log[["loss", "val_accuracy", "ece", "adaece", "seconds"]].notna().all().all()
+    model = load_model(f"file:{result.model_path}", device="cpu")
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    best = torch.load(out / "checkpoints" / f"epoch-{result.best_epoch:04d}.pt", weights_only=True)
+    assert all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+    # a finished run is returned as it is; without resume the directory is refused
+    again = train(TINY, out, resume=True, progress=False)
+    assert again.best_epoch == result.best_epoch and model_hash(load_model(f"file:{again.model_path}", device="cpu")) == model_hash(model)
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(TINY, out, progress=False)
+    with pytest.raises(InputError, match="refusing to resume"):
+        train({**TINY, "seed": 4}, out, resume=True, progress=False)
+
+
+def test_fp_needs_a_feature_map(tmp_path):
+    with pytest.raises(InputError, match=r"feature map \[B, K, h, w\].*'fc'"):
+        train({**TINY, "setting": "fp", "feature_layer": "fc"}, tmp_path / "run", progress=False)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
+    cfg = {**TINY, "setting": "fp", "epochs": 4, "selection": "last", "data": {**TINY["data"], "n": 200}}
+    reference = train(cfg, tmp_path / "reference", progress=False)
+    out = tmp_path / "killed"
+    code = (f"import json, torch; torch.set_num_threads(1); from xaibench.training import train; "
+            f"train(json.loads({json.dumps(json.dumps(cfg))}), {str(out)!r}, progress=False)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
+    assert last.exists() and not (out / "model.pt").exists()  # killed after epoch 0, before the end
+    resumed = train(cfg, out, resume=True, progress=False)
+    assert list(resumed.log["epoch"]) == [0, 1, 2, 3]
+    a = torch.load(reference.model_path, weights_only=True)["state_dict"]
+    b = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    cols = ["loss", "accuracy", "val_accuracy", "ece"]
+    assert reference.log[cols].equals(resumed.log[cols])
+    assert Path(resumed.model_path).is_file()
