@@ -169,6 +169,15 @@ def test_rows_match_direct_metric_calls(finished):
     }
     for column, value in prov.items():
         assert (df[column] == value).all(), column
+    # Class names travel with the data set; parameters as run and per-image wall time per (shard, method, metric).
+    assert (first["label_name"] == first["label"].astype(str)).all()
+    assert (first["prediction_name"] == first["prediction"].astype(str)).all()
+    assert (first["target_name"] == first["target"].astype(str)).all()
+    deletion = df[df["metric"] == CURVE_METRIC]
+    params = {json.loads(p)["steps"] for p in deletion["params"]}
+    assert params == {4} and json.loads(deletion["params"].iloc[0])["seed"] is not None
+    assert (df["seconds"] >= 0).all() and df["seconds"].notna().all()
+    assert (df.groupby(["shard", "method", "metric"])["seconds"].nunique() == 1).all()
     # Undefined scores carry a reason; defined ones none.
     assert (df["score"].isna() == df["nan_reason"].notna()).all()
     # Curves: one per image and method for the curve metric, steps + 1 points.
@@ -215,6 +224,8 @@ def test_resume_after_sigkill_gives_identical_rows(finished, tmp_path):
     n_done = len(list((out / "shards").glob("shard-*.parquet")))
     assert 1 <= n_done < 3, "the run must have been interrupted after its first shard"
     run(load_config(config), out, resume=True)
-    pd.testing.assert_frame_equal(xaibench.load_results(out), xaibench.load_results(finished))
+    # Identical rows but for the wall time of each metric call.
+    pd.testing.assert_frame_equal(xaibench.load_results(out).drop(columns="seconds"),
+                                  xaibench.load_results(finished).drop(columns="seconds"))
     pd.testing.assert_frame_equal(load_curves(out), load_curves(finished))
     assert not list(Path(out).rglob("*.tmp"))

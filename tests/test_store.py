@@ -90,3 +90,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         layout._atomic(tmp_path / "a.json", boom)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unreadable_files_are_named_not_a_traceback(run_dir):
+    _commit(run_dir, 0)
+    results, maps = layout.results_path(run_dir, 0), layout.maps_path(run_dir, "m", 0)
+    results.write_bytes(b"PAR1 not parquet")
+    maps.write_bytes(b"")
+    with pytest.raises(InputError, match=rf"{results} is corrupt"), pytest.warns(UserWarning):
+        load_results(run_dir)
+    with pytest.raises(InputError, match=rf"{maps} is corrupt"):
+        load_maps(run_dir, "m")

@@ -286,8 +286,15 @@ def _timm_mean_std(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]
     return mean, std
 
 
-def _arch(spec: str, num_classes: int | None) -> nn.Module:
-    """The model of architecture `spec` with random weights, wrapped in the xaibench convention."""
+def _arch(spec: str, num_classes: int | None, seed: int = 0) -> nn.Module:
+    """The model of architecture `spec` with random weights drawn under `seed` (the same weights in
+    every process; the global RNG state is left as it was), wrapped in the xaibench convention."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _random_arch(spec, num_classes)
+
+
+def _random_arch(spec: str, num_classes: int | None) -> nn.Module:
     scheme, _, name = spec.partition(":")
     if scheme == "torchvision":
         return Normalized(_torchvision_net(name, num_classes))
@@ -501,7 +508,7 @@ def default_device() -> torch.device:
 
 
 def load_model(spec: str, num_classes: int | None = None, weights: str | None = None,
-               device: str | torch.device | None = None) -> nn.Module:
+               device: str | torch.device | None = None, seed: int = 0) -> nn.Module:
     """The classifier named by `spec`, in eval mode on `device`, taking images in [0, 1].
 
     spec:
@@ -515,6 +522,8 @@ def load_model(spec: str, num_classes: int | None = None, weights: str | None = 
         = pretrained weights from the local torch hub / Hugging Face cache only (never downloaded;
         `WeightsUnavailableError` says where to put them); a path = a state dict file.
     device: default cuda if available, else cpu.
+    seed: seeds the random initialisation of torchvision/timm models without weights (the same
+        seed gives the same weights in every process; the runner passes the run seed).
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise InputError(f"model spec must look like 'torchvision:resnet18', 'timm:<name>', 'file:<path>' or "
@@ -551,7 +560,7 @@ def load_model(spec: str, num_classes: int | None = None, weights: str | None = 
             raise InputError(f"{spec}: weights must be None (trained and cached) or a path to a state dict, "
                              f"got {weights!r}")
     elif weights is None:
-        model = _arch(spec, num_classes)
+        model = _arch(spec, num_classes, seed)
     elif is_path:
         model = _arch(spec, num_classes)
         _load_state(model, _read_state_dict(Path(weights).expanduser()), weights)

@@ -1,8 +1,10 @@
-"""`xaibench run CONFIG --out DIR [--resume] [--device D]`: run a benchmark config."""
+"""`xaibench run CONFIG --out DIR [--resume | --overwrite] [--device D]`: run a benchmark config."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -10,20 +12,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="run a benchmark config (TOML) into a results directory",
         description="Run every method x metric of a TOML config on its images; results go to DIR as "
-        "sharded Parquet (read them with xaibench.load_results(DIR)).",
+        "sharded Parquet (read them with xaibench.load_results(DIR)). The config is checked and tried "
+        "on two images before DIR is written.",
     )
     p.add_argument("config", help="TOML config file")
     p.add_argument("--out", required=True, metavar="DIR", help="results directory")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run in DIR (same config only)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish an interrupted run in DIR (same config, model and images; files verified)")
+    again.add_argument("--overwrite", action="store_true", help="delete the run in DIR and start it again")
     p.add_argument("--device", default=None, help="device override, e.g. cpu or cuda:0 (not part of the config hash)")
     p.set_defaults(func=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
-    from xaibench.runner import run
-    from xaibench.store import load_results
+def resume_command(args: argparse.Namespace) -> str:
+    """The exact command that finishes the run of `args`."""
+    words = ["xaibench", "run", args.config, "--out", args.out, "--resume"]
+    if args.device:
+        words += ["--device", args.device]
+    return shlex.join(words)
 
-    out = run(args.config, args.out, resume=args.resume, device=args.device)
+
+def handle(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from xaibench.errors import InputError
+    from xaibench.runner import run
+    from xaibench.runner.layout import read_manifest
+    from xaibench.store import committed_shards, load_results
+
+    try:
+        out = run(args.config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device)
+    except KeyboardInterrupt:
+        try:
+            manifest = read_manifest(Path(args.out))
+        except InputError:
+            manifest = None
+        if manifest is None:
+            print("xaibench: interrupted before the run started; nothing was saved", file=sys.stderr)
+        else:
+            print(f"xaibench: interrupted; {committed_shards(args.out)} of {manifest['n_shards']} shards are saved "
+                  f"in {args.out}. Finish the run with:\n  {resume_command(args)}", file=sys.stderr)
+        return 130
     rows = load_results(out)
     print(f"{len(rows)} rows in {out} (load them with xaibench.load_results({str(out)!r}))")
     return 0

@@ -7,6 +7,7 @@ returned by `xaibench.load_model` normalise inside); labels are class indices; m
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,37 @@ def collate(samples: Sequence[Sample]) -> Batch:
     )
 
 
+@dataclass(frozen=True)
+class ImageRecord:
+    """What a run needs to know about one image before it runs (`ImageDataset.describe`).
+
+    id:      the sample's id
+    sha256:  hash of its content (image, label and annotations as stored)
+    size:    (H, W) of the image as the data set returns it
+    masks:   names of the masks the sample has
+    missing: mask name -> the file that would hold it, for masks of the data set this sample lacks
+    """
+
+    id: str
+    sha256: str
+    size: tuple[int, int]
+    masks: tuple[str, ...]
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def tensor_digest(*parts: object) -> str:
+    """sha256 over tensors (dtype, shape, bytes) and other values (their repr), in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
+
+
 class ImageDataset(Dataset):
     """Base class of xaibench data sets: ``len(ds)``, ``ds[i] -> Sample``, plus metadata.
 
@@ -98,6 +130,13 @@ class ImageDataset(Dataset):
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def describe(self, index: int) -> ImageRecord:
+        """Id, content hash, size and masks of sample `index` (this default reads the sample)."""
+        s = self[index]
+        masks = dict(sorted(s.masks.items()))
+        return ImageRecord(s.id, tensor_digest(s.image, int(s.label), *masks.items()), tuple(s.image.shape[-2:]),
+                           tuple(masks), {n: "" for n in self.mask_names if n not in masks})
 
     def _index(self, index: int) -> int:
         n = len(self)

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from xaibench.data.base import (
     ImageDataset,
+    ImageRecord,
     Sample,
     make_sample,
     rasterise_boxes,
@@ -226,6 +227,33 @@ class FolderDataset(ImageDataset):
         if entry.boxes is not None:
             masks["box"] = rasterise_boxes(read_boxes(entry.boxes, (h, w)), h, w, self.image_size)
         return make_sample(resize_crop_image(image, self.image_size), entry.label, entry.id, masks, self.default_mask)
+
+    def describe(self, index: int) -> ImageRecord:
+        """Id, hash of the files' bytes (image, mask, boxes) and label, size from the image header."""
+        import hashlib
+        import io
+
+        from PIL import Image
+
+        entry = self.entries[self._index(index)]
+        h = hashlib.sha256(f"{entry.label}:{entry.id}:{self.image_size}".encode())
+        try:
+            data = entry.image.read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+        except Exception as err:
+            raise InputError(f"cannot read image {entry.image}: {err}") from err
+        h.update(data)
+        files = {"mask": entry.mask, "box": entry.boxes}
+        for name, path in files.items():
+            if path is not None:
+                h.update(name.encode() + path.read_bytes())
+        expected = {"mask": self._mask_path, "box": self._box_path}
+        cls, stem = self.classes[entry.label], entry.image.stem
+        missing = {n: str(expected[n](cls, stem)) for n in self.mask_names if files[n] is None}
+        size = (self.image_size, self.image_size) if self.image_size is not None else (height, width)
+        return ImageRecord(entry.id, h.hexdigest(), size, tuple(n for n in self.mask_names if files[n] is not None),
+                           missing)
 
     def __len__(self) -> int:
         return len(self.entries)

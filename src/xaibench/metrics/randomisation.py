@@ -79,10 +79,12 @@ def normal_randomiser(layer: nn.Module, generator: torch.Generator) -> None:
 RANDOMISERS: dict[str, Randomiser] = {"reset": reset_randomiser, "normal": normal_randomiser}
 
 
-def randomisable_layers(model: nn.Module, layers: Sequence[str] | None = None) -> list[tuple[str, nn.Module]]:
+def randomisable_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[tuple[str, nn.Module]]:
     """Modules with a ``reset_parameters`` method, in ``named_modules`` order (input to output for
     sequential models), as Quantus enumerates them; `layers` selects some of them by name."""
     found = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "reset_parameters", None))]
+    if layers == "blocks":
+        return _blocks(model)
     if layers is not None:
         names = {n for n, _ in found}
         unknown = [n for n in layers if n not in names]
@@ -92,6 +94,38 @@ def randomisable_layers(model: nn.Module, layers: Sequence[str] | None = None) -
     if not found:
         raise InputError("the model has no layer with parameters to randomise")
     return found
+
+
+def _resettable(module: nn.Module) -> bool:
+    return callable(getattr(module, "reset_parameters", None))
+
+
+def _blocks(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``layers="blocks"``: the top-level blocks of the network, each randomised as a whole.
+
+    Below single-child wrappers, every child holding a randomisable layer is a block, and the
+    items of a child that is an ``nn.Sequential`` / ``nn.ModuleList`` are (ResNet-18: conv1, bn1,
+    the 8 residual blocks and fc, 11 steps instead of 41 layers; a timm ViT: the patch embedding,
+    each transformer block, the final norm and the head)."""
+    prefix = ""
+    while not list(root.parameters(recurse=False)):
+        kids = [(n, m) for n, m in root.named_children() if next(m.parameters(), None) is not None]
+        if len(kids) != 1:
+            break
+        prefix, root = f"{prefix}{kids[0][0]}.", kids[0][1]
+    found = []
+    for name, child in root.named_children():
+        items = list(child.named_children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) else [("", child)]
+        found += [(prefix + name + (f".{sub}" if sub else ""), m) for sub, m in items
+                  if any(_resettable(part) for part in m.modules())]
+    if not found:
+        raise InputError("the model has no layer with parameters to randomise")
+    return found
+
+
+def _parts(layer: nn.Module) -> list[nn.Module]:
+    """The randomisable layers of a step: the layer itself, or every randomisable layer of a block."""
+    return [layer] if _resettable(layer) else [m for m in layer.modules() if _resettable(m)]
 
 
 @register_metric(MetricInfo(
@@ -115,7 +149,7 @@ def model_parameter_randomisation(
     normalise: bool = True,
     score: str = "mean",
     threshold: float = 0.5,
-    layers: Sequence[str] | None = None,
+    layers: Sequence[str] | str | None = None,
     skip_layers: bool = False,
     randomise: str | Randomiser = "reset",
     max_batch: int = 64,
@@ -125,7 +159,8 @@ def model_parameter_randomisation(
 
     order: ``"top_down"`` randomises cumulatively from the output layer down, ``"bottom_up"`` from
     the input layer up, ``"independent"`` randomises each layer alone (the others original).
-    Layers: `randomisable_layers`. curves: [B, L] similarity after each step, in the order
+    Layers: `randomisable_layers` (every one, those named in `layers`, or ``layers="blocks"``:
+    the top-level blocks, each randomised as a whole). curves: [B, L] similarity after each step, in the order
     randomised (``skip_layers=True``: only after the last step, [B, 1], as Quantus' option).
     score: ``"mean"`` over the curve (NaN entries ignored), or ``"last"`` entry (the fully
     randomised model for cascading orders; Quantus' return_last_correlation).
@@ -159,7 +194,8 @@ def model_parameter_randomisation(
         for i, (_, layer) in enumerate(chosen):
             if order == "independent":
                 model.load_state_dict(state)
-            randomise(layer, gen)
+            for part in _parts(layer):
+                randomise(part, gen)
             if skip_layers and i < len(chosen) - 1:
                 continue
             randomised = explain_chunked(explainer, inputs, t, max_batch)

@@ -14,7 +14,8 @@ Layout (every key except ``[model] spec``, ``[data] spec``, one method and one m
     spec = "builtin:digits-cnn"  # + optional weights, num_classes
 
     [data]
-    spec = "builtin:digits"      # + optional split ("test"), n (all), seed (run seed), image_size
+    spec = "builtin:digits"      # + optional split ("test"), n (all), seed (run seed), image_size,
+                                 #   on_error ("raise"; "skip" drops unreadable images, as load_dataset)
 
     [methods.ig]                 # table name = label in the results
     method = "integrated_gradients"   # registry name; defaults to the table name
@@ -24,6 +25,9 @@ Layout (every key except ``[model] spec``, ``[data] spec``, one method and one m
     metric = "relevance_mass_accuracy"  # registry name; defaults to the table name
     mask = "square"              # which human mask (metrics that take masks); dataset default otherwise
     # every other key is a parameter of the metric, checked against its signature
+
+A few runner defaults differ from the function's (`RUNNER_DEFAULTS`: model_parameter_randomisation
+randomises the top-level blocks, ``layers = "blocks"``); they are written into the canonical config.
 """
 
 from __future__ import annotations
@@ -69,9 +73,17 @@ _DATA: dict[str, tuple[tuple[type, ...], Any]] = {
     "n": ((int,), None),
     "seed": ((int,), None),
     "image_size": ((int,), None),
+    "on_error": ((str,), "raise"),
 }
+ON_ERROR = ("raise", "skip")
 # Keys of the metric function that the runner supplies itself (a config may still set them).
 RUNNER_SUPPLIED = ("seed", "max_batch")
+# Where a benchmark needs another default than the function's (which stays the reference
+# implementation's): metric -> parameter -> value, filled into the canonical config (and hash).
+RUNNER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # every layer of a ResNet-18 is 41 explanations per image; the top-level blocks are 11
+    "model_parameter_randomisation": {"layers": "blocks"},
+}
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,10 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         raise InputError(f"config [data].n: must be >= 1, got {data['n']}")
     if data["seed"] is None:
         data["seed"] = top["seed"]
+    if data["on_error"] not in ON_ERROR:
+        raise InputError(f"config [data].on_error: must be one of {ON_ERROR}, got {data['on_error']!r}")
+    if data["image_size"] is not None and data["image_size"] < 1:
+        raise InputError(f"config [data].image_size: must be >= 1, got {data['image_size']}")
 
     methods: list[MethodSpec] = []
     canon_methods: dict[str, Any] = {}
@@ -300,6 +316,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
             if "masks" not in entry.info.requires:
                 raise InputError(f"config {where}.mask: metric {name!r} does not use human masks")
         _check_params(where, entry.fn, params, skip=VOCABULARY)
+        params = {**RUNNER_DEFAULTS.get(entry.info.name, {}), **params}
         metrics.append(MetricSpec(label, name, mask, params))
         canon_metrics[label] = {"metric": name, "mask": mask, **params}
 

@@ -1,28 +1,43 @@
-"""Where a run keeps its files, and atomic writes (write a temporary file, then `os.replace`).
+"""Where a run keeps its files, atomic writes, commit records and the run directory's lock.
 
 ::
 
-    DIR/run.json                          manifest: config, config hash, image positions, shard count
-    DIR/shards/shard-00000.parquet        results of shard 0: its commit marker, written last
+    DIR/run.json                          manifest: config, config hash, image ids and hashes, shard count
+    DIR/run.lock                          the lock of the one process writing the run (host, PID)
+    DIR/shards/shard-00000.parquet        results of shard 0: its commit marker, renamed into place last
+    DIR/commits/shard-00000.json          size and sha256 of every file of shard 0 (written just before)
     DIR/curves/shard-00000.parquet        per-image curves of curve metrics (deletion, insertion, ...)
     DIR/images/shard-00000.pt             the shard's images (uint8) for galleries
     DIR/maps/<method>/shard-00000.pt      cached attribution maps, reused on resume
     DIR/report.html                       written by `xaibench report`
+
+Every file is written to a temporary file in its folder, named ``.<name>.<host>-<pid>.<random>.tmp`` (dots of the host name as ``_``)
+(so a clean-up can tell whose it is), then renamed into place; created files get the mode the
+umask allows (``0o666 & ~umask``), as ``open`` gives.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+import socket
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
+from xaibench.errors import InputError
+
 MANIFEST = "run.json"
+LOCK = "run.lock"
+_HOST = socket.gethostname()
+_HOST_TAG = _HOST.replace(".", "_")  # a host name as it appears in temporary file names
 
 
 def shard_name(index: int) -> str:
@@ -31,6 +46,10 @@ def shard_name(index: int) -> str:
 
 def results_path(out: Path, index: int) -> Path:
     return out / "shards" / f"{shard_name(index)}.parquet"
+
+
+def commit_path(out: Path, index: int) -> Path:
+    return out / "commits" / f"{shard_name(index)}.json"
 
 
 def curves_path(out: Path, index: int) -> Path:
@@ -45,19 +64,42 @@ def maps_path(out: Path, method: str, index: int) -> Path:
     return out / "maps" / method / f"{shard_name(index)}.pt"
 
 
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+def _temp(path: Path) -> Path:
+    """A new, empty temporary file next to `path` whose name names this host and process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = path.parent / f".{path.name}.{_HOST_TAG}-{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode from the umask
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through `write(tmp)` into a temporary file next to `path`; returns it (not yet in place)."""
+    tmp = _temp(path)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write through `write(tmp)` into a temporary file next to `path`, then rename it into place.
 
     A reader (or a resumed run) sees either no file or the complete file, never a partial one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = write_temp(path, write)
     try:
-        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -65,14 +107,183 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)))
 
 
+def parquet_writer(df: pd.DataFrame) -> Callable[[Path], None]:
+    return lambda p: df.to_parquet(p, index=False, engine="pyarrow")
+
+
 def write_parquet(path: Path, df: pd.DataFrame) -> None:
-    _atomic(path, lambda p: df.to_parquet(p, index=False, engine="pyarrow"))
+    _atomic(path, parquet_writer(df))
 
 
 def write_torch(path: Path, obj: Any) -> None:
     _atomic(path, lambda p: torch.save(obj, p))
 
 
+def temp_owner_alive(tmp: Path) -> bool:
+    """Whether the process named in a temporary file's name (this host only) still runs."""
+    host_pid = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 3 else ""
+    host, _, pid = host_pid.rpartition("-")
+    return host == _HOST_TAG and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid), None)
+
+
+def remove_stale_temps(out: Path) -> int:
+    """Delete temporary files left by interrupted writes, except those of live processes on this host.
+
+    Call it only while holding the run's lock: every other writer of the run is then dead (or is
+    one of this run's own workers, which have not started yet).
+    """
+    removed = 0
+    for tmp in out.rglob(".*.tmp"):
+        if tmp.name.startswith(f".{LOCK}.") or temp_owner_alive(tmp):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+# --- checksums and commit records ----------------------------------------------------------------
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Size in bytes and sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def check_file(path: Path, record: dict[str, Any], *, full: bool = True) -> str | None:
+    """Why `path` does not match its `record` (missing, size, sha256), or None when it does.
+
+    ``full=False`` compares sizes only (cheap, for every read); ``--resume`` compares hashes too.
+    """
+    if not path.exists():
+        return "missing"
+    size = path.stat().st_size
+    if size != record["size"]:
+        return f"{size} bytes, {record['size']} were committed"
+    if full and file_record(path)["sha256"] != record["sha256"]:
+        return "its sha256 differs from the one committed"
+    return None
+
+
+def read_commit(out: Path, index: int) -> dict[str, Any] | None:
+    """The commit record of shard `index` (None when there is none); `InputError` when unreadable."""
+    path = commit_path(out, index)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        record["files"].items()
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"commit record {path} is corrupt ({err}); delete it and run with --resume to rebuild it") from None
+    return record
+
+
+# --- the manifest --------------------------------------------------------------------------------
+
+
 def read_manifest(out: Path) -> dict[str, Any] | None:
-    path = out / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
+    """The manifest of run directory `out` (None when there is none); `InputError` naming it when corrupt."""
+    path = Path(out) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        missing = [k for k in ("config_hash", "config", "n_shards") if k not in manifest]
+    except (ValueError, TypeError) as err:
+        raise InputError(f"{path} is corrupt (not valid JSON: {err}); the run's identity is lost: "
+                         "start it again with --overwrite") from None
+    if missing:
+        raise InputError(f"{path} is corrupt (no {', '.join(missing)}); start the run again with --overwrite")
+    return manifest
+
+
+# --- the lock: one writer per run directory ------------------------------------------------------
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc), to tell a reused PID from the original."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _process_start(pid)
+    return started is None or now is None or now == started
+
+
+def _read_holder(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    return f"process {holder.get('pid')} on host {holder.get('host')!r} (since {holder.get('since')})"
+
+
+@contextlib.contextmanager
+def _guard(out: Path) -> Iterator[None]:
+    """Serialise stale-lock take-overs between processes of this host."""
+    import fcntl
+
+    with (out / f".{LOCK}.guard").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[dict[str, Any]]:
+    """Hold the exclusive lock of run directory `out` for the body of the ``with`` block.
+
+    The lock is ``DIR/run.lock``, created by an atomic hard link (fails if it exists, also on NFS)
+    holding the host, PID and start time of its holder. A lock whose holder is a dead process of
+    this host is taken over; a live holder, or one on another host (whose liveness cannot be
+    checked from here), gives an `InputError` naming it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    me = {"host": _HOST, "pid": os.getpid(), "process_start": _process_start(os.getpid()),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
+    for _ in range(20):
+        tmp = write_temp(path, lambda p: p.write_text(json.dumps(me)))
+        try:
+            os.link(tmp, path)
+            break
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        holder = _read_holder(path)
+        if holder is None:  # vanished or half-written by a filesystem without link(): look again
+            time.sleep(0.05)
+            continue
+        if holder.get("host") == _HOST and not _alive(int(holder.get("pid", -1)), holder.get("process_start")):
+            with _guard(out):
+                if _read_holder(path) == holder:
+                    path.unlink(missing_ok=True)  # stale: its process is dead
+            continue
+        where = "" if holder.get("host") == _HOST else (
+            f"; if that process no longer runs, delete {path} (a lock held on another host cannot be checked from here)")
+        raise InputError(f"{out} is being written by {_describe(holder)}; wait for it to finish or stop it{where}")
+    else:
+        raise InputError(f"cannot take the lock {path}: it changes hands too often")
+    try:
+        yield me
+    finally:
+        if (_read_holder(path) or {}).get("token") == me["token"]:
+            path.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -32,7 +33,9 @@ from xaibench.errors import InputError
 from xaibench.runner import layout
 from xaibench.runner.config import RunConfig, parse_config
 
-Progress = Callable[[str], None]
+Progress = Callable[[int, str, "str | None", bool], None]
+"""``progress(shard, method, metric, finished)``: a step of a shard starts (``finished=False``) or
+ends; ``metric`` is None for the maps of `method`. Plain data, so executors may relay it."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,9 @@ class Context:
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         mkw = {k: cfg.model[k] for k in ("weights", "num_classes") if cfg.model.get(k) is not None}
-        model = load_model(cfg.model["spec"], **mkw)
+        model = load_model(cfg.model["spec"], seed=cfg.seed, **mkw)
         self.model: nn.Module = model.to(self.device).eval()
-        dkw = {"image_size": cfg.data["image_size"]} if cfg.data.get("image_size") is not None else {}
+        dkw = {k: cfg.data[k] for k in ("image_size", "on_error") if cfg.data.get(k) is not None}
         self.dataset = load_dataset(cfg.data["spec"], split=cfg.data["split"], **dkw)
         self.model_hash = model_hash(self.model)
         self._default_mask: str | None | bool = False  # False = not resolved yet
@@ -136,8 +139,11 @@ def _context(config_json: str) -> Context:
     return Context(parse_config(json.loads(config_json)))
 
 
-def get_context(cfg: RunConfig) -> Context:
-    """The process-wide `Context` of a config (model and dataset are loaded once per process)."""
+def get_context(cfg: RunConfig, fresh: bool = False) -> Context:
+    """The process-wide `Context` of a config (model and dataset are loaded once per process);
+    ``fresh=True`` loads them again (a run's start: files may have changed since the last run)."""
+    if fresh:
+        _context.cache_clear()
     return _context(json.dumps(cfg.raw, sort_keys=True))
 
 
@@ -167,12 +173,26 @@ def load_batch(ctx: Context, positions: tuple[int, ...]) -> Any:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, inputs: Tensor, max_batch: int) -> Tensor:
-    return torch.cat([model(inputs[s : s + max_batch]).argmax(1) for s in range(0, inputs.shape[0], max_batch)])
+def _predict(model: nn.Module, inputs: Tensor, max_batch: int) -> tuple[Tensor, int]:
+    """Predicted classes [B] and the number of classes the model scores."""
+    logits = [model(inputs[s : s + max_batch]) for s in range(0, inputs.shape[0], max_batch)]
+    return torch.cat([z.argmax(1) for z in logits]), int(logits[0].shape[1])
 
 
-def _maps(ctx: Context, spec: ShardSpec, method: Any, inputs: Tensor, targets: Tensor, ids: list[str], seed: int) -> Tensor:
-    """Maps of one method for one shard, from the cache when its key matches, else computed and cached."""
+def _load_cached(path: Path) -> dict[str, Any] | None:
+    """A cached maps file, or None when there is none or it is unreadable (it is then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a corrupt cache is recomputed, whatever torch.load raises for it
+        return None
+
+
+def _maps(ctx: Context, spec: ShardSpec, method: Any, inputs: Tensor, targets: Tensor, ids: list[str], seed: int,
+          cache: bool = True) -> Tensor:
+    """Maps of one method for one shard, from the cache when its key matches, else computed (and
+    cached unless ``cache=False``)."""
     key = {
         "method": method.method,
         "params": method.params,
@@ -181,10 +201,9 @@ def _maps(ctx: Context, spec: ShardSpec, method: Any, inputs: Tensor, targets: T
         "targets": targets.tolist(),
     }
     path = layout.maps_path(Path(spec.out), method.label, spec.index)
-    if path.exists():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("key") == json.dumps(key, sort_keys=True):
-            return cached["maps"].to(ctx.device)
+    cached = _load_cached(path) if cache else None
+    if cached is not None and cached.get("key") == json.dumps(key, sort_keys=True):
+        return cached["maps"].to(ctx.device)
     explainer = ctx.make_explainer(method, seed)
     torch.manual_seed(seed)  # explainers that draw from the global generator
     step = ctx.cfg.explain_batch
@@ -194,12 +213,43 @@ def _maps(ctx: Context, spec: ShardSpec, method: Any, inputs: Tensor, targets: T
     from xaibench.checks import check_maps
 
     check_maps(maps, inputs.shape[0], name=f"maps of method {method.label!r}")
-    layout.write_torch(path, {"key": json.dumps(key, sort_keys=True), "maps": maps.cpu()})
+    if cache:
+        layout.write_torch(path, {"key": json.dumps(key, sort_keys=True), "maps": maps.cpu()})
     return maps
 
 
-def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Rows, curves and gallery images of one shard. Maps are read from / written to the run's cache."""
+def class_names(classes: list[str] | None, indices: Tensor, n_model_classes: int | None = None) -> list[str | None]:
+    """Names of class `indices` in the data set's `classes`; None where there is no name, and for
+    model outputs (``n_model_classes`` given) when the model does not score exactly those classes."""
+    if not classes or (n_model_classes is not None and n_model_classes != len(classes)):
+        return [None] * len(indices)
+    return [classes[i] if 0 <= i < len(classes) else None for i in indices.tolist()]
+
+
+def missing_mask_error(ctx: Context, where: str, positions: Any, mask_name: str | None) -> InputError:
+    """The error for a mask metric whose mask some images lack: the file that is missing, if any."""
+    if mask_name is not None and mask_name in getattr(ctx.dataset, "mask_names", ()):
+        for position in positions:
+            record = ctx.dataset.describe(position)
+            if mask_name in record.missing:
+                file = record.missing[mask_name]
+                return InputError(
+                    f"{where} needs mask {mask_name!r}, but image {record.id!r} has none"
+                    + (f": {file} is missing" if file else "")
+                    + "; add it, or choose images that have it"
+                )
+    known = ", ".join(getattr(ctx.dataset, "mask_names", ())) or "none"
+    return InputError(
+        f"{where} needs a human mask; dataset {ctx.cfg.data['spec']!r} has: {known}"
+        + ("" if mask_name is None else f" (asked for {mask_name!r})")
+    )
+
+
+def compute_shard(
+    spec: ShardSpec, progress: Progress | None = None, cache: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Rows, curves and gallery images of one shard. Maps are read from / written to the run's
+    cache (``cache=False``: computed, never read or written, as for a dry run)."""
     from xaibench.metrics import METRICS
 
     cfg = parse_config(spec.config)
@@ -210,7 +260,7 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
     inputs = batch.images.to(ctx.device)
     labels = torch.as_tensor(batch.labels).long().to(ctx.device)
     ids = [str(i) for i in batch.ids]
-    preds = _predict(ctx.model, inputs, cfg.max_batch)
+    preds, n_model_classes = _predict(ctx.model, inputs, cfg.max_batch)
     targets = preds if cfg.target == "predicted" else labels
     n = len(ids)
     prov = ctx.provenance()
@@ -219,6 +269,7 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
             f"model {cfg.model['spec']!r} now hashes to {prov['model_hash'][:12]}, but this run started "
             f"with {spec.model_hash[:12]}: its weights changed"
         )
+    classes = getattr(ctx.dataset, "classes", None)
 
     base = pd.DataFrame(
         {
@@ -229,17 +280,24 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
             "label": labels.cpu().numpy(),
             "prediction": preds.cpu().numpy(),
             "correct": (preds == labels).cpu().numpy(),
+            "label_name": class_names(classes, labels),
+            "target_name": class_names(classes, targets, n_model_classes),
+            "prediction_name": class_names(classes, preds, n_model_classes),
         }
     )
     frames: list[pd.DataFrame] = []
     curve_rows: list[pd.DataFrame] = []
     for method in cfg.methods:
+        if progress:
+            progress(spec.index, method.label, None, False)
         maps = _maps(
-            ctx, spec, method, inputs, targets, ids, derive_seed(cfg.seed, spec.index, method.label, "maps")
+            ctx, spec, method, inputs, targets, ids, derive_seed(cfg.seed, spec.index, method.label, "maps"), cache
         )
         if progress:
-            progress("maps")
+            progress(spec.index, method.label, None, True)
         for metric in cfg.metrics:
+            if progress:
+                progress(spec.index, method.label, metric.label, False)
             entry = METRICS.get(metric.metric)
             info = entry.info
             mask_name = metric.mask if metric.mask is not None else ctx.default_mask(first)
@@ -256,11 +314,7 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
                 words["explainer"] = ctx.make_explainer(method, seed)
             if "masks" in info.requires:
                 if mask_name is None or mask_name not in batch.masks:
-                    known = ", ".join(sorted(batch.masks)) or "none"
-                    raise InputError(
-                        f"[metrics.{metric.label}] needs a human mask; dataset {cfg.data['spec']!r} has: {known}"
-                        + ("" if mask_name is None else f" (asked for {mask_name!r})")
-                    )
+                    raise missing_mask_error(ctx, f"[metrics.{metric.label}]", spec.positions, mask_name)
                 words["masks"] = batch.masks[mask_name].to(ctx.device)
             kwargs = {w: words[w] for w in info.requires}
             if _metric_accepts(entry.fn, "seed") and "seed" not in metric.params:
@@ -269,8 +323,11 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
                 kwargs["max_batch"] = cfg.max_batch
             kwargs.update(metric.params)
             torch.manual_seed(seed)  # metrics that draw from the global generator
+            start = time.perf_counter()
             try:
                 result = entry.fn(**kwargs)
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)
             except InputError as err:
                 raise InputError(f"shard {spec.index}, method {method.label!r}, metric {metric.label!r}: {err}") from err
             scores = result.scores.detach().double().cpu().flatten()
@@ -289,6 +346,8 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
             frame["higher_is_better"] = info.higher_is_better
             frame["score"] = scores.numpy()
             frame["nan_reason"] = reasons
+            frame["params"] = json.dumps(result.params, sort_keys=True, default=repr)
+            frame["seconds"] = (time.perf_counter() - start) / n
             frames.append(frame)
             if result.curves is not None:
                 curves = result.curves.detach().double().cpu()
@@ -303,13 +362,14 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
                     )
                 )
             if progress:
-                progress("metrics")
+                progress(spec.index, method.label, metric.label, True)
 
     rows = pd.concat(frames, ignore_index=True)
     for key, value in prov.items():
         rows[key] = value
     order = ["image_id", "image_index", "shard", "method", "method_name", "metric", "metric_name", "category",
-             "mask", "score", "nan_reason", "target", "label", "prediction", "correct", "higher_is_better"]
+             "mask", "score", "nan_reason", "target", "label", "prediction", "correct", "higher_is_better",
+             "label_name", "target_name", "prediction_name", "params", "seconds"]
     rows = rows[order + list(prov)]
     curves_df = (
         pd.concat(curve_rows, ignore_index=True)
@@ -326,12 +386,30 @@ def compute_shard(spec: ShardSpec, progress: Progress | None = None) -> tuple[pd
     return rows, curves_df, gallery
 
 
-def execute_shard(spec: ShardSpec, progress: Progress | None = None) -> ShardSummary:
-    """Compute one shard and commit it: curves and images first, the results file last (the marker)."""
-    start = time.perf_counter()
-    rows, curves, gallery = compute_shard(spec, progress)
+def commit_shard(spec: ShardSpec, rows: pd.DataFrame, curves: pd.DataFrame, gallery: dict[str, Any]) -> None:
+    """Write a shard's files: curves and images, then its commit record (size and sha256 of every
+    file of the shard, maps included), and last the results file, renamed into place (the marker)."""
     out = Path(spec.out)
+    cfg = parse_config(spec.config)
     layout.write_parquet(layout.curves_path(out, spec.index), curves)
     layout.write_torch(layout.images_path(out, spec.index), gallery)
-    layout.write_parquet(layout.results_path(out, spec.index), rows)
+    results = layout.results_path(out, spec.index)
+    tmp = layout.write_temp(results, layout.parquet_writer(rows))
+    try:
+        files = [layout.curves_path(out, spec.index), layout.images_path(out, spec.index)]
+        files += [layout.maps_path(out, m.label, spec.index) for m in cfg.methods]
+        records = {p.relative_to(out).as_posix(): layout.file_record(p) for p in files}
+        records[results.relative_to(out).as_posix()] = layout.file_record(tmp)
+        layout.write_json(layout.commit_path(out, spec.index), {"shard": spec.index, "files": records})
+        os.replace(tmp, results)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def execute_shard(spec: ShardSpec, progress: Progress | None = None) -> ShardSummary:
+    """Compute one shard and commit it (`commit_shard`)."""
+    start = time.perf_counter()
+    rows, curves, gallery = compute_shard(spec, progress)
+    commit_shard(spec, rows, curves, gallery)
     return ShardSummary(spec.index, len(rows), time.perf_counter() - start)
