@@ -35,3 +35,10 @@ def test_one_metric_a_category_and_unknown_names(capsys) -> None:
     assert "Did you mean 'deletion'" in capsys.readouterr().err
     assert main(["metrics", "--category", "faith"]) == 2
     assert "faithfulness" in capsys.readouterr().err
+
+
+def test_methods_marks_the_controls(capsys) -> None:
+    assert main(["methods"]) == 0
+    heads = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line and not line[0].isspace()}
+    marked = {name for name, line in heads.items() if "[control:" in line}
+    assert marked == {"random", "sobel"}

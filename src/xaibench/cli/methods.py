@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def format_methods(names: list[str] | None = None) -> str:
     """A readable table: one block per method (aliases, resolution, cost, parameters)."""
     from xaibench.explainers import METHODS
+    from xaibench.report.summary import is_control
 
     infos = {}
     for _, info in METHODS.items():
@@ -29,7 +30,8 @@ def format_methods(names: list[str] | None = None) -> str:
     lines = []
     for name, info in sorted(infos.items()):
         alias = f" (alias: {', '.join(info.aliases)})" if info.aliases else ""
-        lines.append(f"{name:<{width}}  {info.description}{alias}")
+        control = " [control: a model-independent baseline, never ranked best in reports]" if is_control(name) else ""
+        lines.append(f"{name:<{width}}  {info.description}{alias}{control}")
         lines.append(f"{'':<{width}}  resolution: {info.resolution}   cost per image: {info.cost}")
         for pname, (default, doc) in info.params.items():
             lines.append(f"{'':<{width}}    {pname}={default!r}  {doc}")
