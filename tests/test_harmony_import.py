@@ -130,7 +130,7 @@ INSERT INTO relevavance_label VALUES (1, 'learn', 1, 1), (2, 'neither', 2, 1), (
 def mini_legacy(path, *sql: str):
     """A small database shaped like the published study's, changed by ``sql``."""
     con = sqlite3.connect(path)
-    con.executescript(LEGACY_SCHEMA)
+    con.executescript("PRAGMA synchronous = OFF; BEGIN;" + LEGACY_SCHEMA + "COMMIT;")
     for statement in sql:
         con.execute(statement)
     con.commit()

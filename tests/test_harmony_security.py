@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from xaibench.harmony.testing import cli
+from xaibench.harmony.testing import cli, make_annotator as annotator
 
 pytest.importorskip("django")
 
@@ -31,17 +31,6 @@ def study(tmp_path_factory):
     data = make_sample_dataset(tmp_path_factory.mktemp("harmony-security-study"), conditions=1, examples=8, size=32)
     cli("load", str(data))
     return {"home": home, "data": data}
-
-
-def annotator(name: str):
-    from django.contrib.auth import get_user_model
-
-    from xaibench.harmony.dataset import assign_conditions
-    from xaibench.harmony.models import Condition
-
-    user = get_user_model().objects.create_user(username=name, password=PASSWORD)
-    assign_conditions(user, list(Condition.objects.filter(dataset="Sample")))
-    return user
 
 
 def logged_in(name: str):
@@ -110,32 +99,30 @@ def test_pictures_differ_only_in_pixels(study, tmp_path):
         served[slot] = r.content
     for slot, png in served.items():
         types = [t for t, _ in chunks(png) if t != b"IDAT"]
-        assert types == ([b"IHDR", b"IEND"] if slot == "image" else [b"IHDR", b"paDd", b"IEND"]), (slot, types)
+        assert types == [b"IHDR", b"IEND"], (slot, types)
         assert not any(word in png for word in (b"finetuned", b"original", b"tEXt", b"pHYs"))
         assert Image.open(io.BytesIO(png)).mode == "RGB"
     assert len(served["left"]) == len(served["right"])  # byte sizes say nothing about the sides
-    assert chunks(served["left"])[0] == chunks(served["right"])[0]  # same IHDR: size, depth, colour type
+    layout = [[(t, len(d)) for t, d in chunks(served[slot])] for slot in ("left", "right")]
+    assert layout[0] == layout[1] and chunks(served["left"])[0] == chunks(served["right"])[0]  # same IHDR
     pres = Presentation.objects.get(annotator_id=user, example__condition=leaky)
     for slot, side in (("left", pres.finetuned_left), ("right", not pres.finetuned_left)):
         pixels = np.asarray(Image.open(io.BytesIO(served[slot])))
         np.testing.assert_array_equal(pixels, sources["finetuned" if side else "original"])
 
 
-def test_pad_png_keeps_the_picture_and_sets_the_length():
-    from xaibench.harmony.dataset import pad_png
+def test_uncompressed_maps_of_one_size_have_one_length(tmp_path):
+    from xaibench.harmony.dataset import canonical_png
 
-    buffer = io.BytesIO()
-    pixels = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    data = buffer.getvalue()
-    for extra in (12, 13, 500):
-        padded = pad_png(data, len(data) + extra)
-        assert len(padded) == len(data) + extra
-        im = Image.open(io.BytesIO(padded))
-        im.load()
-        np.testing.assert_array_equal(np.asarray(im), pixels)
-    with pytest.raises(ValueError):
-        pad_png(data, len(data) + 11)
+    rng = np.random.default_rng(0)
+    lengths = set()
+    for i, pixels in enumerate([np.zeros((70, 90, 3), np.uint8), rng.integers(0, 256, (70, 90, 3), dtype=np.uint8),
+                                np.repeat(np.arange(90, dtype=np.uint8)[None, :, None], 70, 0).repeat(3, 2)]):
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png", optimize=True)
+        data = canonical_png(tmp_path / f"{i}.png", compress=False)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+        lengths.add(len(data))
+    assert len(lengths) == 1  # flat, noise and gradient: the same number of bytes
 
 
 def test_transparent_and_16_bit_pictures_become_8_bit_rgb(tmp_path):

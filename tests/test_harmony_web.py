@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from xaibench.harmony.testing import cli
+from xaibench.harmony.testing import cli, make_annotator
 
 pytest.importorskip("django")
 
@@ -32,17 +32,6 @@ def study(tmp_path_factory):
     data = make_sample_dataset(tmp_path_factory.mktemp("harmony-web-study"), conditions=2, examples=3, size=48)
     cli("load", str(data))
     return {"home": home, "data": data}
-
-
-def make_annotator(name: str, password: str = "correct horse 1"):
-    from django.contrib.auth import get_user_model
-
-    from xaibench.harmony.dataset import assign_conditions
-    from xaibench.harmony.models import Condition
-
-    user = get_user_model().objects.create_user(username=name, password=password)
-    assign_conditions(user, list(Condition.objects.filter(dataset="Sample")))
-    return user
 
 
 class Browser:

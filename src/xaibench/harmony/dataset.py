@@ -1,9 +1,9 @@
 """The study data-set format: a folder with ``manifest.json`` and PNG files.
 
 Validation (``read_manifest``) needs no Django; ``load_dataset`` stores it in the database.
-Stored pictures are re-encoded from their pixels (``canonical_png``) and the two maps of an
-example are padded to one byte length (``pad_png``), so that nothing but the pixels tells the
-sides apart. See docs/harmony.md for the format and what is left as a signal.
+Stored pictures are re-encoded from their pixels (``canonical_png``); the two maps of an example
+have one size and are stored without compression, so their files differ in nothing but the
+pixels and have the same length. See docs/harmony.md for the format and what is left as a signal.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -38,7 +36,6 @@ MAX_PATH = 512  # a picture's path relative to the folder (Example.source_image)
 MAX_DIR = 4096  # the data-set folder's own path
 MAX_MANIFEST_BYTES = 64 * 2**20
 MAX_SIDE = 4096  # pixels per side of a picture
-PAD_CHUNK = b"paDd"  # ancillary, private, safe-to-copy PNG chunk of zeros: equal byte lengths per example
 
 
 @dataclass
@@ -222,10 +219,10 @@ def _rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def canonical_png(path: Path) -> bytes:
+def canonical_png(path: Path, compress: bool = True) -> bytes:
     """The picture's pixels as 8-bit RGB, encoded by one PNG encoder with fixed settings and no
     ancillary chunk (no text, colour profile, gamma, resolution or time): only the pixels of two
-    files can differ."""
+    files can differ. Without ``compress`` (zlib level 0) the length depends only on the size."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -233,27 +230,13 @@ def canonical_png(path: Path) -> bytes:
     except Exception as err:  # noqa: BLE001 - PIL raises many types for a damaged file
         raise InputError(f"{path}: cannot decode the PNG ({err})") from None
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=9)
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", compress_level=9 if compress else 0)
     return buffer.getvalue()
 
 
-def pad_png(data: bytes, length: int) -> bytes:
-    """``data`` (a PNG) grown to exactly ``length`` bytes by a chunk of zeros before IEND
-    (``length - len(data) >= 12``, the chunk's own size)."""
-    n = length - len(data) - 12
-    if n < 0:
-        raise ValueError(f"cannot pad {len(data)} bytes to {length}")
-    zeros = bytes(n)
-    chunk = struct.pack(">I", n) + PAD_CHUNK + zeros + struct.pack(">I", zlib.crc32(PAD_CHUNK + zeros))
-    return data[:-12] + chunk + data[-12:]  # the last 12 bytes are the IEND chunk
-
-
 def pictures_of(espec: ExampleSpec) -> dict[str, bytes]:
-    """The bytes stored for an example: canonical PNGs, the two maps padded to one length."""
-    out = {p: canonical_png(espec.pictures[p]) for p in PICTURES}
-    length = max(len(out["original"]), len(out["finetuned"])) + 12
-    out["original"], out["finetuned"] = pad_png(out["original"], length), pad_png(out["finetuned"], length)
-    return out
+    """The bytes stored for an example: canonical PNGs, the maps uncompressed (equal lengths)."""
+    return {p: canonical_png(espec.pictures[p], compress=p == "image") for p in PICTURES}
 
 
 def _store_png(data: bytes) -> str:

@@ -42,6 +42,18 @@ def use_home(home: str | Path) -> Path:
     return home
 
 
+def make_annotator(name: str, password: str = "correct horse 1", dataset: str = "Sample"):
+    """An annotator account holding every condition of ``dataset`` (the sample data set's name)."""
+    from django.contrib.auth import get_user_model
+
+    from xaibench.harmony.dataset import assign_conditions
+    from xaibench.harmony.models import Condition
+
+    user = get_user_model().objects.create_user(username=name, password=password)
+    assign_conditions(user, list(Condition.objects.filter(dataset=dataset)))
+    return user
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     import socket
 
