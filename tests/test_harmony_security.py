@@ -387,3 +387,18 @@ def test_migration_moves_old_response_times_to_the_client_column(study):
     label = Label.objects.get(pk=pk)
     assert label.client_response_ms == 777 and label.response_ms is None
     assert os.environ["XAIBENCH_HARMONY_HOME"] == str(study["home"])
+
+
+def test_load_reports_unreadable_json_without_a_traceback(study, tmp_path):
+    from xaibench.errors import InputError
+
+    for name, text, message in (
+        ("digits", '{"format": "xaibench-harmony-study", "version": ' + "9" * 5000 + "}", "cannot read the JSON"),
+        ("nested", "[" * 100_000 + "]" * 100_000, "cannot read the JSON"),
+        ("key", json.dumps({"k" * 100_000: 1}), r"unknown key\(s\) 'kkkk.*\(100,002 characters\)"),
+    ):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "manifest.json").write_text(text)
+        with pytest.raises(InputError, match=message):
+            cli("load", str(root))

@@ -69,7 +69,7 @@ def _check_keys(obj: object, allowed: set[str], required: set[str], where: str) 
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise InputError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(allowed))}")
+        raise InputError(f"{where}: unknown key(s) {_short(', '.join(map(repr, unknown)))}; allowed: {', '.join(sorted(allowed))}")
     missing = sorted(required - set(obj))
     if missing:
         raise InputError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
@@ -152,6 +152,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{manifest_path}: bad JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
+    except (ValueError, RecursionError) as err:  # an integer of thousands of digits, nesting too deep
+        raise InputError(f"{manifest_path}: cannot read the JSON ({_short(str(err))})") from None
     where = str(manifest_path)
     _check_keys(data, TOP_KEYS, {"format", "version", "conditions"}, where)
     if data["format"] != FORMAT:
