@@ -130,7 +130,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The failed-login counters (xaibench.harmony.throttle) live in the database, so that every worker
 # and machine sees the same counts; the table is created by the app's migrations.
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "harmony_cache"}}
+# MAX_ENTRIES is high so that a flood of made-up user names cannot evict the counters of real ones.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "harmony_cache",
+        "OPTIONS": {"MAX_ENTRIES": 1_000_000},
+    }
+}
 HARMONY_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_ACCOUNT", "5"))
 HARMONY_LOGIN_FAILURES_PER_CLIENT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_CLIENT", "20"))
 HARMONY_LOGIN_WINDOW_S = int(os.environ.get("HARMONY_LOGIN_WINDOW_S", "900"))
