@@ -186,7 +186,7 @@ def test_import_reports_a_damaged_database(tmp_path):
         read_legacy(db)
 
 
-def test_legacy_annotators_never_merge_into_live_accounts(tmp_path):
+def test_legacy_annotators_never_merge_into_live_accounts(tmp_path, capsys):
     from xaibench.harmony.testing import use_home
 
     use_home(tmp_path / "home")
@@ -215,3 +215,9 @@ def test_legacy_annotators_never_merge_into_live_accounts(tmp_path):
     with pytest.raises(InputError, match="'legacy.mallory' exists and is not an imported legacy annotator"):
         import_legacy(other)
     assert not Label.objects.filter(annotator__username="legacy.mallory").exists()
+    # the command line stops on invalid rows, or skips them and says how many
+    bad = mini_legacy(tmp_path / "bad.sqlite3", "INSERT INTO relevavance_label VALUES (9, 'learn', 1, 42)")
+    with pytest.raises(InputError, match=r"label whose user is missing \(id 9\).*--skip-invalid"):
+        cli("import-legacy", str(bad))
+    cli("import-legacy", str(bad), "--skip-invalid")
+    assert "4 labels read, 1 invalid row(s) skipped" in capsys.readouterr().out

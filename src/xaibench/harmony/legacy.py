@@ -161,7 +161,7 @@ def read_legacy(path: str | Path, skip_invalid: bool = False) -> dict:
         if reason:
             problems[reason].append(label_id)
             continue
-        labels.append((label_id, username.strip(), example_id, choice))
+        labels.append((label_id, username, example_id, choice))  # exact: two legacy names never merge
     if problems and not skip_invalid:
         raise InputError(_report(path, problems) + "; fix the database or import the other rows with --skip-invalid")
     return {"examples": examples, "labels": labels, "problems": dict(problems)}
