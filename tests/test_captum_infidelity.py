@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xaibench.metrics as M
+from xaibench.checks import set_input_range
 from xaibench.errors import InputError
 from xaibench.metrics.infidelity import gaussian_perturbation
 from xaibench.seeding import make_generator
@@ -84,6 +85,7 @@ def test_captum_convnet_deeplift_published_zero():
     def perturb(inp, generator=None):
         return 0.0009 * torch.ones_like(inp), inp - 0.0009
 
+    set_input_range(model, None)  # Captum's published cases use pixel values outside [0, 1]
     ours = M.infidelity(model, x, attr[:, 0], y, perturb_func=perturb, n_perturb_samples=20, output="logit")
     theirs = captum_metrics.infidelity(model, perturb, x, attr, target=y, n_perturb_samples=20)
     torch.testing.assert_close(ours.scores, theirs, rtol=1e-5, atol=1e-7)
@@ -97,7 +99,7 @@ def test_captum_multilayer_ig_baseline_published_value():
     inputs = (2 * torch.arange(1.0, 13.0)).view(4, 1, 1, 3)  # x + add_input with x = add_input
     baselines = 1 + inputs / 2
     y = torch.tensor([0, 0, 1, 0])
-    model = Flat(BasicModel_MultiLayer(), scale=8.0)
+    model = set_input_range(Flat(BasicModel_MultiLayer(), scale=8.0), None)
     attr, delta = IntegratedGradients(model).attribute(inputs, baselines=baselines, target=y,
                                                       return_convergence_delta=True)
 
@@ -126,7 +128,7 @@ def test_captum_multilayer_sensitivity_n_published_zero(method, rows):
         p = pert.view(inp.shape)
         return p, (1 - p) * inp
 
-    ours = M.infidelity(Flat(model), x.view(1, 1, 1, 3), attr.view(1, 1, 3), torch.tensor([0]),
+    ours = M.infidelity(set_input_range(Flat(model), None), x.view(1, 1, 1, 3), attr.view(1, 1, 3), torch.tensor([0]),
                         perturb_func=perturb, n_perturb_samples=3, output="logit")
     theirs = captum_metrics.infidelity(model, lambda inp: (pert, (1 - pert) * inp), x, attr, target=0,
                                        n_perturb_samples=3)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 import xaibench
 from xaibench.compat import ExplanationMetrics
 from xaibench.errors import InputError
+from xaibench.metrics.randomisation import random_logit
 from xaibench.metrics.robustness import noise_stability
 
 
@@ -118,7 +121,7 @@ def test_batch_equals_single_images(setup) -> None:
         assert single["auc"] == pytest.approx(float(batch["auc"][i]), rel=1e-6)
     sens = metrics.sensitivity_n(x, n_samples=3)
     assert set(sens) == {"sensitivity", "std", "max_change", "changes"} and sens["changes"].shape == (3, 3)
-    expected = noise_stability(model, x, model(x).argmax(1), saliency(model), n_samples=3)
+    expected = noise_stability(model, x, model(x).argmax(1), saliency(model), n_samples=3, normalise=False)
     torch.testing.assert_close(sens["sensitivity"], expected.scores)
 
 
@@ -201,3 +204,119 @@ def test_evaluate_all_inputs_and_dict_models() -> None:
         metrics.deletion(rgb, baseline="white")
     with pytest.raises(InputError):
         metrics.deletion(rgb, target_class=7)
+
+
+class BNNet(Net):
+    """Net with a batch norm after the convolution (its statistics move in train mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(nn.functional.avg_pool2d(torch.relu(self.bn(self.conv(x))), 4).flatten(1))
+
+
+def test_train_mode_model_keeps_its_mode_and_statistics(setup) -> None:
+    _, x = setup
+    torch.manual_seed(0)
+    model = BNNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = ExplanationMetrics(model, saliency(model), use_cuda=False)
+    assert model.training
+    metrics.model_parameter_randomization_test(x)
+    metrics.deletion(x[0], steps=4)
+    metrics.data_randomization_test(x)
+    assert model.training and model.bn.training  # autotimm leaves the model in eval
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # eval forwards: running statistics unchanged
+
+
+def test_sensitivity_and_change_use_maps_as_returned(setup) -> None:
+    """autotimm compares the explainer's heatmaps as they are: no rescaling before sensitivity_n or the
+    randomisation tests' change; noise_level=0 gives zeros."""
+    model, x = setup
+
+    def scaled(inputs: Tensor, targets: Tensor) -> Tensor:  # not in [0, 1]
+        return 3.0 * saliency(model)(inputs, targets) + 1.0
+
+    metrics = ExplanationMetrics(model, scaled, use_cuda=False)
+    zero = metrics.sensitivity_n(x, n_samples=2, noise_level=0.0)
+    torch.testing.assert_close(zero["max_change"], torch.zeros(3), atol=1e-6, rtol=0)  # batch size rounding only
+    assert metrics.sensitivity_n(x[0], n_samples=2, noise_level=0)["sensitivity"] == pytest.approx(0.0, abs=1e-6)
+    t = torch.tensor([0, 1, 2])
+    got = metrics.data_randomization_test(x, target_class=t)
+    off = random_logit(model, x, t, scaled, similarity="pearson")
+    expected = (off.extras["off_maps"] - off.extras["maps"]).abs().flatten(1).mean(dim=1)
+    torch.testing.assert_close(got["change"], expected.double())
+
+
+def test_nan_correlation_says_why(setup) -> None:
+    model, x = setup
+    flat_off_target = lambda i, t: torch.where((t == 0)[:, None, None], saliency(model)(i, t), 0.0)  # noqa: E731
+    metrics = ExplanationMetrics(model, flat_off_target, use_cuda=False)
+    with pytest.warns(UserWarning, match=r"data_randomization_test: correlation is nan .*other class.*constant"):
+        got = metrics.data_randomization_test(x[0], target_class=0)
+    assert np.isnan(got["correlation"])
+
+
+@pytest.mark.parametrize(("bbox", "match"), [([10, 2, 5, 8], "inverted"), ([0, 9, 5, 3], "inverted"),
+                                             ([30, 0, 40, 10], "outside"), ([-9, -9, -1, -1], "outside"),
+                                             ([0, float("nan"), 3, 3], "NaN")])
+def test_bad_box_is_an_error_not_a_miss(setup, bbox, match) -> None:
+    model, x = setup
+    metrics = ExplanationMetrics(model, saliency(model), use_cuda=False)
+    with pytest.raises(InputError, match=match):
+        metrics.pointing_game(x[0], bbox=bbox)
+    assert isinstance(metrics.pointing_game(x[0], bbox=[-5, -5, 3, 3])["hit"], bool)  # overlapping: fine
+
+
+def test_tiny_probability_class_warns(setup) -> None:
+    model, x = setup
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([30.0, 0.0, 0.0]))  # class 2: probability ~1e-13
+    metrics = ExplanationMetrics(model, saliency(model), use_cuda=False)
+    with pytest.warns(UserWarning, match="scores below 0.01"):
+        metrics.deletion(x[0], target_class=2, steps=4)
+    with pytest.warns(UserWarning, match="scores below 0.01"):
+        xaibench.metrics.insertion(model, x, torch.rand(3, 28, 28), torch.tensor([0, 2, 0]), steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics.deletion(x[0], target_class=0, steps=4)
+
+
+def test_images_outside_the_pixel_range_are_refused(setup) -> None:
+    model, x = setup
+    metrics = ExplanationMetrics(model, saliency(model), use_cuda=False)
+    with pytest.raises(InputError, match="divide by 255"):
+        metrics.deletion(x[0] * 255)
+    with pytest.raises(InputError, match="normalis"):
+        metrics.sensitivity_n((x - 0.5) / 0.1, n_samples=2)
+
+
+def test_autotimm_class_names_swap_the_import(setup) -> None:
+    """autotimm's example with the import swapped: GradCAM(model) into ExplanationMetrics."""
+    from xaibench import GradCAM, GradCAMPlusPlus, IntegratedGradients
+
+    model, x = setup
+    explainer = GradCAM(model, use_cuda=False)
+    heat = explainer.explain(x[0], target_class=1)
+    raw = xaibench.explainer("gradcam", model, upsample=False)(x[:1], torch.tensor([1]))[0]
+    assert isinstance(heat, np.ndarray) and heat.shape == (28, 28)  # the layer's resolution ('conv')
+    np.testing.assert_allclose(heat, ((raw - raw.min()) / (raw.max() - raw.min() + 1e-8)).numpy(), atol=1e-6)
+    assert np.array_equal(GradCAM(model, target_layer=model.conv, use_cuda=False)(x[0], target_class=1), heat)
+    metrics = ExplanationMetrics(model, explainer, use_cuda=False)
+    batch = metrics.deletion(x, target_class=torch.tensor([1, 1, 1]), steps=4)
+    single = metrics.deletion(x[0], target_class=1, steps=4)
+    assert single["auc"] == pytest.approx(float(batch["auc"][0]), rel=1e-6)
+    assert GradCAMPlusPlus(model, use_cuda=False).explain(x[1]).shape == (28, 28)
+
+    ig = IntegratedGradients(model, steps=8, use_cuda=False)
+    got = ig.explain(x[2], target_class=0, normalize=False)
+    path = [(k / 8 * x[2:3]).requires_grad_(True) for k in range(1, 9)]  # right Riemann sum from black
+    grads = sum(torch.autograd.grad(model(p)[0, 0], p)[0] for p in path) / 8
+    np.testing.assert_allclose(got, (x[2:3] * grads).sum(dim=1)[0].numpy(), rtol=1e-4, atol=1e-6)
+    norm = ig.explain(x[2], target_class=0)
+    assert norm.min() == 0.0 and norm.max() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(InputError, match="baseline"):
+        IntegratedGradients(model, baseline="blur")

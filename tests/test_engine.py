@@ -38,7 +38,20 @@ def test_gaussian_blur_matches_torchvision(imgs: torch.Tensor, k: int, s: float)
 
 def test_box_blur_is_reflect_padded_mean(imgs: torch.Tensor) -> None:
     ref = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(imgs, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
-    assert torch.allclose(fill(imgs, "box_blur", kernel_size=5), ref, atol=1e-6)
+    assert torch.allclose(fill(imgs, "box_blur", kernel_size=5, padding="reflect"), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize(("height", "kernel"), [(20, 9), (50, 11), (64, 13), (224, 45), (230, 47)])
+def test_box_blur_default_is_gomez_original(height: int, kernel: int) -> None:
+    """Gomez et al.'s blur_data: a max(H // 5, 9) box made odd, zero padding (the sum over the window
+    divided by the full window size, so borders darken)."""
+    x = torch.rand(2, 3, height, 30, generator=torch.Generator().manual_seed(1))
+    ref = torch.nn.functional.avg_pool2d(x, kernel, stride=1, padding=kernel // 2, count_include_pad=True)
+    assert torch.allclose(fill(x, "box_blur"), ref, atol=1e-6)
+    ones = fill(torch.ones(1, 1, height, height), "box_blur")[0, 0]
+    half = kernel // 2 + 1
+    assert ones[0, 0].item() == pytest.approx(half * half / kernel**2)  # corner: half a window each way
+    assert ones[height // 2, height // 2].item() == pytest.approx(1.0)
 
 
 def test_large_kernel_is_truncated_to_image(imgs: torch.Tensor) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import timm
 import torch
@@ -11,11 +13,12 @@ from captum.attr import LayerAttribution, LayerGradCam
 import xaibench
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.explainers import METHODS, find_layer
+from xaibench.models import Normalized
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 UNIQUE = sorted({info.name for _, info in METHODS.items()})
-SEEDED = {"smoothgrad", "gradient_shap", "random"}
+SEEDED = {"smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap", "random", "feature_permutation"}
 
 
 class SmallNet(torch.nn.Module):
@@ -115,6 +118,50 @@ def test_wrapped_model_layer_is_found_by_full_name(tv_resnet: torch.nn.Module) -
     assert find_layer(_small(), _x(1, 16)) == "features"
 
 
+def test_layer_names_are_the_networks_own_inside_xaibench_wrappers(tv_resnet: torch.nn.Module) -> None:
+    """load_model's normalisation wrapper adds no prefix: layers are named as in the user's network."""
+    model = Normalized(tv_resnet)
+    x, t = _x(2, 64), torch.tensor([1, 3])
+    found = xaibench.explainer("gradcam", model)
+    maps = found(x, t)
+    assert found.layer == "layer4" and find_layer(model, x) == "layer4"
+    torch.testing.assert_close(xaibench.explainer("gradcam", model, layer="layer4")(x, t), maps)
+    with pytest.raises(InputError, match="'layer4'"):
+        xaibench.explainer("gradcam", model, layer="net.layer4")
+    deeplift = xaibench.explainer("deeplift", model)(x, t)  # ReLUs reused per block are split by their own names
+    assert deeplift.shape == (2, 64, 64) and torch.isfinite(deeplift).all()
+
+
+OWN = sorted({info.name for _, info in METHODS.items() if info.cls.__module__.rsplit(".", 1)[-1]
+              in ("gradient", "cam", "baselines")})
+
+
+@pytest.mark.parametrize("name", OWN)
+def test_every_method_returns_detached_maps(name: str) -> None:
+    model, x, t = _small(), _x(2, 16), torch.tensor([1, 3])
+    params = {"window": 6, "stride": 4} if name == "occlusion" else {"patch": 4} if name == "feature_ablation" else {}
+    exp = xaibench.explainer(name, model, **params)
+    maps, raw = exp(x, t), exp.attribute(x, t)
+    assert not maps.requires_grad and not raw.requires_grad and not exp.differentiable, name
+    maps.numpy(), raw.numpy()  # noqa: B018  (deeplift's maps kept their graph: .numpy() raised)
+
+
+def test_guided_methods_on_a_model_without_relu_modules_warn_and_equal_saliency() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.GELU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    x, t = _x(2, 16), torch.tensor([0, 4])
+    saliency = xaibench.explainer("saliency", model)(x, t)
+    for name in ("guided_backprop", "deconvolution"):
+        with pytest.warns(UserWarning, match="no nn.ReLU module.*'saliency'"):
+            exp = xaibench.explainer(name, model)
+        assert exp.same_as == "saliency"
+        torch.testing.assert_close(exp(x, t), saliency)
+    with pytest.warns(UserWarning, match="no nn.ReLU module"):
+        assert xaibench.explainer("guided_gradcam", model, layer="0").same_as is None
+    assert xaibench.explainer("guided_backprop", _small()).same_as is None  # ReLU modules: no warning
+
+
 def test_differentiable_gradcam_carries_gradients(tv_resnet: torch.nn.Module) -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
@@ -145,9 +192,12 @@ def test_every_method_runs_with_right_shapes(kind: str, models: dict) -> None:
     model, size = models[kind]
     x, t = _x(2, size), torch.tensor([1, 3])
     for name in UNIQUE:
-        params = {"n_samples": 2} if name in ("smoothgrad", "gradient_shap") else {}
+        params = {"n_samples": 2} if name in ("smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap") else {}
         params |= {"steps": 4} if name == "integrated_gradients" else {}
-        maps = xaibench.explainer(name, model, max_batch=256, **params)(x, t)
+        params |= {"n_masks": 64} if name == "rise" else {}
+        with warnings.catch_warnings():  # a ViT has no nn.ReLU: guided methods say they equal saliency
+            warnings.filterwarnings("ignore", message=".*no nn.ReLU module", category=UserWarning)
+            maps = xaibench.explainer(name, model, max_batch=256, **params)(x, t)
         assert maps.shape == (2, size, size) and maps.dtype == torch.float32, name
         assert torch.isfinite(maps).all(), name
     vit_native = xaibench.explainer("gradcam", models["timm_vit"][0], upsample=False)(_x(2, 32), t)

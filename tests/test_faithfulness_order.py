@@ -219,6 +219,16 @@ def test_gomez_correlations_are_one_when_saliency_is_the_contribution(cumulative
     assert torch.isnan(flat.scores).all() and flat.reasons is not None
 
 
+def test_ic_default_blur_is_gomez_original() -> None:
+    """IC starts from the full baseline: with the sum model its first score is the sum of Gomez et al.'s
+    blur (a max(H // 5, 9) box made odd, 11 for 50 rows, zero padding: darker borders)."""
+    x = torch.rand(2, 1, 50, 40, generator=torch.Generator().manual_seed(0))
+    ic = metrics.insertion_correlation(SumModel(), x, x[:, 0], 0, output="logit", steps=10)
+    blurred = torch.nn.functional.avg_pool2d(x, 11, stride=1, padding=5, count_include_pad=True)
+    torch.testing.assert_close(ic.curves[:, 0], blurred.flatten(1).sum(1), rtol=1e-5, atol=1e-4)
+    assert (ic.curves[:, 0] < x.flatten(1).sum(1) - 1.0).all()  # the zero padding darkens the borders
+
+
 def test_dc_step_grouping_follows_gomez_bound() -> None:
     x = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     r = metrics.deletion_correlation(SumModel(), x, x[:, 0], 0, steps=196, output="logit")

@@ -112,9 +112,9 @@ def test_model_hash_stable_and_sensitive(digits_cnn):
 
 
 @pytest.mark.parametrize(("spec", "size", "layer", "mean", "std"), [
-    ("torchvision:resnet18", 64, "net.layer4", IMAGENET_MEAN, IMAGENET_STD),
-    ("timm:resnet18", 64, "net.layer4", IMAGENET_MEAN, IMAGENET_STD),
-    ("timm:vit_tiny_patch16_224", 224, "net.blocks.11.norm1", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # timm's cfg
+    ("torchvision:resnet18", 64, "layer4", IMAGENET_MEAN, IMAGENET_STD),  # layer names of the network itself
+    ("timm:resnet18", 64, "layer4", IMAGENET_MEAN, IMAGENET_STD),
+    ("timm:vit_tiny_patch16_224", 224, "blocks.11.norm1", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # timm's cfg
 ])
 def test_random_init_pixel_space_and_gradcam(spec, size, layer, mean, std):
     torch.manual_seed(0)

@@ -187,3 +187,69 @@ def test_bad_input(setup) -> None:
     with pytest.raises(InputError, match="2 classes"):
         random_logit(nn.Sequential(nn.Flatten(), nn.Linear(300, 1)), x, torch.zeros(3, dtype=torch.long), edges)
     assert METRICS.get("random_logit").info.category == "randomisation"
+
+
+@pytest.mark.parametrize("wrap", ["weight_norm", "spectral_norm"])
+@pytest.mark.parametrize("randomise", ["reset", "normal"])
+def test_parametrized_layers_are_randomised(setup, wrap, randomise) -> None:
+    """A layer under a weight_norm / spectral_norm parametrization: the weight it computes with changes
+    (resetting the computed tensor in place changed nothing: similarity 1.0) and is restored after."""
+    model, x, y = setup
+    getattr(nn.utils.parametrizations, wrap)(model.conv1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model.conv1.weight.detach().clone()
+    seen = []
+
+    def explainer(inputs: Tensor, targets: Tensor) -> Tensor:
+        seen.append(model.conv1.weight.detach().clone())
+        return Saliency(model)(inputs, targets)
+
+    r = model_parameter_randomisation(model, x, y, explainer, layers=["conv1"], randomise=randomise)
+    assert r.params["layers"] == ["conv1"]
+    assert not torch.allclose(seen[-1], weight)
+    assert (r.scores < 0.99).all()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(model.conv1.weight, weight)
+
+
+def test_train_mode_model_keeps_its_statistics_and_mode(setup) -> None:
+    """The snapshot is taken before the first forward: batch-norm running statistics of a model in
+    train mode are the same afterwards, and every module's mode is restored."""
+    model, x, y = setup
+    model.train()
+    model.fc.eval()  # a mixed-mode model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def explainer(inputs: Tensor, targets: Tensor) -> Tensor:
+        model.eval()  # an explainer that changes the mode
+        return Saliency(model)(inputs, targets)
+
+    model_parameter_randomisation(model, x, y, explainer, order="bottom_up")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.training and model.bn.training and not model.fc.training
+
+
+def test_layer_names_of_a_wrapped_model_are_the_networks_own(setup) -> None:
+    from xaibench.models import Normalized
+
+    model, x, y = setup
+    wrapped = Normalized(model, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert [n for n, _ in randomisable_layers(wrapped)] == [n for n, _ in randomisable_layers(model)]
+    r = model_parameter_randomisation(wrapped, x, y, Saliency(wrapped), layers=["fc", "conv2"])
+    assert r.params["layers"] == ["fc", "conv2"]
+    with pytest.raises(InputError, match="'fc'"):
+        model_parameter_randomisation(wrapped, x, y, Saliency(wrapped), layers=["net.fc"])
+
+
+def test_random_logit_nan_says_which_map_is_constant(setup) -> None:
+    model, x, y = setup
+
+    def explainer(inputs: Tensor, targets: Tensor) -> Tensor:  # flat for every class but the target
+        maps = Saliency(model)(inputs, targets)
+        return torch.where((targets == y)[:, None, None], maps, torch.zeros_like(maps))
+
+    r = random_logit(model, x, y, explainer, similarity="pearson")
+    assert torch.isnan(r.scores).all()
+    assert all("other class" in reason and "constant" in reason for reason in r.reasons)

@@ -14,6 +14,7 @@ from captum.metrics import sensitivity_max
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
 from torch import Tensor, nn
 
+from xaibench.checks import set_input_range
 from xaibench.errors import InputError
 from xaibench.metrics import METRICS
 from xaibench.metrics.robustness import (
@@ -123,7 +124,7 @@ def test_max_sensitivity_matches_captum(setup) -> None:
 @pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU")
 def test_captum_published_convnet_case() -> None:
     """Captum's tests/metrics/test_sensitivity.py convnet cases: expected sensitivity 0 (+-0.05)."""
-    model = BasicModel_ConvNet_One_Conv()
+    model = set_input_range(BasicModel_ConvNet_One_Conv(), None)  # Captum's pixels run 1..16
     x = torch.stack([torch.arange(1, 17).float()] * 20, dim=0).view(20, 1, 4, 4)
     targets = torch.tensor([1] * 20)
     ramp = torch.arange(-8, 8).view(1, 4, 4).float() / 100  # Captum's test perturbation

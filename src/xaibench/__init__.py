@@ -14,6 +14,11 @@ _EXPORTS = {
     "metrics": "xaibench.metrics",
     "load_results": "xaibench.store",
     "ExplanationMetrics": "xaibench.compat",
+    # autotimm's explainer class names, so its examples run after swapping the import
+    "GradCAM": "xaibench.compat",
+    "GradCAMPlusPlus": "xaibench.compat",
+    "IntegratedGradients": "xaibench.compat",
+    "set_input_range": "xaibench.checks",
 }
 
 

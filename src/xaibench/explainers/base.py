@@ -9,6 +9,11 @@ Conventions shared by every method:
   the raw attribution (`attribute`) is reduced over channels (`reduce`), its sign handled (`sign`)
   and, for layer-resolution methods, upsampled bilinearly to the input size (`upsample`).
 - the model is used as given (call ``model.eval()`` first); it is never modified.
+- maps and raw attributions are detached from the autograd graph (`Explainer.differentiable`
+  says when a method keeps it); images are checked against the model's pixel range
+  (`xaibench.checks.check_images`).
+- layer names are those of the user's network: xaibench's wrappers (the normalisation
+  `load_model` prepends) add no prefix (`network`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from torch import Tensor, nn
 
 from xaibench.checks import check_images, check_targets
 from xaibench.errors import InputError
+from xaibench.models import unwrap
 from xaibench.registry import Registry
 
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
@@ -126,12 +132,32 @@ def quiet_captum() -> Iterator[None]:
         yield
 
 
+def warn_without_relu(explainer: Explainer, model: nn.Module, same_as: str | None) -> None:
+    """Warn (and record `same_as` on `explainer`) when `model` has no ``nn.ReLU`` module: rules that
+    modify the ReLU backward pass (guided backprop, deconvolution) then never apply."""
+    if any(isinstance(m, nn.ReLU) for m in model.modules()):
+        return
+    explainer.same_as = same_as
+    equal = f"its maps equal those of {same_as!r} with the same reduce and sign" if same_as else \
+        "its guided part is the plain gradient"
+    warnings.warn(f"method {explainer.name!r}: the model has no nn.ReLU module (GELU, or ReLUs called as "
+                  f"functions), so its modified ReLU backward pass never applies; {equal}", UserWarning,
+                  stacklevel=3)
+
+
+def network(model: nn.Module) -> nn.Module:
+    """The user's network inside xaibench's wrappers (`xaibench.models.Normalized` / `Logits`);
+    layer names, given and reported, are its ``named_modules()`` names."""
+    return unwrap(model)
+
+
 def record_forward(model: nn.Module, inputs: Tensor, select: Callable[[nn.Module], bool]
                    ) -> list[tuple[str, Any]]:
-    """(name, output) of each call of a selected sub-module during one no-grad forward, in order."""
+    """(name, output) of each call of a selected sub-module of the user's network (`network`, its
+    root excluded) during one no-grad forward of `model`, in order."""
     seen: list[tuple[str, Any]] = []
     hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: seen.append((n, out)))
-             for n, m in model.named_modules() if select(m)]
+             for n, m in network(model).named_modules() if n and select(m)]
     try:
         with torch.no_grad():
             model(inputs)
@@ -179,6 +205,8 @@ class Explainer:
         self.sign = sign
         self.max_batch = max_batch
         self.params: dict[str, Any] = {"reduce": reduce, "sign": sign, "max_batch": max_batch}
+        self.differentiable = False  # True: maps keep their autograd graph (detached otherwise)
+        self.same_as: str | None = None  # a method whose maps this one equals on this model, if any
         self._num_classes: int | None = None
 
     @classmethod
@@ -194,7 +222,7 @@ class Explainer:
         return model_device(self.model)
 
     def _validate(self, inputs: Tensor, targets: Tensor | int | list[int]) -> tuple[Tensor, Tensor]:
-        check_images(inputs)
+        check_images(inputs, model=self.model)
         inputs = inputs.to(self.device)
         if self._num_classes is None:
             with torch.no_grad():
@@ -206,10 +234,12 @@ class Explainer:
         return inputs, t
 
     def attribute(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
-        """Raw attribution [B, C', h, w] (C' = C for gradient methods, 1 for CAMs)."""
+        """Raw attribution [B, C', h, w] (C' = C for gradient methods, 1 for CAMs), detached from
+        the autograd graph unless `differentiable` (the one place where maps are detached)."""
         inputs, t = self._validate(inputs, targets)
         with quiet_captum():
-            return self._attribute(inputs, t)
+            raw = self._attribute(inputs, t)
+        return raw if self.differentiable else raw.detach()
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError

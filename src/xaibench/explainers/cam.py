@@ -10,7 +10,8 @@ Target layer: by default the last module whose output is a 4-D feature map with 
 above 1x1 (outermost module when several return the same tensor: ``layer4`` of a ResNet); for timm
 VisionTransformer models the first norm of the last block (``blocks.-1.norm1``: after the final
 block only the class token reaches the head, so patch tokens there have zero gradient).
-Override with ``layer="net.layer4"`` (a name from ``model.named_modules()``).
+Override with ``layer="layer4"``: a name from the network's ``named_modules()``; for models from
+`load_model` the names of the network inside its normalisation wrapper (no ``net.`` prefix).
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ from captum.attr import GuidedBackprop
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.explainers.base import Explainer, no_inplace_relu, record_forward, register, upsample
+from xaibench.explainers.base import (
+    Explainer,
+    network,
+    no_inplace_relu,
+    record_forward,
+    register,
+    upsample,
+    warn_without_relu,
+)
 
 
 def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of the first timm-style vision transformer inside `model`, if any."""
-    for name, m in model.named_modules():
+    for name, m in network(model).named_modules():
         if hasattr(m, "blocks") and hasattr(m, "patch_embed") and hasattr(m, "num_prefix_tokens"):
             return name, m
     return None
@@ -40,7 +49,7 @@ def find_layer(model: nn.Module, inputs: Tensor) -> str:
     if vit is not None:
         prefix = f"{vit[0]}." if vit[0] else ""
         return f"{prefix}blocks.{len(vit[1].blocks) - 1}.norm1"
-    seen = record_forward(model, inputs[:1], lambda m: m is not model)
+    seen = record_forward(model, inputs[:1], lambda m: True)
     maps = [(n, o) for n, o in seen if isinstance(o, Tensor) and o.ndim == 4]
     spatial = [(n, o) for n, o in maps if o.shape[2] * o.shape[3] > 1] or maps
     if not spatial:
@@ -54,12 +63,12 @@ def find_layer(model: nn.Module, inputs: Tensor) -> str:
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module called `name`; an unknown name lists the closest module names."""
-    modules = dict(model.named_modules())
+    """The layer called `name` in the user's network (`network`); an unknown name lists the closest."""
+    modules = dict(network(model).named_modules())
     if name not in modules or not name:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InputError(f"model has no module {name!r}.{hint}")
+        raise InputError(f"the model has no layer {name!r}.{hint}")
     return modules[name]
 
 
@@ -149,12 +158,12 @@ class GradCAMExplainer(CAMExplainer):
                  max_batch: int = 64) -> None:
         super().__init__(model, layer=layer, upsample=upsample, reduce=reduce, sign=sign, max_batch=max_batch)
         self.create_graph = bool(create_graph)
+        self.differentiable = self.create_graph
         self.params.update(create_graph=create_graph)
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets, self.create_graph)
-        cam = _relu_cam(grads.mean(dim=(2, 3)), acts)
-        return cam if self.create_graph else cam.detach()
+        return _relu_cam(grads.mean(dim=(2, 3)), acts)
 
 
 @register("gradcam_plus_plus", cost="1 forward + 1 backward", resolution="layer", aliases=("gradcam++",))
@@ -171,7 +180,7 @@ class GradCAMPlusPlusExplainer(CAMExplainer):
         denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
         weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
-        return _relu_cam(weights, acts).detach()
+        return _relu_cam(weights, acts)
 
 
 @register("layercam", cost="1 forward + 1 backward", resolution="layer")
@@ -180,7 +189,7 @@ class LayerCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        return _relu_cam(F.relu(grads), acts).detach()
+        return _relu_cam(F.relu(grads), acts)
 
 
 @register("scorecam", cost="1 + K forwards (K = channels of the layer, e.g. 512 for ResNet-18 layer4)",
@@ -226,10 +235,11 @@ class GuidedGradCAMExplainer(CAMExplainer):
                  sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, layer=layer, upsample=True, reduce=reduce, sign=sign, max_batch=max_batch)
         del self.params["upsample"]
+        warn_without_relu(self, model, None)
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        cam = upsample(_relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0].detach(), inputs.shape[2:])
+        cam = upsample(_relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0], inputs.shape[2:])
         with no_inplace_relu(self.model):
             guided = GuidedBackprop(self.model).attribute(inputs, target=targets)
         return guided * cam[:, None]

@@ -24,7 +24,14 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.explainers.base import Explainer, no_inplace_relu, record_forward, register
+from xaibench.explainers.base import (
+    Explainer,
+    network,
+    no_inplace_relu,
+    record_forward,
+    register,
+    warn_without_relu,
+)
 from xaibench.seeding import make_generator
 
 
@@ -116,6 +123,7 @@ class SmoothGradExplainer(Explainer):
     """
 
     default_reduce = "max_abs"
+    nt_type: ClassVar[str] = "smoothgrad"  # Captum NoiseTunnel aggregation
     PARAMS = {
         "n_samples": "number of noisy copies per image",
         "noise": "standard deviation of the Gaussian noise, in pixel units",
@@ -134,7 +142,7 @@ class SmoothGradExplainer(Explainer):
         nt = NoiseTunnel(Saliency(self.model))
         with seeded_global_rng(self.generator, inputs.device):
             return nt.attribute(
-                inputs, nt_type="smoothgrad", nt_samples=self.n_samples, stdevs=self.noise,
+                inputs, nt_type=self.nt_type, nt_samples=self.n_samples, stdevs=self.noise,
                 nt_samples_batch_size=_rows(self.max_batch, inputs.shape[0]), target=targets, abs=False,
             )
 
@@ -143,11 +151,18 @@ class SmoothGradExplainer(Explainer):
 class GuidedBackpropExplainer(Explainer):
     """Guided Backpropagation (Springenberg et al. 2015): ReLU backward passes positive gradients only.
 
-    Default map: max over channels of |attribution|.
+    Default map: max over channels of |attribution|. The rule applies to ``nn.ReLU`` modules; on a
+    model without them (a ViT) the maps equal saliency's: a warning says so and ``same_as`` is
+    ``"saliency"``.
     """
 
     default_reduce = "max_abs"
     engine: ClassVar[type[GuidedBackprop] | type[Deconvolution]] = GuidedBackprop
+
+    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
+                 max_batch: int = 64) -> None:
+        super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
+        warn_without_relu(self, model, "saliency")
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         with no_inplace_relu(self.model):
@@ -158,7 +173,8 @@ class GuidedBackpropExplainer(Explainer):
 class DeconvolutionExplainer(GuidedBackpropExplainer):
     """Deconvolution (Zeiler & Fergus 2014): ReLU applied to the backward signal.
 
-    Default map: max over channels of |attribution|.
+    Default map: max over channels of |attribution|. Without ``nn.ReLU`` modules it equals
+    saliency, as guided backprop does.
     """
 
     engine = Deconvolution
@@ -190,7 +206,7 @@ def split_reused_relus(model: nn.Module, inputs: Tensor) -> nn.Module:
     model = copy.deepcopy(model)
     for name in reused:
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, _PerCallReLU(calls[name]))
+        setattr(network(model).get_submodule(parent), attr, _PerCallReLU(calls[name]))
     return model
 
 

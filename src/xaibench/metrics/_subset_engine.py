@@ -44,7 +44,7 @@ def validate(
 
     The number of classes is read from one forward pass of the first image.
     """
-    check_images(inputs)
+    check_images(inputs, model=model)
     check_maps(attributions, batch=inputs.shape[0])
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")

@@ -14,7 +14,8 @@ baseline. Score: the trapezoid area over the steps+1 points with ``dx = 1 / step
   s_orig``; ``final_rise = (s_K - s_0) / |s_orig - s_0|`` (s_0 = baseline score; autotimm 0.7.37
   divides by the absolute value). Where ``|s_orig - s_0| < 1e-6`` autotimm reports 0; here
   ``final_rise`` is NaN (the rise is undefined). For insertion the unperturbed image costs one
-  more forward.
+  more forward. Dividing by a tiny score inflates the area (up to ``1 / s_orig``: 19,722 for a
+  class of probability 5e-5), so a score below `SMALL_SCORE` gives a warning naming the images.
 - ``normalize=None``: ``floor(k * F / steps)`` features after step k (all at the last step) and
   the raw area (Petsiuk et al.; Gomez et al.'s DAUC / IAUC); ``final_drop = s_0 - s_K``,
   ``final_rise = s_K - s_0``.
@@ -22,6 +23,7 @@ baseline. Score: the trapezoid area over the steps+1 points with ``dx = 1 / step
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -39,6 +41,24 @@ from xaibench.perturbation.engine import (
     step_counts,
     superpixel_segments,
 )
+
+SMALL_SCORE = 0.01  # normalising by a score below this inflates the area (up to 1 / score)
+
+
+def warn_small_original(what: str, original: Tensor) -> None:
+    """Warn when scores are normalised by an unperturbed score in (0, `SMALL_SCORE`): the explained
+    class is one the model finds unlikely, and dividing by its score inflates the result."""
+    small = (original > 0) & (original < SMALL_SCORE)
+    if not bool(small.any()):
+        return
+    idx = small.nonzero().flatten().tolist()
+    warnings.warn(
+        f"{what}: the explained class scores below {SMALL_SCORE} on {len(idx)} image(s) {idx[:10]} (lowest "
+        f"{float(original[small].min()):.3g}); normalising by that score inflates the result up to 1 / score. "
+        "Explain a class the model finds likely (the predicted one), or do not normalise (normalize=None).",
+        UserWarning, stacklevel=3,
+    )
+
 
 _REFS = (
     "Petsiuk, Das, Saenko. RISE: Randomized Input Sampling for Explanation of Black-box Models. BMVC 2018.",
@@ -85,6 +105,7 @@ def _run(
     if params["normalize"] == "original":
         original = curves[:, 0] if mode == "delete" else class_scores(model, x, t, output=params["output"],
                                                                        max_batch=params["max_batch"])
+        warn_small_original(info.name, original)
         bad = original <= 0
         denom = original.double().masked_fill(bad, float("nan"))
         area = area / denom

@@ -8,22 +8,29 @@
 Scores are similarities (lower is better: a method that passes produces different maps). The
 similarity is computed by `xaibench.metrics.similarity` after the same preprocessing on both maps:
 ``absolute`` takes ``|map|``, ``normalise`` divides each map by its own max ``|value|`` (all-zero
-maps unchanged; Quantus' ``normalise_by_max`` divides by the max over the whole batch). `model` is modified in place while a check runs and
-its weights (the whole ``state_dict``, buffers included) are ALWAYS restored afterwards, also when
-the explainer raises.
+maps unchanged; Quantus' ``normalise_by_max`` divides by the max over the whole batch). `model`
+is modified in place while a check runs; its ``state_dict`` (buffers included, snapshot taken
+before the first forward, so batch-norm statistics of a model in train mode do not drift) and the
+train / eval mode of every module are ALWAYS restored afterwards, also when the explainer raises.
+Layers under ``torch.nn.utils.parametrizations`` (``weight_norm``, ``spectral_norm``) are
+randomised through their parametrization. Layer names are those of the user's network
+(`xaibench.explainers.base.network`: no wrapper prefix).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from xaibench.checks import check_images, check_targets
 from xaibench.errors import InputError
+from xaibench.explainers.base import network
 from xaibench.metrics import similarity as sim
-from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.metrics.robustness import explain_chunked
 from xaibench.seeding import make_generator
 
@@ -52,28 +59,72 @@ def _prepare(maps: Tensor, absolute: bool, normalise: bool) -> Tensor:
 
 
 def _targets(model: nn.Module, inputs: Tensor, targets: Tensor | int) -> tuple[Tensor, int]:
-    check_images(inputs)
+    check_images(inputs, model=model)
     with torch.no_grad():
         n_classes = int(model(inputs[:1]).shape[1])
     return check_targets(targets, inputs.shape[0], n_classes).to(inputs.device), n_classes
 
 
+@contextlib.contextmanager
+def restored(model: nn.Module, *, state: bool = True) -> Iterator[dict[str, Tensor]]:
+    """Snapshot `model`'s ``state_dict`` (with ``state=True``) and the train / eval mode of every
+    module; restore both when the block ends, also on errors. Yields the snapshot."""
+    modes = [(m, m.training) for m in model.modules()]
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if state else {}
+    try:
+        yield saved
+    finally:
+        if state:
+            model.load_state_dict(saved)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _write(layer: nn.Module, values: dict[str, Tensor]) -> None:
+    """Set tensors of `layer` by name: parametrized ones through their parametrization's
+    ``right_inverse`` (weight_norm: magnitude and direction), plain parameters in place."""
+    with torch.no_grad():
+        for name, value in values.items():
+            if parametrize.is_parametrized(layer, name):
+                setattr(layer, name, value.to(getattr(layer, name)))
+            else:
+                getattr(layer, name).copy_(value)
+
+
+def _effective(layer: nn.Module) -> dict[str, Tensor]:
+    """The tensors the layer computes with: its own parameters, parametrized ones as computed."""
+    if not parametrize.is_parametrized(layer):
+        return dict(layer.named_parameters(recurse=False))
+    names = [n for n, _ in layer.named_parameters(recurse=False)] + list(layer.parametrizations)
+    with torch.no_grad():
+        return {n: getattr(layer, n) for n in names}
+
+
 def reset_randomiser(layer: nn.Module, generator: torch.Generator) -> None:
     """Re-initialise `layer` with its own ``reset_parameters()`` (PyTorch's default init, as Quantus),
-    under a seed drawn from `generator`; the global RNG state is left untouched."""
+    under a seed drawn from `generator`; the global RNG state is left untouched. A parametrized
+    layer is reset in its parametrization's cache (where ``reset_parameters`` writes into the
+    computed weight), and the new weight is written through the parametrization."""
     seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     cuda = sorted({p.device.index or 0 for p in layer.parameters() if p.device.type == "cuda"})
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
-        layer.reset_parameters()  # type: ignore[operator]
+        if not parametrize.is_parametrized(layer):
+            layer.reset_parameters()  # type: ignore[operator]
+            return
+        with parametrize.cached():
+            layer.reset_parameters()  # type: ignore[operator]
+            values = {n: t.detach().clone() for n, t in _effective(layer).items()}
+        _write(layer, values)
 
 
 def normal_randomiser(layer: nn.Module, generator: torch.Generator) -> None:
     """Overwrite every parameter of `layer` (not of its children) with standard normal draws, as
-    autotimm's ``model_parameter_randomization_test`` does for all parameters."""
-    with torch.no_grad():
-        for p in layer.parameters(recurse=False):
-            p.copy_(torch.randn(p.shape, generator=generator, device=generator.device).to(p.device, p.dtype))
+    autotimm's ``model_parameter_randomization_test`` does for all parameters (a parametrized
+    weight: its computed value is drawn and written through the parametrization)."""
+    draws = {n: torch.randn(t.shape, generator=generator, device=generator.device)
+             for n, t in _effective(layer).items()}
+    _write(layer, draws)
 
 
 RANDOMISERS: dict[str, Randomiser] = {"reset": reset_randomiser, "normal": normal_randomiser}
@@ -81,15 +132,16 @@ RANDOMISERS: dict[str, Randomiser] = {"reset": reset_randomiser, "normal": norma
 
 def randomisable_layers(model: nn.Module, layers: Sequence[str] | str | None = None) -> list[tuple[str, nn.Module]]:
     """Modules with a ``reset_parameters`` method, in ``named_modules`` order (input to output for
-    sequential models), as Quantus enumerates them; `layers` selects some of them by name."""
-    found = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "reset_parameters", None))]
+    sequential models), as Quantus enumerates them, named as in the user's network (`network`);
+    `layers` selects some of them by name."""
+    found = [(n, m) for n, m in network(model).named_modules() if callable(getattr(m, "reset_parameters", None))]
     if layers == "blocks":
-        return _blocks(model)
+        return _blocks(network(model))
     if layers is not None:
         names = {n for n, _ in found}
         unknown = [n for n in layers if n not in names]
         if unknown:
-            raise InputError(f"layers {unknown} are not randomisable modules of the model; choose from {sorted(names)}")
+            raise InputError(f"layers {unknown} are not randomisable layers of the model; choose from {sorted(names)}")
         found = [(n, m) for n, m in found if n in set(layers)]
     if not found:
         raise InputError("the model has no layer with parameters to randomise")
@@ -126,6 +178,16 @@ def _blocks(root: nn.Module) -> list[tuple[str, nn.Module]]:
 def _parts(layer: nn.Module) -> list[nn.Module]:
     """The randomisable layers of a step: the layer itself, or every randomisable layer of a block."""
     return [layer] if _resettable(layer) else [m for m in layer.modules() if _resettable(m)]
+
+
+_OVERFLOW = "the explanation of the randomised model holds NaN or Inf values"
+
+
+def _finite_similarity(compare: Callable[[Tensor], Tensor], maps: Tensor) -> tuple[Tensor, Tensor]:
+    """(similarity [B] to the reference, NaN where a map is not finite; the non-finite flags [B])."""
+    bad = ~torch.isfinite(maps.flatten(1)).all(dim=1)
+    scores = compare(maps.masked_fill(bad.view(-1, *[1] * (maps.ndim - 1)), 0.0))
+    return scores.masked_fill(bad.to(scores.device), float("nan")), bad
 
 
 @register_metric(MetricInfo(
@@ -180,17 +242,17 @@ def model_parameter_randomisation(
             raise InputError(f"randomise must be one of {sorted(RANDOMISERS)} or a callable, got {randomise!r}")
         randomise = RANDOMISERS[randomise]
     compare = _similarity(similarity)
-    t, _ = _targets(model, inputs, targets)
     chosen = randomisable_layers(model, layers)
     if order == "top_down":
         chosen = chosen[::-1]
     gen = make_generator(seed, inputs.device)
-    original = explain_chunked(explainer, inputs, t, max_batch)
-    to_reference = sim.against(compare, _prepare(original, absolute, normalise))  # reference ranked once
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     columns: list[Tensor] = []
-    randomised = original
-    try:
+    overflow = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
+    with restored(model) as state:  # before the first forward: train-mode batch norm must not drift
+        t, _ = _targets(model, inputs, targets)
+        original = explain_chunked(explainer, inputs, t, max_batch)
+        to_reference = sim.against(compare, _prepare(original, absolute, normalise))  # reference ranked once
+        randomised = original
         for i, (_, layer) in enumerate(chosen):
             if order == "independent":
                 model.load_state_dict(state)
@@ -198,26 +260,45 @@ def model_parameter_randomisation(
                 randomise(part, gen)
             if skip_layers and i < len(chosen) - 1:
                 continue
-            randomised = explain_chunked(explainer, inputs, t, max_batch)
+            randomised = explain_chunked(explainer, inputs, t, max_batch, finite=False)
             if randomised.shape != original.shape:
                 raise InputError(f"maps after randomisation have shape {tuple(randomised.shape)}, expected "
                                  f"{tuple(original.shape)}")
-            columns.append(to_reference(_prepare(randomised, absolute, normalise)).to(inputs.device))
-    finally:
-        model.load_state_dict(state)
+            column, bad = _finite_similarity(lambda m: to_reference(_prepare(m, absolute, normalise)), randomised)
+            columns.append(column.to(inputs.device))
+            overflow |= bad.to(inputs.device)
     curves = torch.stack(columns, dim=1).float()
     scores = curves.nanmean(dim=1) if score == "mean" else curves[:, -1]
     final = curves if order == "independent" else curves[:, -1:]
     passed = (final < threshold).all(dim=1)
-    reasons = nan_reasons(torch.isnan(scores), "the similarity is undefined (a constant map)")
+    reasons = tuple(None if not nan else _OVERFLOW if over else "the similarity is undefined (a constant map)"
+                    for nan, over in zip(torch.isnan(scores).tolist(), overflow.tolist()))
     params = dict(order=order, similarity=similarity if isinstance(similarity, str) else "custom",
                   absolute=absolute, normalise=normalise, score=score, threshold=threshold,
                   layers=[n for n, _ in chosen], skip_layers=skip_layers,
                   randomise=getattr(randomise, "__name__", "custom"), max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)
     return MetricResult(scores=scores, info=model_parameter_randomisation.info,  # type: ignore[attr-defined]
-                        params=params, curves=curves, reasons=reasons,
+                        params=params, curves=curves, reasons=reasons if any(reasons) else None,
                         extras={"passed": passed, "maps": original, "randomised_maps": randomised})
+
+
+def _constant_reasons(undefined: Tensor, maps: Tensor, off_maps: Tensor, off: Tensor) -> tuple[str | None, ...] | None:
+    """Why a similarity is NaN: which of the two maps is constant (a correlation needs variation)."""
+    if not bool(undefined.any()):
+        return None
+
+    def constant(m: Tensor) -> list[bool]:
+        flat = m.flatten(1)
+        return (flat.amax(dim=1) == flat.amin(dim=1)).tolist()
+
+    out = []
+    for nan, same, same_off, k in zip(undefined.tolist(), constant(maps), constant(off_maps), off.tolist()):
+        which = [w for w, c in (("the target class", same), (f"the other class ({k})", same_off)) if c]
+        out.append(None if not nan else
+                   f"the map of {' and of '.join(which)} is constant, so the similarity is undefined" if which else
+                   "the similarity is undefined for these maps")
+    return tuple(out)
 
 
 @register_metric(MetricInfo(
@@ -258,7 +339,7 @@ def random_logit(
     maps = explain_chunked(explainer, inputs, t, max_batch)
     off_maps = explain_chunked(explainer, inputs, off, max_batch)
     scores = compare(_prepare(maps, absolute, normalise), _prepare(off_maps, absolute, normalise)).float()
-    reasons = nan_reasons(torch.isnan(scores), "the similarity is undefined (a constant map)")
+    reasons = _constant_reasons(torch.isnan(scores), maps, off_maps, off)
     params = dict(similarity=similarity if isinstance(similarity, str) else "custom", absolute=absolute,
                   normalise=normalise, threshold=threshold, max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_images, check_targets
+from xaibench.checks import check_images, check_maps, check_targets, perturbed_inputs
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.metrics.infidelity import gaussian_perturbation
@@ -59,11 +59,14 @@ def uniform_noise(radius: float) -> PerturbFn:
 
 
 def gaussian_noise(std: float, clip: bool = False) -> PerturbFn:
-    """``x + n`` with ``n ~ N(0, std^2)`` i.i.d. per pixel and channel; `clip` clamps to [0, 1]."""
-    draw = gaussian_perturbation(std)
+    """``x + n`` with ``n ~ N(0, std^2)`` i.i.d. per pixel and channel; `clip` clamps to [0, 1].
+    ``std=0`` leaves the rows unchanged (no draws)."""
+    if not std >= 0:
+        raise InputError(f"the noise standard deviation must be >= 0, got {std}")
+    draw = gaussian_perturbation(std) if std > 0 else None
 
     def perturb(rows: Tensor, generator: torch.Generator) -> Tensor:
-        noisy = draw(rows, generator)[1]  # rows - noise; the noise is symmetric
+        noisy = rows.clone() if draw is None else draw(rows, generator)[1]  # rows - noise; the noise is symmetric
         return noisy.clamp(0, 1) if clip else noisy
 
     return perturb
@@ -76,20 +79,18 @@ def _positive(value: int, name: str) -> int:
 
 
 def explain_chunked(explainer: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, targets: Tensor,
-                    max_batch: int, *, finite: bool = False) -> Tensor:
+                    max_batch: int, *, finite: bool = True) -> Tensor:
     """Explain `inputs` in chunks of at most `max_batch`; returns detached maps [B, h, w].
 
-    finite: raise `InputError` when a map holds NaN or Inf (the robustness metrics and the
-    autotimm facade ask for it; the randomisation checks let randomised models produce them).
+    The explainer's maps are checked exactly as `attributions` are (`check_maps`: floating point,
+    [B, h, w], one per image, finite). ``finite=False`` lets NaN / Inf through (maps of a
+    randomised model may overflow; the randomisation checks score them NaN with a reason).
     """
     out = []
     for start in range(0, inputs.shape[0], max_batch):
-        maps = explainer(inputs[start:start + max_batch], targets[start:start + max_batch])
-        if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[0] != inputs[start:start + max_batch].shape[0]:
-            shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
-            raise InputError(f"the explainer must return maps [B, H, W] for inputs [B, C, H, W], got {shape}")
-        if finite and maps.is_floating_point() and not torch.isfinite(maps).all():
-            raise InputError("the explainer returned maps with NaN or Inf values")
+        chunk = inputs[start:start + max_batch]
+        maps = explainer(chunk, targets[start:start + max_batch])
+        check_maps(maps, chunk.shape[0], name="the explainer's maps", finite=finite)
         out.append(maps.detach())
     return torch.cat(out)
 
@@ -118,12 +119,12 @@ def perturbed_rows(
     Returns (values [B, n_samples] float64 with NaN for ignored copies, original maps [B, h, w],
     targets [B]).
     """
-    check_images(inputs)
+    check_images(inputs, model=model)
     _positive(n_samples, "n_samples")
     _positive(max_batch, "max_batch")
     logits = torch.cat([_logits(model, inputs[s:s + max_batch]) for s in range(0, inputs.shape[0], max_batch)])
     t = check_targets(targets, inputs.shape[0], logits.shape[1]).to(inputs.device)
-    maps = explain_chunked(explainer, inputs, t, max_batch, finite=True)
+    maps = explain_chunked(explainer, inputs, t, max_batch)
     gen = make_generator(seed, inputs.device)
     n_rows = inputs.shape[0] * n_samples
     values = torch.empty(n_rows, dtype=torch.float64, device=inputs.device)
@@ -134,7 +135,8 @@ def perturbed_rows(
         xp = perturb(x, gen)
         if xp.shape != x.shape:
             raise InputError(f"perturb_func must return rows shaped {tuple(x.shape)}, got {tuple(xp.shape)}")
-        ep = explain_chunked(explainer, xp, t[image], max_batch, finite=True)
+        with perturbed_inputs():  # noisy copies of checked images may leave the pixel range
+            ep = explain_chunked(explainer, xp, t[image], max_batch)
         if ep.shape != (stop - start, *maps.shape[1:]):
             raise InputError(f"maps of perturbed inputs have shape {tuple(ep.shape[1:])}, expected "
                              f"{tuple(maps.shape[1:])}")
@@ -392,11 +394,12 @@ def minmax01(maps: Tensor) -> Tensor:
 
 
 @register_metric(MetricInfo(
-    name="noise_stability", category="robustness", higher_is_better=False, range=(0.0, 1.0),
+    name="noise_stability", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
     requires=_SENS_REQUIRES, cost="n_samples + 1 explanations",
     references=("autotimm.interpretation.ExplanationMetrics.sensitivity_n",),
-    description="Mean absolute change of the min-max normalised map under Gaussian noise of std noise_level, "
-    "averaged over n_samples noisy copies; autotimm's 'sensitivity_n' score.",
+    description="Mean absolute change of the min-max normalised map (in [0, 1]; normalise=False: the map as "
+    "returned) under Gaussian noise of std noise_level, averaged over n_samples noisy copies; autotimm's "
+    "'sensitivity_n' score.",
 ))
 def noise_stability(
     model: nn.Module,
@@ -407,6 +410,7 @@ def noise_stability(
     noise_level: float = 0.15,
     n_samples: int = 50,
     clip: bool = False,
+    normalise: bool = True,
     perturb_func: PerturbFn | None = None,
     max_batch: int = 64,
     seed: int | torch.Generator | None = 0,
@@ -415,17 +419,22 @@ def noise_stability(
 
     Defaults are autotimm's (``noise_level=0.15``, 50 samples, noisy images not clipped as in
     autotimm 0.7.x; ``clip=True`` clamps them to [0, 1] as earlier autotimm versions did).
-    Maps are normalised as autotimm's explainers do (`minmax01`). Lower is better. extras:
-    ``std`` (population std over the copies), ``max_change`` and the per-copy ``samples``.
+    ``normalise=True`` normalises the maps as autotimm's explainers do (`minmax01`);
+    ``normalise=False`` compares them as the explainer returns them (the autotimm facade, whose
+    explainers normalise themselves). ``noise_level=0`` explains unchanged copies (0 for a
+    deterministic explainer). Lower is better. extras: ``std`` (population std over the copies),
+    ``max_change`` and the per-copy ``samples``.
     """
     perturb = gaussian_noise(noise_level, clip=clip) if perturb_func is None else perturb_func
+    scale = minmax01 if normalise else (lambda m: m)
 
     def stat(x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, h: Tensor | None, hp: Tensor | None) -> Tensor:
-        return (minmax01(ep) - minmax01(e)).abs().flatten(1).mean(dim=1)
+        return (scale(ep) - scale(e)).abs().flatten(1).mean(dim=1)
 
     values, _, _ = perturbed_rows(model, inputs, targets, explainer, stat, n_samples=n_samples, perturb=perturb,
                                   seed=seed, max_batch=max_batch)
     params = dict(noise_level=noise_level if perturb_func is None else None, n_samples=n_samples, clip=clip,
+                  normalise=normalise,
                   perturb_func="gaussian" if perturb_func is None else getattr(perturb_func, "__name__", "custom"),
                   max_batch=max_batch, seed=seed if isinstance(seed, int) else None)
     extras = {"std": values.std(dim=1, correction=0).float(), "max_change": values.amax(dim=1).float(),

@@ -52,7 +52,7 @@ def sufficiency(
     Features with zero variance over the batch carry no information and are left out of the
     distance (scipy would divide by zero). An image with no neighbour within `threshold` gets NaN.
     """
-    check_images(inputs)
+    check_images(inputs, model=model)
     check_maps(attributions, batch=inputs.shape[0])
     check_positive(max_batch, "max_batch")
     if inputs.shape[0] < 2:

@@ -12,12 +12,16 @@ Built-in baselines (``BASELINES``):
 - ``gaussian_blur``: the image blurred with a Gaussian (``kernel_size=51``, ``sigma=20.0``,
   the values used by autotimm's ExplanationMetrics), separable, reflect padding as in
   ``torchvision.transforms.functional.gaussian_blur``.
-- ``box_blur``: the image blurred with a ``kernel_size`` x ``kernel_size`` mean filter
-  (default 11), reflect padding; the blurred baseline of Gomez et al. (2022).
+- ``box_blur``: the image blurred with a ``kernel_size`` x ``kernel_size`` mean filter; by default
+  as Gomez et al.'s code (``saliency_maps_metrics``' ``blur_data``): ``kernel_size=None`` means
+  ``max(H // 5, 9)`` rounded up to odd (from the image height, square), ``padding="zeros"``
+  (a plain convolution: pixels near the border average in zeros, so borders darken).
+  ``padding="reflect"`` reflects the image instead.
 
-Convention for kernels larger than the image: reflect padding needs ``pad < size``, so a kernel is
-truncated to the largest odd size ``<= 2 * size - 1`` along that axis (the Gaussian weights keep
-their `sigma` and are renormalised). For kernels that fit, the result equals torchvision's.
+Convention for kernels larger than the image under reflect padding (which needs ``pad < size``):
+a kernel is truncated to the largest odd size ``<= 2 * size - 1`` along that axis (the Gaussian
+weights keep their `sigma` and are renormalised). For kernels that fit, the result equals
+torchvision's. Zero padding takes any kernel size.
 """
 
 from __future__ import annotations
@@ -43,12 +47,17 @@ def _odd_kernel(kernel_size: int, size: int) -> int:
     return min(kernel_size, 2 * size - 1)
 
 
-def _separable(inputs: Tensor, k_h: Tensor, k_w: Tensor) -> Tensor:
-    """Convolve every channel with the outer product of 1-d kernels `k_h` x `k_w`, reflect padding."""
+PADDINGS = ("reflect", "zeros")
+
+
+def _separable(inputs: Tensor, k_h: Tensor, k_w: Tensor, padding: str = "reflect") -> Tensor:
+    """Convolve every channel with the outer product of 1-d kernels `k_h` x `k_w` (odd sizes),
+    padding by reflection or with zeros."""
     b, c, h, w = inputs.shape
     x = inputs.reshape(b * c, 1, h, w)
     ph, pw = k_h.numel() // 2, k_w.numel() // 2
-    x = F.pad(x, (pw, pw, ph, ph), mode="reflect") if (ph or pw) else x
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), mode="reflect") if padding == "reflect" else F.pad(x, (pw, pw, ph, ph))
     x = F.conv2d(x, k_h.view(1, 1, -1, 1).to(x))
     x = F.conv2d(x, k_w.view(1, 1, 1, -1).to(x))
     return x.reshape(b, c, h, w)
@@ -93,12 +102,26 @@ def _gaussian_blur(
     return _separable(inputs, k_h, k_w)
 
 
+def gomez_kernel_size(height: int) -> int:
+    """Gomez et al.'s box kernel side for images of `height` rows: max(height // 5, 9), made odd."""
+    k = max(height // 5, 9)
+    return k + 1 if k % 2 == 0 else k
+
+
 @BASELINES.register("box_blur")
-def _box_blur(inputs: Tensor, generator: torch.Generator, kernel_size: int = 11) -> Tensor:
+def _box_blur(inputs: Tensor, generator: torch.Generator, kernel_size: int | None = None,
+              padding: str = "zeros") -> Tensor:
+    if padding not in PADDINGS:
+        raise InputError(f"padding must be one of {PADDINGS}, got {padding!r}")
     h, w = inputs.shape[-2:]
-    kh, kw = _odd_kernel(kernel_size, h), _odd_kernel(kernel_size, w)
+    k = gomez_kernel_size(h) if kernel_size is None else kernel_size
+    if padding == "reflect":
+        kh, kw = _odd_kernel(k, h), _odd_kernel(k, w)
+    else:
+        kh = kw = _odd_kernel(k, k)  # zero padding takes any odd size
     dev = inputs.device
-    return _separable(inputs, torch.full((kh,), 1.0 / kh, device=dev), torch.full((kw,), 1.0 / kw, device=dev))
+    return _separable(inputs, torch.full((kh,), 1.0 / kh, device=dev), torch.full((kw,), 1.0 / kw, device=dev),
+                      padding)
 
 
 def fill(

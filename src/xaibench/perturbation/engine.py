@@ -342,11 +342,11 @@ def prepare(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validate the common metric arguments; return them on the model's device.
 
-    Checks: images [B, C, H, W] finite, maps [B, h, w] finite with the same B and no finer than
-    the images, targets in ``[0, num_classes)`` (one forward on the first image tells the number of
+    Checks: images [B, C, H, W] finite and in the model's pixel range (`check_images`), maps
+    [B, h, w] finite with the same B (at least 1) and no finer than the images, targets in ``[0, num_classes)`` (one forward on the first image tells the number of
     classes).
     """
-    check_images(inputs)
+    check_images(inputs, model=model)
     check_maps(attributions, batch=inputs.shape[0])
     check_map_size(attributions, inputs.shape[-2:])
     dev = model_device(model, inputs.device)
