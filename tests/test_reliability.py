@@ -59,6 +59,31 @@ def test_per_image_ranks_direction_ties_and_nan():
         per_image_ranks(np.array([[1.0, np.inf]]))
 
 
+def test_per_image_ranks_ties_first_breaks_by_method_order():
+    """ties="first" (the original code's rule): tied methods ranked in column order, the first best."""
+    scores = np.array([[0.2, 0.2, 0.7, 0.2], [0.0, 0.0, 0.0, 1.0], [np.nan, 0.3, 0.3, 0.1]])
+    first = per_image_ranks(scores, higher_is_better=True, ties="first")
+    np.testing.assert_array_equal(first[:2], [[2, 3, 1, 4], [2, 3, 4, 1]])
+    assert np.isnan(first[2, 0]) and first[2, 1:].tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(per_image_ranks(scores[:1], higher_is_better=False, ties="first"), [[1, 2, 4, 3]])
+    np.testing.assert_array_equal(per_image_ranks(scores[:1], True), [[3, 3, 1, 3]])  # default: averaged
+    with pytest.raises(InputError, match="ties"):
+        per_image_ranks(scores, ties="min")
+
+
+def test_summarize_ties_first_reproduces_the_original_ranking():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(40, 3)).astype(float)  # many ties, as AD's zeros
+    table = _table({"ad": x}, {"ad": False}, ["A", "B", "C"])
+    first = summarize(table, n_boot=50, ties="first").alpha.iloc[0]["alpha"]
+    average = summarize(table, n_boot=50).alpha.iloc[0]["alpha"]
+    assert first == pytest.approx(krippendorff_alpha(per_image_ranks(x, False, ties="first"), "ordinal"))
+    assert average == pytest.approx(krippendorff_alpha(per_image_ranks(x, False), "ordinal"))
+    assert first != pytest.approx(average)
+    with pytest.raises(InputError, match="ties"):
+        summarize(table, ties="dense")
+
+
 # --------------------------------------------------------------------------- alpha
 
 

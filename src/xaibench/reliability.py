@@ -6,7 +6,8 @@ Krippendorff's alpha of the per-image method rankings of each metric (with a BCa
 Wilcoxon signed-rank tests between methods (Holm-corrected), Kendall tau agreement between metrics and
 Gomez et al.'s minimum benchmark size. The functional core works on plain arrays (or tensors):
 
-- `per_image_ranks(scores [n_images, n_methods], higher_is_better)` -> ranks, 1 = best, ties averaged
+- `per_image_ranks(scores [n_images, n_methods], higher_is_better, ties=)` -> ranks, 1 = best, ties
+  averaged (``ties="first"``: broken by method order, as Gomez et al.'s code)
 - `krippendorff_alpha(data [..., n_coders, n_units], level)` -> alpha (vectorised over leading axes)
 - `bootstrap_ci(statistic, data, n_boot=, level=, seed=, method="bca"|"percentile")` -> interval
 - `minimum_benchmark_size(first_place_probs, max_n=, confidence=, even_only=)` -> number of images
@@ -16,7 +17,8 @@ Conventions (details and references in docs/reliability.md):
 
 - Images are the raters (coders) and methods the units (Gomez et al. 2022): an image "rates" the methods
   by ranking them. Rank 1 is the best method for the metric's direction (``higher_is_better``).
-- Ties get average ranks; a method whose score is NaN on an image has no rank there (missing value).
+- Ties get average ranks (``ties="first"``: the method listed first gets the better rank, to reproduce
+  published alpha values); a method whose score is NaN on an image has no rank there (missing value).
   Ranking statistics (alpha, first places, minimum size) use the images on which every method has a
   score; means use every defined score; the paired tests use the images where both methods have one.
   Every image or method left out is reported in the ``reason`` columns and in ``notes``, never scored 0.
@@ -52,6 +54,7 @@ __all__ = [
 ]
 
 LEVELS = ("nominal", "ordinal", "interval", "ratio")
+TIES = {"average": "average", "first": "ordinal"}  # our name -> scipy.stats.rankdata's method
 RELIABLE = 0.8  # Krippendorff (2004): alpha >= 0.800 to rely on the data
 TENTATIVE = 0.667  # 0.667 <= alpha < 0.800: tentative conclusions only
 
@@ -65,15 +68,20 @@ def _as_numpy(x: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- ranks
 
 
-def per_image_ranks(scores: Any, higher_is_better: bool = True) -> np.ndarray:
+def per_image_ranks(scores: Any, higher_is_better: bool = True, ties: str = "average") -> np.ndarray:
     """Rank the methods on each image: ``scores`` [n_images, n_methods] -> ranks of the same shape.
 
     Rank 1 is the best method of the row: the highest score if ``higher_is_better`` else the lowest.
-    Tied scores get the average of the ranks they span (1, 2.5, 2.5, 4). A NaN score gets a NaN rank
+    ``ties="average"``: tied scores get the average of the ranks they span (1, 2.5, 2.5, 4), so no
+    method is favoured by its position. ``ties="first"``: tied scores get distinct ranks in method
+    (column) order, the first column the best (1, 2, 3, 4), as the original code of Gomez et al.
+    ranks; use it to reproduce their published alpha values. A NaN score gets a NaN rank
     and the other methods of that row are ranked among themselves (1 .. number of defined scores); the
     row is kept, as missing values for `krippendorff_alpha`. Use ``~np.isnan(ranks).any(1)`` to keep
     complete rows only (as `summarize` does). Infinite scores are an error.
     """
+    if ties not in TIES:
+        raise InputError(f"ties: expected one of {sorted(TIES)}, got {ties!r}")
     x = _as_numpy(scores)
     if x.ndim != 2:
         raise InputError(f"scores: expected [n_images, n_methods], got shape {x.shape}")
@@ -82,7 +90,7 @@ def per_image_ranks(scores: Any, higher_is_better: bool = True) -> np.ndarray:
     key = -x if higher_is_better else x
     if x.size == 0:
         return key.copy()
-    return stats.rankdata(key, axis=1, method="average", nan_policy="omit").astype(np.float64)
+    return stats.rankdata(key, axis=1, method=TIES[ties], nan_policy="omit").astype(np.float64)
 
 
 # --------------------------------------------------------------------------- Krippendorff's alpha
@@ -540,6 +548,7 @@ def summarize(
     max_n: int | None = None,
     confidence: float = 0.95,
     even_only: bool = True,
+    ties: str = "average",
 ) -> ReliabilitySummary:
     """Reliability summary of a results table (one row per image, method, metric; see store.py).
 
@@ -549,11 +558,15 @@ def summarize(
     ``alpha_level``: Krippendorff level of measurement of the ranks. ``max_n`` (default: the number of
     complete images of the metric), ``confidence`` and ``even_only``: `minimum_benchmark_size`; the
     order of methods for ``even_only`` is their order of first appearance in ``results``.
+    ``ties``: tie rule of the per-image ranks (`per_image_ranks`; "first" breaks ties in that same
+    order of methods).
     """
     if not 0.0 < level < 1.0:
         raise InputError(f"level: expected 0 < level < 1, got {level}")
     if int(n_boot) < 2:
         raise InputError(f"n_boot: expected at least 2, got {n_boot}")
+    if ties not in TIES:
+        raise InputError(f"ties: expected one of {sorted(TIES)}, got {ties!r}")
     missing = [c for c in _REQUIRED if c not in results.columns]
     if missing:
         raise InputError(f"results: missing column(s) {', '.join(missing)}; load them with xaibench.load_results")
@@ -604,7 +617,7 @@ def summarize(
         if n_dropped:
             notes.append(f"{metric}: {n_dropped} of {len(images)} images lack a score for some method; "
                          "left out of alpha and the minimum benchmark size")
-        ranks = per_image_ranks(x[complete], hib) if complete.any() else np.empty((0, len(methods)))
+        ranks = per_image_ranks(x[complete], hib, ties) if complete.any() else np.empty((0, len(methods)))
         n_img = int(ranks.shape[0])
         a = lo = hi = float("nan")
         reason = None
