@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ from xaibench.harmony.testing import cli, make_annotator as annotator
 pytest.importorskip("django")
 
 PASSWORD = "correct horse 1"
+TOKEN_RE = re.compile(r'name="choice" value="([^"]+)" data-key="(left|neither|right)"')
+
+
+def answer_tokens(html: str) -> dict[str, str]:
+    return {side: token for token, side in TOKEN_RE.findall(html)}
 
 
 @pytest.fixture(scope="module")
@@ -336,9 +342,7 @@ def test_response_time_measured_on_the_server(study):
 
     client = logged_in("ann_time")
     html = client.get("/card/1/1/").content.decode()
-    import re
-
-    tokens = dict((side, tok) for tok, side in re.findall(r'name="choice" value="([^"]+)" data-key="(left|neither|right)"', html))
+    tokens = answer_tokens(html)
     Presentation.objects.filter(annotator__username="ann_time").update(shown_at=timezone.now() - timedelta(seconds=5))
     client.post("/card/1/1/", {"choice": tokens["left"], "rt": "1"})
     label = Label.objects.get(annotator__username="ann_time")
@@ -357,9 +361,7 @@ def test_each_annotator_has_an_own_stable_example_order(study):
     for i in range(4):
         name = f"ann_order{i}"
         client = logged_in(name)
-        html = client.get("/card/1/1/").content.decode()
-        token = html.split('data-key="neither"')[0].rsplit('value="', 1)[1].split('"')[0]
-        client.post("/card/1/1/", {"choice": token})
+        client.post("/card/1/1/", {"choice": answer_tokens(client.get("/card/1/1/").content.decode())["neither"]})
         first.append(Label.objects.get(annotator__username=name).example_id)
         assignment = Assignment.objects.get(annotator__username=name)
         order = example_order(assignment)
@@ -376,9 +378,7 @@ def test_migration_moves_old_response_times_to_the_client_column(study):
     from xaibench.harmony.models import Label
 
     client = logged_in("ann_migrate")
-    html = client.get("/card/1/2/").content.decode()
-    token = html.split('data-key="left"')[0].rsplit('value="', 1)[1].split('"')[0]
-    client.post("/card/1/2/", {"choice": token, "rt": "10"})
+    client.post("/card/1/2/", {"choice": answer_tokens(client.get("/card/1/2/").content.decode())["left"], "rt": "10"})
     pk = Label.objects.get(annotator__username="ann_migrate").pk
     call_command("migrate", "harmony", "0001", verbosity=0)
     with connection.cursor() as cursor:
