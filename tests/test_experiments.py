@@ -70,6 +70,21 @@ def test_run_resume_and_redo(tmp_path):
     assert CALLS == ["make", "total"] and len(load_table(out, "values")) == 6
 
 
+def test_one_writer_and_no_foreign_directory(tmp_path):
+    from xaibench.runner import layout
+
+    out = tmp_path / "exp"
+    with layout.run_lock(out):
+        with pytest.raises(InputError, match="is being written by process"):
+            run_recipe(TOY, TOY.parse({"n": 2}), out)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "run.json").write_text("{}")
+    with pytest.raises(InputError, match="not empty and holds no experiment"):
+        run_recipe(TOY, TOY.parse({"n": 2}), tmp_path / "other")
+    run_recipe(TOY, TOY.parse({"n": 2}), out)  # the lock was released
+    assert not (out / layout.LOCK).exists()
+
+
 def test_uncommitted_step_is_redone_from_scratch(tmp_path):
     out = tmp_path / "exp"
     boom = Recipe("toy-fail", "fails", {}, lambda cfg: [Step("a", _fail)], lambda exp: [])

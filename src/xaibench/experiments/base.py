@@ -40,7 +40,6 @@ derives a seed from the experiment seed and the given coordinates, never from ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -185,20 +184,12 @@ class Recipe:
 # --- the experiment directory -------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(folder: Path, root: Path) -> dict[str, str]:
     """relative path -> sha256 of every file under `folder` (temporary files excluded)."""
     if not folder.exists():
         return {}
     return {
-        str(p.relative_to(root)): _sha256(p)
+        str(p.relative_to(root)): layout.file_record(p)["sha256"]
         for p in sorted(folder.rglob("*"))
         if p.is_file() and not p.name.endswith(".tmp")
     }
@@ -334,14 +325,38 @@ def run_recipe(recipe: Recipe, cfg: ExperimentConfig, out: str | Path, *, resume
 
     A directory holding another experiment is refused unless `overwrite` (which deletes it first);
     resuming requires the same recipe and config hash. Steps already committed whose files are
-    unchanged are skipped; an uncommitted step's folder is cleared before it runs again.
+    unchanged are skipped; an uncommitted step's folder is cleared before it runs again. The
+    directory's lock (`xaibench.runner.layout.run_lock`) is held throughout: one writer at a time.
     """
     out = Path(out)
+    steps = recipe.plan(cfg)
+    _check_plan(steps, recipe.name)
+    with layout.run_lock(out):
+        return _run_locked(steps, cfg, out, resume=resume, overwrite=overwrite)
+
+
+def _contents(out: Path) -> list[Path]:
+    """What `out` holds besides its lock files."""
+    return [c for c in out.iterdir() if c.name != layout.LOCK and not c.name.startswith(f".{layout.LOCK}")]
+
+
+def _run_locked(steps: Sequence[Step], cfg: ExperimentConfig, out: Path, *, resume: bool, overwrite: bool) -> Path:
     path = out / MANIFEST
-    manifest = json.loads(path.read_text()) if path.exists() else None
+    try:
+        manifest = json.loads(path.read_text()) if path.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        if not overwrite:
+            raise InputError(f"{path} is corrupt ({err}); start again with --overwrite") from None
+        manifest = {}
     if manifest is not None and overwrite:
-        shutil.rmtree(out)
+        for child in _contents(out):
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
         manifest = None
+    if manifest is None and _contents(out):
+        raise InputError(f"{out} is not empty and holds no experiment; choose an empty or new directory")
     if manifest is not None and not resume:
         raise InputError(
             f"{out} already holds an experiment ({manifest['recipe']}, config {manifest['config_hash'][:12]}); "
@@ -352,8 +367,6 @@ def run_recipe(recipe: Recipe, cfg: ExperimentConfig, out: str | Path, *, resume
             f"refusing to resume {out}: it holds {manifest['recipe']} with config {manifest['config_hash'][:12]}, "
             f"this is {cfg.recipe} with config {cfg.hash[:12]}; use a new directory for a changed config"
         )
-    steps = recipe.plan(cfg)
-    _check_plan(steps, recipe.name)
     if manifest is None:
         manifest = {
             "recipe": cfg.recipe,
