@@ -215,7 +215,8 @@ def test_partial_run_is_announced(report, tmp_path):
     manifest = json.loads((partial / "run.json").read_text())
     missing = manifest["positions"][6:12]
     assert "Partial run: 1 of 2 shards finished" in banner and "(6 of 12 images)" in banner
-    assert f"shard 1 (6 images, data set positions {missing[0]}–{missing[-1]})" in banner
+    assert f"shard 1 (6 images at data set positions {', '.join(map(str, missing))})" in banner
+    assert "n = 6</b> images of 12 planned (partial run)" in _section(page, "summary")
     assert page.index('id="partial"') < page.index('<section id="summary">')
 
 

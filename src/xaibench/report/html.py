@@ -44,8 +44,8 @@ tr>:first-child{border-left:1px solid #d6dbe1} thead th{border-top:1px solid #d6
 th{background:#eef1f4} td:first-child,th:first-child,td.txt{text-align:left}
 .sticky th:first-child,.sticky td:first-child{position:sticky;left:0;z-index:1;background:#fff;box-shadow:2px 0 3px rgba(0,0,0,.08)}
 .sticky thead th:first-child{background:#eef1f4;z-index:2}
-.wrap{white-space:normal;min-width:16em;max-width:34em;text-align:left}
-th.metric{white-space:normal;overflow-wrap:anywhere;min-width:6.5em;max-width:9em;text-align:center}
+.wrap{white-space:normal;min-width:16em;max-width:48em;text-align:left}
+th.metric{white-space:normal;min-width:6.5em;max-width:9em;text-align:center}
 td small,th small{color:#5b6672;font-weight:400}
 .best{font-weight:700;background:#e3f4e6!important} .ctrl-win{background:#fff1d6!important;outline:2px solid #e0a526;outline-offset:-2px}
 .control td,.control th{color:#6b7580;font-style:italic} .tag{white-space:nowrap;font-size:.7rem;font-style:normal;background:#e6e9ed;border-radius:3px;padding:0 4px;margin-left:4px;color:#4a5561}
@@ -135,7 +135,7 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
     for metric in metrics:
         a = alphas.get(metric, np.nan)
         flag = "good" if np.isfinite(a) and a >= RELIABLE_ALPHA else "bad"
-        head.append(f'<th class="metric">{_e(metric)} {"↑" if direction[metric] else "↓"}<br>'
+        head.append(f'<th class="metric">{_e(metric).replace("_", "_<wbr>")} {"↑" if direction[metric] else "↓"}<br>'
                     f'<small class="{flag}">α {_fmt(a, 2)}</small></th>')
     body = []
     for method in methods:
@@ -191,8 +191,8 @@ def _partial_banner(manifest: dict[str, Any], results: pd.DataFrame, out: Path) 
     spans = []
     for k in missing:
         chunk = positions[k * size:(k + 1) * size] if size else []
-        spans.append(f"shard {k} ({len(chunk)} images, data set positions {chunk[0]}–{chunk[-1]})" if chunk
-                     else f"shard {k}")
+        shown = ", ".join(map(str, chunk[:8])) + (", …" if len(chunk) > 8 else "")
+        spans.append(f"shard {k} ({len(chunk)} images at data set positions {shown})" if chunk else f"shard {k}")
     n_done = results["image_id"].nunique()
     return (f'<div class="banner" id="partial"><b>Partial run: {len(done)} of {n_shards} shards finished</b> '
             f"({n_done} of {manifest.get('n_images', len(positions))} images). Every number, plot and verdict below "
@@ -212,6 +212,7 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: 
         alias = f" ({_e(name)})" if name != m else ""
         method_items.append(f"{_method_label(m, controls)}{alias}" + (f" <small>{_e(_params_text(p))}</small>" if p else ""))
     n_images = results["image_id"].nunique()
+    planned = int(manifest.get("n_images", n_images))
     target = cfg.get("target", "predicted")
     data = cfg.get("data", {})
     run = (
@@ -219,7 +220,8 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: 
         f"<dt>model</dt><dd><code>{_e(cfg.get('model', {}).get('spec', '?'))}</code></dd>"
         f"<dt>data</dt><dd><code>{_e(data.get('spec', '?'))}</code>, split {_e(data.get('split', 'test'))}"
         + (f", image size {_e(data['image_size'])}" if data.get("image_size") else "")
-        + f"; <b>n = {n_images}</b> images (seed {_e(cfg.get('seed', 0))})</dd>"
+        + f"; <b>n = {n_images}</b> images" + (f" of {planned} planned (partial run)" if planned > n_images else "")
+        + f" (seed {_e(cfg.get('seed', 0))})</dd>"
         f"<dt>explained class</dt><dd>{'the model’s prediction' if target == 'predicted' else 'the true label'}</dd>"
         f"<dt>methods ({len(methods)})</dt><dd>{', '.join(method_items)}</dd>"
         f"<dt>metrics ({len(params)})</dt><dd>{', '.join(map(_e, params))} "
@@ -230,16 +232,21 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: 
     timing = results.groupby("metric", sort=False)["seconds"].sum() if "seconds" in results else None
     metric_rows = []
     for metric, p in params.items():
-        row = {"metric": metric, "registry name": first.at[metric, "metric_name"] if "metric_name" in first else metric,
+        name = first.at[metric, "metric_name"] if "metric_name" in first else metric
+        mask = first.at[metric, "mask"]
+        row = {"metric": _e(metric) + (f"<br><small>{_e(name)}</small>" if name != metric else ""),
                "category": first.at[metric, "category"],
                "direction": "higher is better" if bool(first.at[metric, "higher_is_better"]) else "lower is better",
-               "mask": first.at[metric, "mask"] if first.at[metric, "mask"] is not None else "",
-               "parameters as run": _params_text(p)}
+               "mask": mask if isinstance(mask, str) else ""}
         if timing is not None:
-            row["seconds (all methods, images)"] = float(timing.get(metric, np.nan))
+            row["wall time (s)"] = float(timing.get(metric, np.nan))
+        row["parameters as run"] = _params_text(p)
         metric_rows.append(row)
-    metric_table = _table(pd.DataFrame(metric_rows).fillna(""), table_id="metrics-table", sticky=True,
+    metric_table = _table(pd.DataFrame(metric_rows), table_id="metrics-table", sticky=True, raw=("metric",),
                           wrap=("parameters as run",))
+    if timing is not None:
+        metric_table += ('<p class="note">Wall time: the metric\'s calls on every shard and method (explanations '
+                         "it makes included, the methods' maps not).</p>")
 
     reliable = best[best["reliable"]]
     unreliable = best[~best["reliable"]]
@@ -270,8 +277,8 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: 
             note.append(f"control {', '.join(r.beaten_by)} scores better: this metric does not separate the "
                         "methods from a model-independent baseline here")
             flags[(i, "note")] = "warn"
-        if not r.clear:
-            note.append("not significantly better than every other method")
+        note.append("significantly better than every other method" if r.clear
+                    else "not significantly better than every other method")
         rows.append({"metric": r.metric, "α": r.alpha, "best method": r.best or "none",
                      "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]", "note": "; ".join(note)})
     best_html = (_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
@@ -489,8 +496,9 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     sections.append(("provenance", "Provenance",
                      _table(prov_long, table_id="provenance-table")
                      + f"<p class=\"note\">Started {_e(manifest.get('started', '?'))}; report written "
-                     f"{_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))}. Config:</p>"
-                     f"<pre>{_e(json.dumps(cfg, indent=1, sort_keys=True))}</pre>"))
+                     f"{_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))}.</p>"
+                     f"<details><summary>The config as run (JSON)</summary>"
+                     f"<pre>{_e(json.dumps(cfg, indent=1, sort_keys=True))}</pre></details>"))
 
     done = int(results["shard"].nunique())
     status = (f"{results['image_id'].nunique()} images, {len(methods)} methods, {results['metric'].nunique()} "
