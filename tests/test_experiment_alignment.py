@@ -23,7 +23,7 @@ def example(name: str) -> dict:
 
 
 def test_alignment_recipes_are_registered_with_their_examples():
-    for name in ("spurious", "model-comparison"):
+    for name in ("spurious", "bias", "feature-ranking", "model-comparison", "transfer"):
         recipe = recipes().get(name)
         assert recipe.example == f"experiment-{name}.toml"
         recipe.parse(example(name))  # the shipped config is valid
@@ -115,3 +115,76 @@ def test_config_errors_name_the_key():
         spurious.parse({**cfg, "data": {"spec": "builtin:digits-spurious", "maks": ["digit"]}})
     with pytest.raises(InputError, match=r"\[models.normal\]"):
         spurious.parse({**cfg, "models": {"normal": {"spex": "builtin:digits-cnn"}}})
+
+
+def test_feature_ranking_on_its_stand_in(tmp_path):
+    cfg = example("feature-ranking")
+    cfg["data"]["n"] = 60
+    out = run_experiment("feature-ranking", cfg, tmp_path / "fr")
+    ranking = load_table(out, "ranking")
+    assert len(ranking) == 2 * 4 and set(ranking["region"]) == {"upper", "lower", "square", "background"}
+    for model, part in ranking.groupby("model"):
+        assert sorted(part["rank_iou"].tolist()) == [1, 2, 3, 4]
+        assert part.sort_values("rank_iou")["iou"].is_monotonic_decreasing
+    top = ranking[ranking["rank_iou"] == 1].set_index("model")["region"]
+    assert top["shortcut"] == "square" and top["normal"] in ("upper", "lower")
+    assert "rank_iou" in build_experiment_report(out).read_text()
+
+
+def _tiny_training(table: dict) -> None:
+    table.update(epochs=1, batch_size=32)
+
+
+def test_bias_on_its_stand_in_at_a_tiny_budget(tmp_path):
+    cfg = example("bias")
+    cfg["sizes"] = {"train": {"major": 40, "minor": 2, "balanced": 21},
+                    "test": {"major": 10, "minor": 3, "balanced": 6}}
+    _tiny_training(cfg["train"])
+    out = run_experiment("bias", cfg, tmp_path / "bias")
+    subsets = load_table(out, "subsets").set_index(["subset", "group", "label"])["images"]
+    assert subsets[("train-biased", "cool", 1)] == 40 and subsets[("train-biased", "cool", 0)] == 2
+    assert subsets[("test-balanced", "warm", 1)] == 6
+    table = load_table(out, "alignment")
+    assert len(table) == 2 * 2 * 2  # model x test set x mask
+    sizes = table.set_index(["model", "test_set", "mask"])["images"]
+    assert sizes[("biased", "biased", "digit")] == 2 * 10 + 2 * 3 and sizes[("balanced", "balanced", "frame")] == 24
+    groups = load_table(out, "alignment_groups")
+    assert set(groups["group"]) == {"warm", "cool"} and len(groups) == 2 * 2 * 4 * 2
+    images = load_table(out, "alignment_images")
+    assert images["group"].notna().all()
+    # the models are the trainer's files, evaluated through the runner
+    assert images["model_spec"].str.startswith("file:").all()
+    assert "human aligned" in build_experiment_report(out).read_text()
+    # resume: everything committed is skipped, the tables are unchanged
+    run_experiment("bias", cfg, out, resume=True)
+    pd.testing.assert_frame_equal(load_table(out, "alignment"), table)
+
+
+def test_transfer_on_its_stand_in_at_a_tiny_budget(tmp_path):
+    cfg = example("transfer")
+    cfg["source"]["n"] = 50
+    for label in list(cfg["models"])[1:]:
+        del cfg["models"][label]
+    _tiny_training(cfg["models"]["trained"]["train"])
+    cfg["models"]["builtin"] = {"spec": "builtin:digits-cnn"}  # a spec beside a trained model
+    out = run_experiment("transfer", cfg, tmp_path / "transfer")
+    summary = load_table(out, "alignment").set_index("model")
+    assert set(summary.index) == {"trained", "builtin"}
+    assert (summary["train_images"] == 5).all() and (summary["test_images"] == 269 - 5).all()
+    assert summary.loc["builtin", "transfer_accuracy"] > 0.5  # it has seen the digits 5-9
+    assert len(load_table(out, "correlation")) == 2
+    assert "few-shot accuracy" in build_experiment_report(out).read_text()
+
+
+def test_few_shot_split_and_accuracy():
+    from xaibench.experiments.transfer import few_shot_accuracy, few_shot_split
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    train, test = few_shot_split(labels, 1, seed=3)
+    assert sorted(labels[train].tolist()) == [0, 1, 2] and len(test) == 6
+    assert not set(train.tolist()) & set(test.tolist())
+    # separable features: one shot per class suffices
+    features = torch.nn.functional.one_hot(labels, 3).float() * 5
+    assert few_shot_accuracy(features, labels, train, test) == 1.0
+    with pytest.raises(InputError, match="class 0 has 3 images"):
+        few_shot_split(labels, 3, seed=0)

@@ -25,6 +25,7 @@ mask), with the case computed from the run's cached maps by `shared_interest_cas
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,18 @@ import pandas as pd
 import torch
 
 from xaibench.errors import InputError
-from xaibench.experiments.base import Step, StepContext
+from xaibench.experiments.base import REQUIRED, Step, StepContext
 from xaibench.metrics.shared_interest import CASES, shared_interest_cases
 
 SALIENCY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "vanilla_gradient": ({"method": "saliency", "reduce": "abs_sum"}, {"binarize": "mean_std", "k": 1.0}),
     "gradcam": ({"method": "gradcam"}, {"binarize": "threshold", "t": 0.5}),
+}
+DATA: dict[str, tuple[tuple[type, ...], Any]] = {  # the data keys every alignment recipe shares
+    "spec": ((str,), REQUIRED),
+    "split": ((str,), "test"),
+    "n": ((int,), None),
+    "image_size": ((int,), None),
 }
 SCORES = {"iou": "iou_coverage", "gtc": "ground_truth_coverage", "sc": "saliency_coverage"}
 KINDS = (*SCORES, "pg")
@@ -47,15 +54,21 @@ MODEL_KEYS = ("spec", "weights", "num_classes")
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
 
 
-def evaluate_then_summarise(evaluate: Callable[[StepContext], None],
-                            summarise: Callable[[StepContext], None]) -> list[Step]:
-    """The plan of an alignment recipe: a step running the benchmarks, a step summarising them."""
-    return [Step("evaluate", evaluate), Step("summarise", summarise, needs=("evaluate",))]
+def evaluate_then_summarise(evaluate: Callable[[StepContext], None], summarise: Callable[[StepContext], None],
+                            needs: tuple[str, ...] = ()) -> list[Step]:
+    """The steps every alignment recipe ends with: run the benchmarks, then summarise them."""
+    return [Step("evaluate", evaluate, needs=needs), Step("summarise", summarise, needs=("evaluate",))]
 
 
 def check_saliency(name: str) -> None:
     if name not in SALIENCY:
         raise InputError(f"config saliency: must be one of {', '.join(SALIENCY)}, got {name!r}")
+
+
+def check_names(names: Any, where: str) -> None:
+    """A non-empty list of distinct strings (mask or region names)."""
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise InputError(f"config {where}: a list of distinct names is required, got {names!r}")
 
 
 def check_models(models: Mapping[str, Any], where: str = "models") -> None:
@@ -92,6 +105,49 @@ def benchmark_config(model: Mapping[str, Any], data: Mapping[str, Any], masks: S
     }
 
 
+@dataclass(frozen=True)
+class Run:
+    """One benchmark of a recipe: its label (``DIR/runs/<label>``), the columns naming it in the
+    tables (e.g. ``{"model": "normal", "test_set": "correlated"}``) and its runner config."""
+
+    label: str
+    keys: dict[str, str]
+    config: dict[str, Any]
+
+
+def model_runs(cfg: Any, data: Mapping[str, Any], masks: Sequence[str]) -> list[Run]:
+    """One benchmark per ``[models.<label>]`` of `cfg` on `data`, scoring `masks`."""
+    return [Run(label, {"model": label}, benchmark_config(model, data, masks, cfg["saliency"], batch=cfg["batch"],
+                                                          name=label))
+            for label, model in cfg["models"].items()]
+
+
+def schema(saliency: str, **sections: tuple[tuple[type, ...], Any]) -> dict[str, tuple[tuple[type, ...], Any]]:
+    """A recipe's config schema: the saliency setting (default `saliency`), the batch size, `sections`."""
+    return {"saliency": ((str,), saliency), "batch": ((int,), 64), **sections}
+
+
+def run_all(ctx: StepContext, runs: Sequence[Run]) -> pd.DataFrame:
+    """Run each benchmark through the runner and write the table ``model_sizes`` (parameters of each
+    run's model); returns the `per_image` rows of all runs with the runs' keys in front."""
+    from xaibench.runner import parse_config
+    from xaibench.runner.shard import get_context
+
+    frames, sizes = [], []
+    for run in runs:
+        ctx.log(f"{run.label}: {run.config['model']['spec']} on {run.config['data']['spec']} "
+                f"({run.config['data']['split']})")
+        frame = per_image(ctx.run_benchmark(run.label, run.config))
+        for i, (key, value) in enumerate(run.keys.items()):
+            frame.insert(i, key, value)
+        frames.append(frame)
+        raw = {"seed": ctx.seed(run.label), "device": ctx.cfg.device, **run.config}  # as run_benchmark: cached
+        model = get_context(parse_config(raw)).model
+        sizes.append({**run.keys, "parameters": sum(p.numel() for p in model.parameters())})
+    ctx.write_table("model_sizes", pd.DataFrame(sizes))
+    return pd.concat(frames, ignore_index=True)
+
+
 def validate_benchmark(config: Mapping[str, Any]) -> None:
     """Check a runner config built by `benchmark_config` (names, parameters) before anything runs."""
     from xaibench.runner import parse_config
@@ -124,7 +180,8 @@ def per_image(run_dir: str | Path) -> pd.DataFrame:
     dataset = _dataset(config["data"])
     case: dict[tuple[str, str], str] = {}
     for shard, part in iou.groupby("shard"):
-        maps = torch.load(layout.maps_path(run_dir, saliency, int(shard)), map_location="cpu", weights_only=True)["maps"]
+        path = layout.maps_path(run_dir, saliency, int(shard))
+        maps = torch.load(path, map_location="cpu", weights_only=True)["maps"]
         images = part[part["mask"] == part["mask"].iloc[0]]  # one row per image, in the shard's order
         samples = [dataset[i] for i in images["image_index"]]
         correct = torch.tensor(images["correct"].to_numpy(dtype=bool))

@@ -13,9 +13,6 @@ built-in digit CNNs.
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
 
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
@@ -32,45 +29,24 @@ from xaibench.experiments.base import (
 )
 from xaibench.runner.config import _section
 
-DATA = {
-    "spec": ((str,), REQUIRED),
-    "split": ((str,), "test"),
-    "mask": ((str,), REQUIRED),
-    "n": ((int,), None),
-    "image_size": ((int,), None),
-}
+DATA = {**al.DATA, "mask": ((str,), REQUIRED)}
 
 
-def _runs(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+def _runs(cfg: ExperimentConfig) -> list[al.Run]:
     data = _section("[data].", cfg["data"], DATA)
     mask = data.pop("mask")
-    return [
-        (label, al.benchmark_config(model, data, [mask], cfg["saliency"], batch=cfg["batch"], name=label))
-        for label, model in cfg["models"].items()
-    ]
+    return al.model_runs(cfg, data, [mask])
 
 
 def validate(cfg: ExperimentConfig) -> None:
     al.check_saliency(cfg["saliency"])
     al.check_models(cfg["models"])
-    for _, config in _runs(cfg):
-        al.validate_benchmark(config)
+    for run in _runs(cfg):
+        al.validate_benchmark(run.config)
 
 
 def evaluate(ctx: StepContext) -> None:
-    from xaibench.runner import parse_config
-    from xaibench.runner.shard import get_context
-
-    frames, sizes = [], []
-    for label, config in _runs(ctx.cfg):
-        ctx.log(f"{label}: {config['model']['spec']}")
-        frame = al.per_image(ctx.run_benchmark(label, config))
-        frame.insert(0, "model", label)
-        frames.append(frame)
-        model = get_context(parse_config({"seed": ctx.seed(label), **config})).model  # the runner's, not reloaded
-        sizes.append({"model": label, "parameters": sum(p.numel() for p in model.parameters())})
-    ctx.write_table("alignment_images", pd.concat(frames, ignore_index=True))
-    ctx.write_table("model_sizes", pd.DataFrame(sizes))
+    ctx.write_table("alignment_images", al.run_all(ctx, _runs(ctx.cfg)))
 
 
 def summarise(ctx: StepContext) -> None:
@@ -107,12 +83,7 @@ def report(exp: ExperimentDir) -> list[Block]:
 RECIPE = Recipe(
     name="model-comparison",
     summary="model comparison: accuracy and explanation alignment of many models on one data set with masks",
-    schema={
-        "saliency": ((str,), "gradcam"),
-        "batch": ((int,), 64),
-        "models": ((dict,), REQUIRED),
-        "data": ((dict,), REQUIRED),
-    },
+    schema=al.schema("gradcam", models=((dict,), REQUIRED), data=((dict,), REQUIRED)),
     plan=plan,
     report=report,
     example="experiment-model-comparison.toml",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 
 from xaibench.errors import InputError
 from xaibench.experiments import _alignment as al
@@ -33,28 +32,23 @@ from xaibench.experiments.base import (
 )
 from xaibench.runner.config import _section
 
-DATA = {
-    "spec": ((str,), REQUIRED),
-    "masks": ((list,), ["digit", "square"]),
-    "n": ((int,), None),
-    "image_size": ((int,), None),
-}
+DATA = {**{k: v for k, v in al.DATA.items() if k != "split"}, "masks": ((list,), ["digit", "square"])}
 
 
 def _data(cfg: ExperimentConfig) -> dict[str, Any]:
     return _section("[data].", cfg["data"], DATA)
 
 
-def _runs(cfg: ExperimentConfig) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(run label, model label, test set label, runner config) of every model x test set."""
+def _runs(cfg: ExperimentConfig) -> list[al.Run]:
+    """One benchmark per model x test set."""
     data = _data(cfg)
+    masks = data.pop("masks")
     out = []
     for model_label, model in cfg["models"].items():
         for test_label, split in cfg["test_sets"].items():
-            run_data = {"spec": data["spec"], "split": split, "n": data["n"], "image_size": data["image_size"]}
-            config = al.benchmark_config(model, run_data, data["masks"], cfg["saliency"], batch=cfg["batch"],
+            config = al.benchmark_config(model, {**data, "split": split}, masks, cfg["saliency"], batch=cfg["batch"],
                                          name=f"{model_label} on {test_label}")
-            out.append((f"{model_label}-{test_label}", model_label, test_label, config))
+            out.append(al.Run(f"{model_label}-{test_label}", {"model": model_label, "test_set": test_label}, config))
     return out
 
 
@@ -63,22 +57,13 @@ def validate(cfg: ExperimentConfig) -> None:
     al.check_models(cfg["models"])
     if not cfg["test_sets"] or not all(isinstance(v, str) for v in cfg["test_sets"].values()):
         raise InputError("config [test_sets]: label = \"split\" entries are required, e.g. correlated = \"correlated\"")
-    masks = _data(cfg)["masks"]
-    if not masks or not all(isinstance(m, str) for m in masks):
-        raise InputError(f"config [data].masks: a list of mask names is required, got {masks!r}")
-    for _, _, _, config in _runs(cfg):
-        al.validate_benchmark(config)
+    al.check_names(_data(cfg)["masks"], "[data].masks")
+    for run in _runs(cfg):
+        al.validate_benchmark(run.config)
 
 
 def evaluate(ctx: StepContext) -> None:
-    frames = []
-    for label, model_label, test_label, config in _runs(ctx.cfg):
-        ctx.log(f"{label}: {config['model']['spec']} on split {config['data']['split']!r}")
-        frame = al.per_image(ctx.run_benchmark(label, config))
-        frame.insert(0, "test_set", test_label)
-        frame.insert(0, "model", model_label)
-        frames.append(frame)
-    ctx.write_table("alignment_images", pd.concat(frames, ignore_index=True))
+    ctx.write_table("alignment_images", al.run_all(ctx, _runs(ctx.cfg)))
 
 
 def summarise(ctx: StepContext) -> None:
@@ -104,9 +89,11 @@ def report(exp: ExperimentDir) -> list[Block]:
     table = summary[["model", "test_set", "mask", "accuracy", "iou", "pg", "gtc", "sc", "images", "undefined"]]
     table = al.rounded(table.rename(columns={"mask": "ground truth", "iou": "EA_IoU", "pg": "EA_PG"}))
     blocks.append(Table(table, "One row per model x test set x ground truth (the paper's table); gtc / sc: "
-                        "mean ground-truth / saliency coverage; undefined: images excluded (empty mask or constant map)."))
+                        "mean ground-truth / saliency coverage; undefined: images excluded (empty mask or constant "
+                        "map)."))
     cases = al.shown(exp.table("cases"))
-    blocks.append(Table(cases, "Shared Interest's eight recurring cases: images per case (coverages >= 0.5 count as high)."))
+    blocks.append(Table(cases, "Shared Interest's eight recurring cases: images per case (coverages >= 0.5 count "
+                        "as high)."))
     return blocks
 
 
@@ -114,13 +101,8 @@ RECIPE = Recipe(
     name="spurious",
     summary="spurious correlation: alignment of a normal and a shortcut model with the digit and the square, "
             "on correlated and uncorrelated test sets",
-    schema={
-        "saliency": ((str,), "vanilla_gradient"),
-        "batch": ((int,), 64),
-        "models": ((dict,), REQUIRED),
-        "test_sets": ((dict,), {"correlated": "correlated", "uncorrelated": "uncorrelated"}),
-        "data": ((dict,), REQUIRED),
-    },
+    schema=al.schema("vanilla_gradient", models=((dict,), REQUIRED), data=((dict,), REQUIRED),
+                     test_sets=((dict,), {"correlated": "correlated", "uncorrelated": "uncorrelated"})),
     plan=plan,
     report=report,
     example="experiment-spurious.toml",
