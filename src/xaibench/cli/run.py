@@ -1,4 +1,5 @@
-"""`xaibench run CONFIG --out DIR [--resume | --overwrite] [--device D]`: run a benchmark config."""
+"""`xaibench run CONFIG --out DIR [--resume | --overwrite] [--device D] [--executor ray [--address A]]`: run a
+benchmark config."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="finish an interrupted run in DIR (same config, model and images; files verified)")
     again.add_argument("--overwrite", action="store_true", help="delete the run in DIR and start it again")
     p.add_argument("--device", default=None, help="device override, e.g. cpu or cuda:0 (not part of the config hash)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: shards one after the other in this process; ray: every shard a Ray task (extra 'ray')")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: an existing Ray cluster (e.g. auto, ray://head:10001); default: start a "
+                   "local one")
     p.set_defaults(func=handle)
 
 
@@ -30,6 +36,8 @@ def resume_command(args: argparse.Namespace) -> str:
     words = ["xaibench", "run", args.config, "--out", args.out, "--resume"]
     if args.device:
         words += ["--device", args.device]
+    if args.executor != "local":
+        words += ["--executor", args.executor] + (["--address", args.address] if args.address else [])
     return shlex.join(words)
 
 
@@ -41,8 +49,16 @@ def handle(args: argparse.Namespace) -> int:
     from xaibench.runner.layout import read_manifest
     from xaibench.store import committed_shards, load_results
 
+    executor = None
+    if args.executor == "ray":
+        from xaibench.runner.ray_executor import RayExecutor
+
+        executor = RayExecutor(args.address)
+    elif args.address is not None:
+        raise InputError("--address is the address of a Ray cluster: use it with --executor ray")
     try:
-        out = run(args.config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device)
+        out = run(args.config, args.out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                  executor=executor)
     except KeyboardInterrupt:
         try:
             manifest = read_manifest(Path(args.out))
