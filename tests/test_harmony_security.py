@@ -402,3 +402,29 @@ def test_load_reports_unreadable_json_without_a_traceback(study, tmp_path):
         (root / "manifest.json").write_text(text)
         with pytest.raises(InputError, match=message):
             cli("load", str(root))
+
+
+def test_migration_moves_accounts_imported_by_older_versions_to_the_legacy_namespace(study):
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from xaibench.harmony.models import Example, Label
+
+    User = get_user_model()
+    example = Example.objects.filter(condition__dataset="Sample").first()
+    old = User.objects.create_user("annotator_9")  # imported before: no password, labels from the import only
+    old.set_unusable_password()
+    old.save()
+    Label.objects.create(annotator=old, example=example, choice="neither", legacy_id=5)
+    mixed = User.objects.create_user("annotator_8")  # also labelled live: stays
+    mixed.set_unusable_password()
+    mixed.save()
+    Label.objects.create(annotator=mixed, example=example, choice="neither", legacy_id=6)
+    Label.objects.create(annotator=mixed, example=Example.objects.filter(condition__dataset="Sample")[1], choice="neither")
+    live = User.objects.create_user("annotator_7", password=PASSWORD)  # can log in: stays
+    Label.objects.create(annotator=live, example=example, choice="neither", legacy_id=7)
+    call_command("migrate", "harmony", "0002", verbosity=0)
+    call_command("migrate", "harmony", verbosity=0)
+    old.refresh_from_db()
+    assert old.username == "legacy.annotator_9" and not old.is_active
+    assert User.objects.filter(username__in=["annotator_8", "annotator_7"]).count() == 2
