@@ -15,14 +15,11 @@ See docs/models-data.md.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
-import json
+import importlib
 import os
-import sys
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,6 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from xaibench.errors import InputError, UnknownNameError, WeightsUnavailableError  # noqa: E402
@@ -140,40 +136,21 @@ class DigitsCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-# name -> training recipe; the cache key is a hash of the recipe, so any change retrains.
-BUILTIN_MODELS: dict[str, dict[str, Any]] = {
-    "digits-cnn": {"arch": "DigitsCNN/v2", "data": "builtin:digits", "split": "train", "epochs": 6,
-                   "batch_size": 32, "lr": 1e-2, "schedule": "onecycle/0.25", "seed": 0},
-    "digits-spurious-cnn": {"arch": "DigitsCNN/v2", "data": "builtin:digits-spurious", "split": "train", "epochs": 2,
-                            "batch_size": 32, "lr": 1e-2, "schedule": "onecycle/0.25", "seed": 0},
+# name -> what it is. The built-in models are trained by the one trainer of the code base
+# (`xaibench.training`), which sits above this layer and is not imported here: `load_model` asks the
+# provider named by BUILTIN_PROVIDER ("module:function", resolved on use, like a plugin entry point)
+# for the path of the trained model file (a `save_model` file, cached; see xaibench.training.builtin).
+BUILTIN_MODELS: dict[str, str] = {
+    "digits-cnn": "DigitsCNN trained on builtin:digits",
+    "digits-spurious-cnn": "DigitsCNN trained on builtin:digits-spurious (learns the coloured square)",
 }
+BUILTIN_PROVIDER = "xaibench.training.builtin:trained_model_file"
 
 
 def cache_dir() -> Path:
     """Where trained built-in models are cached: ``$XAIBENCH_CACHE_DIR`` or ``~/.cache/xaibench``."""
     env = os.environ.get("XAIBENCH_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "xaibench"
-
-
-def recipe_hash(recipe: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(dict(recipe), sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive `fcntl.flock` on `path` (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -187,58 +164,11 @@ def _atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
-def train_digits_cnn(recipe: Mapping[str, Any]) -> DigitsCNN:
-    """Train a `DigitsCNN` by `recipe` on CPU: Adam with a one-cycle learning-rate schedule (peak `lr`,
-    warm-up over the first 25% of the steps), cross-entropy, seeded init and batch order."""
-    from xaibench.data import load_dataset
-
-    dataset = load_dataset(recipe["data"], split=recipe["split"])
-    images, labels = dataset.tensors()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions: one thread is faster than several (and than contention)
-    try:
-        return _train(recipe, images, labels)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(recipe: Mapping[str, Any], images: Tensor, labels: Tensor) -> DigitsCNN:
-    gen = torch.Generator().manual_seed(int(recipe["seed"]))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(recipe["seed"]))
-        model = DigitsCNN(10)
-    bs = int(recipe["batch_size"])
-    opt = torch.optim.Adam(model.parameters(), lr=recipe["lr"])
-    steps = int(recipe["epochs"]) * -(-len(labels) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe["lr"], total_steps=steps, pct_start=0.25)
-    model.train()
-    for _ in range(int(recipe["epochs"])):
-        order = torch.randperm(len(labels), generator=gen)
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval()
-
-
 def _builtin(name: str) -> nn.Module:
-    """The trained built-in model `name`, from the cache or trained now (once, under a file lock)."""
-    recipe = BUILTIN_MODELS[name]
-    folder = cache_dir() / "models"
-    path = folder / f"{name}-{recipe_hash(recipe)}.pt"
-    if not path.is_file():
-        with _file_lock(folder / f"{name}.lock"):
-            if not path.is_file():  # another process may have trained it while we waited
-                print(f"training builtin:{name} (cached afterwards in {path}) ...", file=sys.stderr, flush=True)
-                start = time.perf_counter()
-                model = train_digits_cnn(recipe)
-                _atomic_save({"spec": f"builtin:{name}", "num_classes": 10, "state_dict": model.state_dict(),
-                              "recipe": dict(recipe)}, path)
-                print(f"trained builtin:{name} in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    return _load_file(path)
+    """The trained built-in model `name`: the file its provider returns (trained on first use)."""
+    module, _, function = BUILTIN_PROVIDER.partition(":")
+    provider: Callable[[str], Path] = getattr(importlib.import_module(module), function)
+    return _load_file(Path(provider(name)))
 
 
 # --- building architectures ---------------------------------------------------------------------
@@ -286,9 +216,14 @@ def _timm_mean_std(net: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]
     return mean, std
 
 
+def architecture(spec: str, num_classes: int | None = None, *, seed: int = 0) -> nn.Module:
+    """The model of architecture `spec` (``torchvision:``, ``timm:``, ``builtin:``; the built-in
+    models' untrained network) with random weights drawn under `seed` (the same weights in every
+    process; the global RNG state is left as it was), wrapped in the xaibench convention, on the CPU."""
+    return _arch(spec, num_classes, seed)
+
+
 def _arch(spec: str, num_classes: int | None, seed: int = 0) -> nn.Module:
-    """The model of architecture `spec` with random weights drawn under `seed` (the same weights in
-    every process; the global RNG state is left as it was), wrapped in the xaibench convention."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _random_arch(spec, num_classes)
@@ -600,6 +535,6 @@ def model_hash(model: nn.Module) -> str:
 
 
 __all__ = [
-    "BUILTIN_MODELS", "DigitsCNN", "Logits", "Normalized", "as_classifier", "cache_dir", "load_model",
+    "BUILTIN_MODELS", "DigitsCNN", "Logits", "Normalized", "architecture", "as_classifier", "cache_dir", "load_model",
     "model_hash", "save_model", "to_logits", "unwrap",
 ]

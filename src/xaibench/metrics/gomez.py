@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
@@ -45,6 +44,7 @@ from xaibench.perturbation.engine import (
     step_counts,
     step_saliency,
 )
+from xaibench.perturbation.images import soft_mask
 from xaibench.seeding import make_generator
 
 _REQ = ("model", "inputs", "attributions", "targets")
@@ -65,16 +65,13 @@ def _single_step(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(Y, O, constant-map flags) with chunks of at most `max_batch` images."""
     x, a, t = prepare(model, inputs, attributions, targets)
-    lo = a.flatten(1).amin(1)[:, None, None]
-    hi = a.flatten(1).amax(1)[:, None, None]
-    constant = (hi == lo).flatten()
+    constant = a.flatten(1).amin(1) == a.flatten(1).amax(1)
     y = torch.empty(x.shape[0], device=x.device)
     o = torch.empty(x.shape[0], device=x.device)
     gen = make_generator(seed, x.device)  # one stream over all chunks: random baselines do not depend on max_batch
     for start in range(0, x.shape[0], max_batch):
         sl = slice(start, start + max_batch)
-        m = (a[sl] - lo[sl]) / (hi[sl] - lo[sl]).masked_fill(constant[sl, None, None], 1.0)
-        m = F.interpolate(m[:, None].float(), size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        m = soft_mask(a[sl], x.shape[-2:])
         if delete:
             m = 1.0 - m
         base = fill(x[sl], baseline, seed=gen, **(baseline_params or {}))

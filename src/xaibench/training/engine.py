@@ -44,7 +44,7 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from xaibench.data import load_dataset
 from xaibench.errors import InputError
-from xaibench.models import load_model, save_model
+from xaibench.models import architecture, load_model, save_model
 from xaibench.runner.shard import derive_seed
 from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, top_label
 from xaibench.training.config import TrainConfig, as_train_config
@@ -140,20 +140,17 @@ def _arch_spec(spec: str) -> str:
 
 
 def initial_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The model to train, on the CPU: random weights drawn under the seed, or the given weights."""
+    """The model to train, on the CPU, in training mode: the architecture with random weights drawn
+    under the seed, or a ``file:`` model / the given ``weights`` to start from."""
     m = cfg.model
     spec, classes = m["spec"], m["num_classes"]
     scheme = spec.partition(":")[0]
     if classes is None and scheme in ("torchvision", "timm"):
         classes = num_classes
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        if scheme == "builtin" and m["weights"] is None:
-            from xaibench.models import _arch
-
-            model = _arch(spec, classes)
-        else:
-            model = load_model(spec, num_classes=classes, weights=m["weights"], device="cpu")
+    if m["weights"] is None and scheme != "file":
+        model = architecture(spec, classes, seed=cfg.seed)
+    else:
+        model = load_model(spec, num_classes=classes, weights=m["weights"], device="cpu")
     return model.train()
 
 
