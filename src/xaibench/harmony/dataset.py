@@ -24,14 +24,21 @@ VERSION = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 TOP_KEYS = {"format", "version", "name", "description", "conditions"}
-CONDITION_KEYS = {"dataset", "metric", "model", "method", "examples", "description"}
+# optional keys that keep what is needed to compute metrics after the study (not shown to annotators)
+CONDITION_MODEL_KEYS = ("original_model", "finetuned_model")  # load_model specs; file: relative to the folder
+CONDITION_NAME_KEYS = ("metric_name", "method_name")  # xaibench registry names
+CONDITION_KEYS = {"dataset", "metric", "model", "method", "examples", "description",
+                  *CONDITION_MODEL_KEYS, *CONDITION_NAME_KEYS}
 CONDITION_REQUIRED = {"dataset", "metric", "model", "method", "examples"}
-EXAMPLE_KEYS = {"id", "image", "original", "finetuned", "prediction", "label"}
+MAP_ARRAYS = ("original_map", "finetuned_map")  # .npy float32 [H, W], the maps as explained
+EXAMPLE_KEYS = {"id", "image", "original", "finetuned", "prediction", "label", *MAP_ARRAYS, "mask", "label_index"}
 EXAMPLE_REQUIRED = {"id", "image", "original", "finetuned", "prediction"}
 PICTURES = ("image", "original", "finetuned")
+NPY_SIGNATURE = b"\x93NUMPY"
 # the longest text per key (the database columns' sizes); paths as the data-set folder names them
 MAX_TEXT = {"id": 128, "dataset": 128, "metric": 128, "model": 128, "method": 128, "name": 128,
-            "prediction": 256, "label": 256, "description": 10_000}
+            "prediction": 256, "label": 256, "description": 10_000,
+            "original_model": 1024, "finetuned_model": 1024, "metric_name": 128, "method_name": 128}
 MAX_PATH = 512  # a picture's path relative to the folder (Example.source_image)
 MAX_DIR = 4096  # the data-set folder's own path
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -46,6 +53,9 @@ class ExampleSpec:
     pictures: dict[str, Path]  # image / original / finetuned -> absolute path
     relative: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # (width, height)
+    maps: dict[str, Path] = field(default_factory=dict)  # original_map / finetuned_map -> absolute .npy path
+    mask: Path | None = None  # absolute PNG path, nonzero = inside, the maps' size
+    label_index: int | None = None
 
 
 @dataclass
@@ -55,6 +65,10 @@ class ConditionSpec:
     model: str
     method: str
     examples: list[ExampleSpec]
+    # load_model specs with file: paths made absolute; registry names of the study's metric and method
+    models: dict[str, str] = field(default_factory=dict)  # original_model / finetuned_model -> spec
+    metric_name: str = ""
+    method_name: str = ""
 
 
 @dataclass
@@ -94,10 +108,10 @@ def _short(text: str, keep: int = 80) -> str:
     return text if len(text) <= keep else f"{text[:keep]}... ({len(text):,} characters)"
 
 
-def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
-    """The resolved path of a picture inside ``root`` (resolved) and its (width, height)."""
+def _inside(root: Path, rel: object, where: str, kind: str = "PNG") -> tuple[Path, Path]:
+    """(path as named, resolved path) of an existing file inside ``root`` (resolved)."""
     if not isinstance(rel, str) or not rel.strip():
-        raise InputError(f"{where}: expected a relative PNG path")
+        raise InputError(f"{where}: expected a relative {kind} path")
     if len(rel) > MAX_PATH:
         raise InputError(f"{where}: the path {_short(rel)!r} is longer than {MAX_PATH} characters")
     pure = PurePosixPath(rel.replace("\\", "/"))
@@ -114,6 +128,12 @@ def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]
         raise InputError(f"{where}: {rel!r} leads to {resolved}, outside the data-set folder {root} (a symbolic link?)")
     if not resolved.is_file():
         raise InputError(f"{where}: file not found: {path}")
+    return path, resolved
+
+
+def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
+    """The resolved path of a picture inside ``root`` (resolved) and its (width, height)."""
+    path, resolved = _inside(root, rel, where)
     try:
         with open(resolved, "rb") as fh:
             if fh.read(8) != PNG_SIGNATURE:
@@ -128,6 +148,57 @@ def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]
     except Exception as err:  # noqa: BLE001 - PIL raises many types for a damaged file
         raise InputError(f"{where}: {path} is not a readable PNG file ({err})") from None
     return resolved, size
+
+
+def _map_array(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
+    """The resolved path of a .npy map (float32 [H, W]) inside ``root`` and its (width, height)."""
+    path, resolved = _inside(root, rel, where, kind=".npy")
+    try:
+        with open(resolved, "rb") as fh:
+            if fh.read(6) != NPY_SIGNATURE:
+                raise InputError(f"{where}: {path} is not a .npy file")
+        array = np.load(resolved, mmap_mode="r", allow_pickle=False)  # header and length, no data read
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy raises several types for a damaged file
+        raise InputError(f"{where}: {path} is not a readable .npy file ({err})") from None
+    if array.dtype != np.float32 or array.ndim != 2:
+        raise InputError(f"{where}: {path} must hold a float32 [H, W] map, got {array.dtype} of shape {list(array.shape)}")
+    height, width = array.shape
+    if min(height, width) < 1 or max(height, width) > MAX_SIDE:
+        raise InputError(f"{where}: {path} is {width}x{height}; 1 to {MAX_SIDE} per side are allowed")
+    return resolved, (width, height)
+
+
+def _model_spec(root: Path, cond: dict, key: str, where: str) -> str:
+    """A load_model spec; a ``file:`` path is relative to the folder and returned absolute."""
+    spec = _text(cond, key, where)
+    if spec.startswith("file:"):
+        _, resolved = _inside(root, spec[len("file:"):], f"{where}.{key}", kind="model file")
+        return f"file:{resolved}"
+    if ":" not in spec:
+        raise InputError(f"{where}: {key!r} must be a load_model spec such as 'file:models/finetuned.pt' or 'builtin:digits-cnn', got {spec!r}")
+    return spec
+
+
+def _metric_data(root: Path, ex: dict, where: str) -> dict:
+    """The optional per-example keys for metrics after the study, checked; ExampleSpec fields."""
+    found = {k: _map_array(root, ex[k], f"{where}.{k}") for k in MAP_ARRAYS if k in ex}
+    if len(found) == 1:
+        raise InputError(f"{where}: {'/'.join(MAP_ARRAYS)} come together; only {next(iter(found))!r} is given")
+    shapes = {size for _, size in found.values()}
+    if len(shapes) > 1:
+        raise InputError(f"{where}: original_map and finetuned_map differ in shape")
+    mask = None
+    if "mask" in ex:
+        mask, size = _picture(root, ex["mask"], f"{where}.mask")
+        if shapes and size not in shapes:
+            (wm, hm), (w, h) = size, next(iter(shapes))
+            raise InputError(f"{where}: the mask is {wm}x{hm} pixels but the maps are {w}x{h}; save the mask at the maps' size")
+    label_index = ex.get("label_index")
+    if label_index is not None and (isinstance(label_index, bool) or not isinstance(label_index, int) or label_index < 0):
+        raise InputError(f"{where}: 'label_index' must be a non-negative integer, got {label_index!r}")
+    return {"maps": {k: path for k, (path, _) in found.items()}, "mask": mask, "label_index": label_index}
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -171,6 +242,8 @@ def read_manifest(directory: str | Path) -> Manifest:
         _check_keys(cond, CONDITION_KEYS, CONDITION_REQUIRED, cwhere)
         ident = tuple(_text(cond, k, cwhere) for k in ("dataset", "metric", "model", "method"))
         _text(cond, "description", cwhere, required=False)
+        models = {k: _model_spec(root, cond, k, cwhere) for k in CONDITION_MODEL_KEYS if k in cond}
+        names = {k: _text(cond, k, cwhere) for k in CONDITION_NAME_KEYS if k in cond}
         if ident in seen_conditions:
             raise InputError(f"{cwhere}: duplicate condition {' / '.join(ident)}")
         seen_conditions.add(ident)
@@ -203,9 +276,10 @@ def read_manifest(directory: str | Path) -> Manifest:
                     pictures={p: path for p, (path, _) in found.items()},
                     relative={p: str(ex[p]) for p in PICTURES},
                     sizes=sizes,
+                    **_metric_data(root, ex, ewhere),
                 )
             )
-        conditions.append(ConditionSpec(*ident, examples=examples))
+        conditions.append(ConditionSpec(*ident, examples=examples, models=models, **names))
     return Manifest(root=root, name=name, conditions=conditions)
 
 
