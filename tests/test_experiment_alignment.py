@@ -188,3 +188,47 @@ def test_few_shot_split_and_accuracy():
     assert few_shot_accuracy(features, labels, train, test) == 1.0
     with pytest.raises(InputError, match="class 0 has 3 images"):
         few_shot_split(labels, 3, seed=0)
+
+
+def _celeba_fixture(root, n_per_cell: int = 3) -> None:
+    """CelebA's published layout with n_per_cell images per (hair, smiling) cell in train and in test."""
+    import numpy as np
+    from PIL import Image
+
+    names = ["Black_Hair", "Blond_Hair", "Smiling"]
+    attrs, marks, parts = [], [], []
+    rng = np.random.default_rng(0)
+    k = 0
+    for partition in (0, 2):
+        for black in (1, -1):
+            for smiling in (1, -1):
+                for _ in range(n_per_cell):
+                    k += 1
+                    name = f"{k:06d}.jpg"
+                    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+                    pixels = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / "img_align_celeba" / name)
+                    attrs.append(f"{name} {black} {-black} {smiling}")
+                    marks.append(f"{name} 10 14 26 14 18 20 11 28 25 29")
+                    parts.append(f"{name} {partition}")
+    (root / "list_attr_celeba.txt").write_text(f"{k}\n{' '.join(names)}\n" + "\n".join(attrs) + "\n")
+    header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    (root / "list_landmarks_align_celeba.txt").write_text(f"{k}\n{header}\n" + "\n".join(marks) + "\n")
+    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+
+
+def test_bias_reads_celeba_in_its_published_layout(tmp_path):
+    """The paper's configuration (smiling vs black / blond hair, mouth box) on a tiny CelebA fixture."""
+    _celeba_fixture(tmp_path / "celeba")
+    cfg = example("bias")
+    cfg["data"] = {"spec": f"celeba:{tmp_path / 'celeba'}#Smiling", "groups": ["Black_Hair", "Blond_Hair"],
+                   "majority": {"Black_Hair": 1, "Blond_Hair": 0}, "masks": ["mouth"], "image_size": 32}
+    cfg["sizes"] = {"train": {"major": 3, "minor": 1, "balanced": 2},
+                    "test": {"major": 2, "minor": 1, "balanced": 1}}
+    _tiny_training(cfg["train"])
+    out = run_experiment("bias", cfg, tmp_path / "bias")
+    groups = load_table(out, "alignment_groups")
+    assert set(groups["group"]) == {"Black_Hair", "Blond_Hair"} and set(groups["mask"]) == {"mouth"}
+    biased = groups[(groups["model"] == "biased") & (groups["test_set"] == "biased")].set_index(["group", "label"])
+    assert biased.loc[("Black_Hair", 1), "images"] == 2 and biased.loc[("Black_Hair", 0), "images"] == 1
+    assert load_table(out, "alignment")["undefined"].eq(0).all()  # every image has its mouth box
