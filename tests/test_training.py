@@ -75,3 +75,18 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     cols = ["loss", "accuracy", "val_accuracy", "ece"]
     assert reference.log[cols].equals(resumed.log[cols])
     assert Path(resumed.model_path).is_file()
+
+
+def test_early_stopping_and_label_permutation(tmp_path):
+    from xaibench.training import parse_train_config
+    from xaibench.training.engine import split_data
+
+    cfg = {**TINY, "setting": "baseline", "epochs": 6, "patience": 1, "lr": 1e-9, "schedule": "constant",
+           "selection": "accuracy+ece"}
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert list(result.log["epoch"]) == [0, 1]  # no gain in validation accuracy after epoch 0: stopped
+    plain = split_data(parse_train_config(TINY))
+    permuted = split_data(parse_train_config({**TINY, "label_permutation": True}))
+    assert plain[1].indices == permuted[1].indices and plain[2].indices == permuted[2].indices
+    before, after = plain[1].labels + plain[2].labels, permuted[1].labels + permuted[2].labels
+    assert sorted(before) == sorted(after) and sum(a != b for a, b in zip(before, after)) > 0.7 * len(before)

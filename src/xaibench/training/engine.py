@@ -289,7 +289,7 @@ class GomezModule(pl.LightningModule):
         }
         for metric in (self.val_loss, self.val_conf, self.val_hits):
             metric.reset()
-        self.log("val_accuracy", self.summary["val_accuracy"], sync_dist=False)
+        self.log("val_accuracy", self.summary["val_accuracy"], sync_dist=True)  # equal on every rank
 
     def epoch_row(self) -> dict[str, float]:
         """The log row of the epoch that just ended (all processes agree: metrics are synchronised)."""
