@@ -230,15 +230,17 @@ def test_model_hash_error_says_why_and_what_to_do(copy_of):
         _quiet_run(_cfg(), copy_of, resume=True)
 
 
-@pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18"])
+@pytest.mark.parametrize("spec", ["torchvision:squeezenet1_1", "timm:test_convnext"])
 def test_random_init_models_are_seeded(spec):
     pytest.importorskip(spec.split(":")[0])
     torch.manual_seed(123)
-    a = xaibench.models.model_hash(xaibench.load_model(spec, device="cpu", seed=5))
+    from xaibench.models import model_hash
+
+    a = model_hash(xaibench.load_model(spec, device="cpu", seed=5))
     state = torch.get_rng_state()
-    b = xaibench.models.model_hash(xaibench.load_model(spec, device="cpu", seed=5))
+    b = model_hash(xaibench.load_model(spec, device="cpu", seed=5))
     assert a == b and torch.equal(state, torch.get_rng_state())  # global RNG untouched
-    assert xaibench.models.model_hash(xaibench.load_model(spec, device="cpu", seed=6)) != a
+    assert model_hash(xaibench.load_model(spec, device="cpu", seed=6)) != a
 
 
 # --- validation before the directory is written ---------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -73,6 +74,10 @@ def _check_selection(cfg: RunConfig, ctx: Context, records: list[Any]) -> None:
             more = f" and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""
             raise InputError(f"{where} needs mask {name!r}, which {len(lacking)} of the {len(records)} selected "
                              f"images lack: missing {', '.join(files)}{more}")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def _preflight(cfg: RunConfig, out: Path, positions: list[int], model_hash: str) -> None:
@@ -234,6 +239,9 @@ def run(
     specs = plan(cfg, out, positions, ctx.model_hash)
     if manifest is None:
         _check_selection(cfg, ctx, records)
+        if progress is not False:
+            _say(format_plan(plan_costs(cfg, image_size=records[0].size, model=ctx.model), len(records)))
+            _say(f"checking every method and metric on {min(2, len(positions))} images, nothing written yet ...")
         _preflight(cfg, out, positions, ctx.model_hash)
     else:
         changed = _data_changes(manifest, n_total, records)
@@ -282,7 +290,6 @@ def _execute(cfg: RunConfig, ctx: Context, out: Path, specs: list[ShardSpec], pe
                                len(specs), len(specs) - len(pending), terminal=None if progress is None else True)
         for note in notes:
             reporter.message(note)
-        reporter.message(format_plan(plan_costs(cfg, image_size=size, model=ctx.model), len(records)))
     # A partial of execute_shard: executors that run shards elsewhere relay its progress events.
     fn = execute_shard if reporter is None else functools.partial(execute_shard, progress=reporter.step)
     try:

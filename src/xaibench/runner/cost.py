@@ -225,4 +225,5 @@ def format_plan(rows: Sequence[PlannedCost], n_images: int) -> str:
     for r in sorted(rows, key=lambda r: -r.units):
         what = f"{'maps ' if r.kind == 'maps' else ''}{r.label}"
         lines.append(f"  {what:<{width}} {r.units:10.1f} fwd-equiv  {100 * r.units / total:5.1f} %   {r.per_image}")
+    lines.append(f"  {'total':<{width}} {total:10.1f} fwd-equiv per image, {total * n_images:.4g} for the run")
     return "\n".join(lines)

@@ -123,7 +123,7 @@ def temp_owner_alive(tmp: Path) -> bool:
     """Whether the process named in a temporary file's name (this host only) still runs."""
     host_pid = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 3 else ""
     host, _, pid = host_pid.rpartition("-")
-    return host == _HOST_TAG and pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid), None)
+    return host == _HOST_TAG and pid.isdigit() and _alive(int(pid), None)
 
 
 def remove_stale_temps(out: Path) -> int:
@@ -134,7 +134,7 @@ def remove_stale_temps(out: Path) -> int:
     """
     removed = 0
     for tmp in out.rglob(".*.tmp"):
-        if tmp.name.startswith(f".{LOCK}.") or temp_owner_alive(tmp):
+        if temp_owner_alive(tmp):
             continue
         tmp.unlink(missing_ok=True)
         removed += 1

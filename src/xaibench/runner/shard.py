@@ -8,7 +8,8 @@ never from a shared stream, so a shard's rows do not depend on which shards ran 
 Conventions: the class explained is the model's prediction (``target = "predicted"``) or the true
 label (``"label"``); maps are float32 [B, H, W] as the explainer returns them (input resolution by
 default), cached per (method, shard) on disk and reused when their key (method, parameters, model
-hash, image ids, targets) matches.
+hash, image ids, targets) matches; an unreadable cache file is recomputed. `commit_shard` writes a
+shard's files and its commit record (sizes and sha256) before the results file, the marker.
 """
 
 from __future__ import annotations
