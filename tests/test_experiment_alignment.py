@@ -115,6 +115,17 @@ def test_config_errors_name_the_key():
         spurious.parse({**cfg, "data": {"spec": "builtin:digits-spurious", "maks": ["digit"]}})
     with pytest.raises(InputError, match=r"\[models.normal\]"):
         spurious.parse({**cfg, "models": {"normal": {"spex": "builtin:digits-cnn"}}})
+    bias = example("bias")
+    with pytest.raises(InputError, match=r"majority"):
+        recipes().get("bias").parse({**bias, "data": {**bias["data"], "majority": {"warm": 0}}})
+    with pytest.raises(InputError, match=r"\[sizes.train\].*'minor'"):
+        recipes().get("bias").parse({**bias, "sizes": {**bias["sizes"], "train": {"major": 3, "balanced": 2}}})
+    with pytest.raises(InputError, match=r"epochz"):
+        recipes().get("bias").parse({**bias, "train": {**bias["train"], "epochz": 1}})
+    transfer = example("transfer")
+    with pytest.raises(InputError, match=r"\[models.trained\]: give either"):
+        models = {**transfer["models"], "trained": {**transfer["models"]["trained"], "spec": "builtin:digits-cnn"}}
+        recipes().get("transfer").parse({**transfer, "models": models})
 
 
 def test_feature_ranking_on_its_stand_in(tmp_path):
