@@ -299,3 +299,19 @@ def test_map_tiles_carry_their_colour_bar():
         else:
             assert vmin == 0 and vmax == pytest.approx(float(heat.max()))
         assert (tile[0, 5] == (0, 230, 64)).all()  # the mask's outline along the border
+
+
+def test_runs_without_the_newer_columns_still_report(report, tmp_path, monkeypatch):
+    import xaibench.report.html as report_html
+
+    old = tmp_path / "old"
+    shutil.copytree(report.parent, old)
+    newer = ["label_name", "target_name", "prediction_name", "params", "seconds"]
+    full = xaibench.load_results(old)
+    monkeypatch.setattr(report_html, "load_results", lambda out: full.drop(columns=[c for c in newer if c in full]))
+    page = build_report(old).read_text(encoding="utf-8")
+    summary = _section(page, "summary")
+    assert "steps=4" in summary and "normalize=original" in summary  # config over the metric's defaults
+    assert "wall time" not in summary
+    gallery = _section(page, "gallery")
+    assert "true: " in gallery and "predicted: " in gallery  # class names from the data set

@@ -80,7 +80,7 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
     """A PNG grid: one row per image; columns = the image, then each method's map with its colour bar.
 
     images: [N, C, H, W] in [0, 1]; maps: method -> [N, h, w]; titles: one per row (e.g. the id and
-    the class names); masks: bool [N, H, W] drawn as outlines on every picture of the row.
+    the class names); masks: bool [N, H, W] drawn as outlines (contours) on every picture of the row.
     """
     n = images.shape[0]
     for name, m in maps.items():
@@ -95,17 +95,11 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
     fig, axes = plt.subplots(n, cols, figsize=(cell * cols * 1.25, cell * n), squeeze=False)
     try:
         for i in range(n):
-            outline = mask_outline(masks[i]) if masks is not None else None
-            picture = image_rgb(images[i])
-            if outline is not None:
-                picture[outline] = OUTLINE
-            axes[i, 0].imshow(picture)
+            axes[i, 0].imshow(image_rgb(images[i]))
             if titles is not None:
                 axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
             for j, (name, m) in enumerate(maps.items(), start=1):
                 rgb, vmin, vmax, cmap = map_colours(m[i], size)
-                if outline is not None:
-                    rgb[outline] = OUTLINE
                 axes[i, j].imshow(rgb)
                 bar = plt.cm.ScalarMappable(norm=plt.Normalize(vmin, vmax), cmap=cmap)
                 cb = fig.colorbar(bar, ax=axes[i, j], fraction=0.046, pad=0.03)
@@ -113,9 +107,15 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
                 if i == 0:
                     axes[i, j].set_title(name, fontsize=8)
             for ax in axes[i]:
+                if masks is not None and bool(masks[i].any()) and not bool(masks[i].all()):
+                    ax.contour(masks[i].float().cpu().numpy(), levels=[0.5], colors=[np.array(OUTLINE) / 255],
+                               linewidths=0.9)
                 ax.set_xticks([])
                 ax.set_yticks([])
         axes[0, 0].set_title("image", fontsize=8)
+        width, height = fig.get_size_inches()  # margins in inches: row titles left, method names on top
+        fig.subplots_adjust(left=0.55 / width, right=1 - 0.4 / width, bottom=0.05 / height, top=1 - 0.3 / height,
+                            wspace=0.35, hspace=0.12)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)

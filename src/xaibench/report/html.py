@@ -375,9 +375,11 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         info = per_image.loc[image_id]
         true, pred = name(info, "label_name", "label"), name(info, "prediction_name", "prediction")
         wrong = int(info["label"]) != int(info["prediction"])
+        explained = ("" if int(info["target"]) == int(info["prediction"])
+                     else f"<br>explained: {_e(name(info, 'target_name', 'target'))}")
         cells = [f'<td><figure class="tile"><img alt="image {_e(image_id)}" src="{plots.image_tile(images["images"][i], mask)}">'
                  f"</figure><br>{_e(image_id)}<br>true: {_e(true)}<br>"
-                 f'<span class="{"wrong" if wrong else ""}">predicted: {_e(pred)}</span></td>']
+                 f'<span class="{"wrong" if wrong else ""}">predicted: {_e(pred)}</span>{explained}</td>']
         for method in methods:
             if maps[method] is None or i >= maps[method].shape[0]:
                 cells.append("<td>no map</td>")

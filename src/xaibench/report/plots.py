@@ -163,7 +163,8 @@ def _resized(rgb: np.ndarray, masks: list[torch.Tensor], cell: int) -> np.ndarra
     (scaled the same way) in the colours of `OUTLINES`."""
     h, w = rgb.shape[:2]
     size = (max(1, round(cell * w / h)), cell)
-    out = np.asarray(Image.fromarray(rgb).resize(size, Image.NEAREST)).copy()
+    smooth = Image.LANCZOS if h > cell else Image.NEAREST  # photos shrink smoothly, small images stay crisp
+    out = np.asarray(Image.fromarray(rgb).resize(size, smooth)).copy()
     for mask, colour in zip(masks, OUTLINES):
         big = Image.fromarray(mask.detach().cpu().numpy().astype(np.uint8) * 255).resize(size, Image.NEAREST)
         out[mask_outline(torch.from_numpy(np.asarray(big) > 0))] = colour
