@@ -99,7 +99,8 @@ class CelebADataset(ImageDataset):
             raise InputError(f"{self.root / LANDMARKS}: no column {missing[0]!r}")
         partition = read_table(self.root / PARTITION, 0).iloc[:, 0]
         files = partition.index if split == "all" else partition.index[partition == SPLITS[split]]
-        absent = [f for f in files[:1].tolist() + files[-1:].tolist() if f not in attrs.index or f not in landmarks.index]
+        ends = files[:1].tolist() + files[-1:].tolist()
+        absent = [f for f in ends if f not in attrs.index or f not in landmarks.index]
         if absent:
             raise InputError(f"{absent[0]} is in {self.root / PARTITION} but not in the attribute / landmark files")
         self.files = list(files)

@@ -24,7 +24,8 @@ from xaibench.errors import InputError
 def write_subsets(path: str | Path, spec: str, splits: Mapping[str, tuple[str, Sequence[int]]]) -> Path:
     """Write the subsets ``name -> (split of spec, indices)`` of data set `spec` to `path`."""
     path = Path(path)
-    body = {"spec": spec, "splits": {n: {"split": s, "indices": [int(i) for i in idx]} for n, (s, idx) in splits.items()}}
+    body = {"spec": spec,
+            "splits": {n: {"split": s, "indices": [int(i) for i in idx]} for n, (s, idx) in splits.items()}}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=1))
     return path
@@ -52,7 +53,8 @@ class SubsetDataset(ImageDataset):
         if bad:
             raise InputError(f"{path}: subset {split!r} holds index {bad[0]}, outside {spec} ({len(self.base)} images)")
         self.spec, self.split = f"subset:{file}", split
-        self.classes, self.mask_names, self.default_mask = self.base.classes, self.base.mask_names, self.base.default_mask
+        self.classes, self.mask_names = self.base.classes, self.base.mask_names
+        self.default_mask = self.base.default_mask
         base_labels = getattr(self.base, "labels", None)
         self.labels = base_labels[self.positions] if isinstance(base_labels, Tensor) else None  # read without images
 
