@@ -305,6 +305,11 @@ def test_autotimm_class_names_swap_the_import(setup) -> None:
     assert isinstance(heat, np.ndarray) and heat.shape == (28, 28)  # the layer's resolution ('conv')
     np.testing.assert_allclose(heat, ((raw - raw.min()) / (raw.max() - raw.min() + 1e-8)).numpy(), atol=1e-6)
     assert np.array_equal(GradCAM(model, target_layer=model.conv, use_cuda=False)(x[0], target_class=1), heat)
+    deeper = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU(),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    assert GradCAM(deeper, use_cuda=False).explainer.layer == "2"  # autotimm's default: the last Conv2d
+    with pytest.raises(InputError, match="Conv2d"):
+        GradCAM(nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 3)), use_cuda=False)
     metrics = ExplanationMetrics(model, explainer, use_cuda=False)
     batch = metrics.deletion(x, target_class=torch.tensor([1, 1, 1]), steps=4)
     single = metrics.deletion(x[0], target_class=1, steps=4)

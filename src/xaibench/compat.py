@@ -125,10 +125,17 @@ class _AutotimmExplainer:
     __call__ = explain
 
 
-def _layer_name(model: nn.Module, target_layer: str | nn.Module | None) -> str | None:
-    if target_layer is None or isinstance(target_layer, str):
+def _layer_name(model: nn.Module, target_layer: str | nn.Module | None) -> str:
+    """The name of `target_layer` (a name or a module); None: the last ``nn.Conv2d``, autotimm's rule."""
+    if isinstance(target_layer, str):
         return target_layer
-    for name, module in network(model).named_modules():
+    modules = list(network(model).named_modules())
+    if target_layer is None:
+        convs = [name for name, m in modules if isinstance(m, nn.Conv2d)]
+        if not convs:
+            raise InputError("the model has no nn.Conv2d layer to explain; pass target_layer (a layer name or module)")
+        return convs[-1]
+    for name, module in modules:
         if module is target_layer:
             return name
     raise InputError("target_layer is not a module of the model")
@@ -136,7 +143,8 @@ def _layer_name(model: nn.Module, target_layer: str | nn.Module | None) -> str |
 
 class GradCAM(_AutotimmExplainer):
     """Grad-CAM (xaibench's ``gradcam``) as autotimm's ``GradCAM(model, target_layer=None,
-    use_cuda=True)``: heatmaps at the layer's resolution, as autotimm returns them."""
+    use_cuda=True)``: by default at the last ``nn.Conv2d`` (autotimm's choice, not xaibench's),
+    heatmaps at the layer's resolution, as autotimm returns them."""
 
     method = "gradcam"
 
