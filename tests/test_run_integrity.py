@@ -97,6 +97,18 @@ def test_a_lock_held_on_another_host_is_refused_with_what_to_do(tmp_path):
         _quiet_run(_cfg(), out)
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_the_lock_is_exclusive_with_or_without_hard_links(tmp_path, monkeypatch, hard_links):
+    if not hard_links:
+        monkeypatch.setattr(layout.os, "link", lambda *args: (_ for _ in ()).throw(PermissionError("no links")))
+    with layout.run_lock(tmp_path) as me:
+        assert json.loads((tmp_path / layout.LOCK).read_text())["token"] == me["token"]
+        with pytest.raises(InputError, match=rf"process {os.getpid()} on host"), layout.run_lock(tmp_path):
+            pass
+    assert not (tmp_path / layout.LOCK).exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_clean_up_keeps_temporary_files_of_live_writers(copy_of):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -246,6 +246,27 @@ def _guard(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _create(path: Path, text: str) -> bool:
+    """Create `path` holding `text` if it does not exist (atomically: a hard link of a complete
+    temporary file; exclusive creation where the filesystem has no hard links). False if it exists."""
+    tmp = write_temp(path, lambda p: p.write_text(text))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[dict[str, Any]]:
     """Hold the exclusive lock of run directory `out` for the body of the ``with`` block.
@@ -260,16 +281,10 @@ def run_lock(out: Path) -> Iterator[dict[str, Any]]:
     me = {"host": _HOST, "pid": os.getpid(), "process_start": _process_start(os.getpid()),
           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
     for _ in range(20):
-        tmp = write_temp(path, lambda p: p.write_text(json.dumps(me)))
-        try:
-            os.link(tmp, path)
+        if _create(path, json.dumps(me)):
             break
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
         holder = _read_holder(path)
-        if holder is None:  # vanished or half-written by a filesystem without link(): look again
+        if holder is None:  # vanished, or being written on a filesystem without link(): look again
             time.sleep(0.05)
             continue
         if holder.get("host") == _HOST and not _alive(int(holder.get("pid", -1)), holder.get("process_start")):
@@ -281,7 +296,8 @@ def run_lock(out: Path) -> Iterator[dict[str, Any]]:
             f"; if that process no longer runs, delete {path} (a lock held on another host cannot be checked from here)")
         raise InputError(f"{out} is being written by {_describe(holder)}; wait for it to finish or stop it{where}")
     else:
-        raise InputError(f"cannot take the lock {path}: it changes hands too often")
+        raise InputError(f"cannot take the lock {path}: it is unreadable or changes hands too often; "
+                         "if no process writes the run, delete it")
     try:
         yield me
     finally:
