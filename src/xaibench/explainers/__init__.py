@@ -15,24 +15,31 @@ from torch import nn
 
 from xaibench.errors import InputError
 from xaibench.explainers import baselines, cam, gradient  # noqa: F401  (registration)
+from xaibench.explainers import lrp  # noqa: F401  (registration)
 from xaibench.explainers.base import METHODS, Explainer, MethodInfo, apply_sign, reduce_channels
 from xaibench.explainers.cam import find_layer
 
 
-def explainer(name: str, model: nn.Module, **params: Any) -> Explainer:
+def explainer(name: str, model: nn.Module, differentiable: bool = False, **params: Any) -> Explainer:
     """Build the explainer registered as `name` for `model`.
 
-    Unknown method names raise `UnknownNameError`, unknown parameters `InputError`, both with the
-    closest valid names.
+    ``differentiable=True``: maps that carry gradient to the model's weights (see
+    `xaibench.explainers.differentiable`). Unknown method names raise `UnknownNameError`, unknown
+    parameters `InputError`, both with the closest valid names.
     """
     info = METHODS.get(name)
+    cls = info.cls
+    if differentiable:
+        from xaibench.explainers.differentiable import differentiable_class
+
+        cls = differentiable_class(info)
     known = list(info.params)
     for key in params:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise InputError(f"method {info.name!r} has no parameter {key!r}.{hint} Known: {', '.join(known)}.")
-    return info.cls(model, **params)
+    return cls(model, **params)
 
 
 __all__ = ["METHODS", "Explainer", "MethodInfo", "apply_sign", "explainer", "find_layer", "reduce_channels"]
