@@ -65,6 +65,38 @@ def test_the_runner_randomises_blocks_by_default_and_plans_their_cost():
     assert rows["model_parameter_randomisation"].units == 8 * 3
 
 
+def test_blocks_are_randomised_as_wholes():
+    import torch
+    from torch import nn
+
+    from xaibench.explainers.gradient import SaliencyExplainer
+    from xaibench.metrics.randomisation import model_parameter_randomisation
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.stage, self.pool, self.head = nn.Conv2d(3, 3, 1), Block(), nn.AdaptiveAvgPool2d(1), nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.head(self.pool(self.stage(self.stem(x))).flatten(1))
+
+    net = Net().eval()
+    calls = []
+    x = torch.rand(2, 3, 8, 8)
+    result = model_parameter_randomisation(net, x, torch.tensor([0, 1]), SaliencyExplainer(net), layers="blocks",
+                                           randomise=lambda layer, gen: calls.append(layer))
+    assert result.params["layers"] == ["head", "stage", "stem"] and result.curves.shape == (2, 3)
+    assert calls == [net.head, net.stage.conv, net.stage.bn, net.stem]  # the block's layers together, one step
+
+
 # --- progress ------------------------------------------------------------------------------------
 
 
