@@ -264,3 +264,23 @@ def test_bad_configs(raw, error, words):
         parse_train_config(raw)
     for word in words:
         assert word in str(info.value)
+
+
+def test_reliability_diagram():
+    import matplotlib.pyplot as plt
+
+    from xaibench.plotting import reliability_diagram
+
+    probs, labels = _probs(300, seed=2)
+    conf, pred = probs.max(1)
+    hits = (pred == labels).float()
+    for adaptive in (False, True):
+        fig = reliability_diagram(conf, hits, adaptive=adaptive, title="baseline")
+        ax = fig.axes[0]
+        bins = reliability_bins(conf, hits, adaptive=adaptive)
+        heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+        assert heights == sorted(round(float(a), 6) for a in bins.accuracy[bins.count > 0])
+        name = "AdaECE" if adaptive else "ECE"
+        error = (adaptive_calibration_error if adaptive else expected_calibration_error)(probs, labels)
+        assert ax.get_title() == f"baseline: {name} {float(error):.3f}"
+        plt.close(fig)

@@ -122,3 +122,28 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
     finally:
         plt.close(fig)
     return path
+
+
+def reliability_diagram(confidence: Tensor, hits: Tensor, *, n_bins: int = 15, adaptive: bool = False,
+                        title: str = "") -> plt.Figure:
+    """Reliability diagram of top-label confidences [N] and hits [N] (0/1): per bin, the accuracy
+    (bars) against the mean confidence (red marks; the gap is the miscalibration), the diagonal of
+    perfect calibration, and the ECE (AdaECE with ``adaptive=True``, equal-mass bins) in the title.
+    Bins as `xaibench.training.calibration.reliability_bins`; empty bins are left blank."""
+    from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, reliability_bins
+
+    bins = reliability_bins(confidence, hits, n_bins=n_bins, adaptive=adaptive)
+    error = (confidence_adaptive_error if adaptive else confidence_calibration_error)(confidence, hits, n_bins=n_bins)
+    lower, upper = bins.lower.cpu().numpy(), bins.upper.cpu().numpy()
+    acc, conf = bins.accuracy.cpu().numpy(), bins.confidence.cpu().numpy()
+    filled = bins.count.cpu().numpy() > 0
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.bar(lower[filled], acc[filled], width=(upper - lower)[filled], align="edge", color="#4c72b0",
+           edgecolor="white", label="accuracy")
+    ax.scatter((lower + upper)[filled] / 2, conf[filled], marker="_", s=200, color="#c44e52", label="confidence")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"{title + ': ' if title else ''}{'AdaECE' if adaptive else 'ECE'} {float(error):.3f}")
+    ax.legend(loc="upper left", frameon=False)
+    fig.tight_layout()
+    return fig
