@@ -25,8 +25,8 @@ mask), with the case computed from the run's cached maps by `shared_interest_cas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
