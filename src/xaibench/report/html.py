@@ -273,12 +273,15 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: 
     rows, flags = [], {}
     for i, r in enumerate(reliable.itertuples()):
         note = []
-        if r.beaten_by:
+        if r.beaten_by and first.at[r.metric, "category"] == "randomisation":
+            note.append(f"control {', '.join(r.beaten_by)} scores better, as expected: maps that ignore the model "
+                        "change completely, the floor of this check")
+        elif r.beaten_by:
             note.append(f"control {', '.join(r.beaten_by)} scores better: this metric does not separate the "
                         "methods from a model-independent baseline here")
             flags[(i, "note")] = "warn"
-        note.append("significantly better than every other method" if r.clear
-                    else "not significantly better than every other method")
+        note.append("significantly better than every other (non-control) method" if r.clear
+                    else "not significantly better than every other (non-control) method")
         rows.append({"metric": r.metric, "α": r.alpha, "best method": r.best or "none",
                      "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]", "note": "; ".join(note)})
     best_html = (_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
@@ -368,7 +371,7 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         except Exception:  # noqa: BLE001 - a method whose maps were not cached is shown as missing
             maps[method] = None
     size = tuple(images["images"].shape[-2:])
-    head = "<th>image</th>" + "".join(f"<th>{_method_label(m, controls)}</th>" for m in methods)
+    head = "<th>image</th>" + "".join(f"<th>{_method_label(m, controls).replace('_', '_<wbr>')}</th>" for m in methods)
     body = []
     for row_i, (i, image_id) in enumerate(zip(chosen, ids)):
         mask = [m[row_i] for m in masks.values()]
