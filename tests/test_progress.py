@@ -149,8 +149,10 @@ def test_the_terminal_bar_names_the_metric():
     stream = io.StringIO()
     p = RunProgress("bench", {("grad", None): 1.0, ("grad", "deletion"): 3.0}, {0: 2}, 1, stream=stream, terminal=True)
     p.step(0, "grad", "deletion", False)
-    p.close()
     assert "bench: shard 1/1 grad / deletion" in stream.getvalue()
+    p.shard_done()
+    p.close()
+    assert "bench: 1 of 1 shards done" in stream.getvalue()
 
 
 def test_format_seconds():

@@ -91,6 +91,8 @@ class RunProgress:
         self.done += 1
         if self.bar is None:
             self._line(final=self.done == self.n_shards)
+        elif self.done == self.n_shards:
+            self.bar.set_description(f"{self.label}: {self.done} of {self.n_shards} shards done", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
