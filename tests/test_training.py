@@ -87,6 +87,6 @@ def test_early_stopping_and_label_permutation(tmp_path):
     assert list(result.log["epoch"]) == [0, 1]  # no gain in validation accuracy after epoch 0: stopped
     plain = split_data(parse_train_config(TINY))
     permuted = split_data(parse_train_config({**TINY, "label_permutation": True}))
-    assert plain[1].indices == permuted[1].indices and plain[2].indices == permuted[2].indices
-    before, after = plain[1].labels + plain[2].labels, permuted[1].labels + permuted[2].labels
+    assert plain[0].indices == permuted[0].indices and plain[1].indices == permuted[1].indices
+    before, after = plain[0].labels + plain[1].labels, permuted[0].labels + permuted[1].labels
     assert sorted(before) == sorted(after) and sum(a != b for a, b in zip(before, after)) > 0.7 * len(before)

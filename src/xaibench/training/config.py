@@ -111,7 +111,10 @@ _UNHASHED = ("device", "num_workers")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A validated training configuration; `raw` is the canonical dict (the TOML written beside the model)."""
+    """A validated training configuration; `raw` is the canonical dict (the TOML written beside the model).
+
+    Top-level keys read as attributes (``cfg.epochs``), tables as dicts (``cfg.model["spec"]``).
+    """
 
     raw: dict[str, Any]
 

@@ -95,8 +95,8 @@ def _labels(dataset: Any) -> list[int]:
     return [int(s.label) for s in dataset]
 
 
-def split_data(cfg: TrainConfig) -> tuple[Dataset, LabelledImages, LabelledImages | None, int]:
-    """(data set, training pairs, validation pairs or None, number of classes) of a config.
+def split_data(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages | None, int]:
+    """(training pairs, validation pairs or None, number of classes) of a config.
 
     The split's positions (a seeded subset of ``[data].n`` when given) are shuffled with the seed;
     the first ``round(val_fraction * n)`` are the validation images. With ``label_permutation`` the
@@ -124,7 +124,7 @@ def split_data(cfg: TrainConfig) -> tuple[Dataset, LabelledImages, LabelledImage
     train_set = LabelledImages(dataset, train_pos, [labels_of[p] for p in train_pos])
     val_set = LabelledImages(dataset, val_pos, [labels_of[p] for p in val_pos]) if n_val else None
     num_classes = len(getattr(dataset, "classes", [])) or max(labels) + 1
-    return dataset, train_set, val_set, num_classes
+    return train_set, val_set, num_classes
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -445,7 +445,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
     accelerator, device_ids = _accelerator(cfg.device)
     with _isolated(quiet=not progress):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        _dataset, train_set, val_set, num_classes = split_data(cfg)
+        train_set, val_set, num_classes = split_data(cfg)
         model = initial_model(cfg, num_classes)
         layer = None
         if "fp" in cfg.parts:
