@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -162,8 +163,15 @@ def handle(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     from xaibench import load_model
 
+    from xaibench.errors import WeightsUnavailableError
+
     mkw = {k: cfg.model[k] for k in ("weights", "num_classes") if cfg.model.get(k) is not None}
-    model = load_model(cfg.model["spec"], seed=cfg.seed, device=cfg.device, **mkw).eval()
+    try:
+        model = load_model(cfg.model["spec"], seed=cfg.seed, device=cfg.device, **mkw).eval()
+    except WeightsUnavailableError as err:  # timing does not depend on the weights' values
+        print(f"note: timing the architecture with random weights ({err})", file=sys.stderr)
+        mkw.pop("weights")
+        model = load_model(cfg.model["spec"], seed=cfg.seed, device=cfg.device, **mkw).eval()
     load = time.perf_counter() - start
     if args.images is None:
         from xaibench.data import load_dataset
