@@ -167,6 +167,17 @@ def test_corrupt_caches_are_recomputed_on_resume(finished, copy_of):
     torch.testing.assert_close(load_images(copy_of)["images"], load_images(finished)["images"])
 
 
+def test_a_shard_without_commit_record_is_recorded_on_resume(copy_of):
+    """A run directory of an older xaibench (or a deleted record): its readable results are kept."""
+    record = layout.commit_path(copy_of, 0)
+    want = json.loads(record.read_text())
+    record.unlink()
+    before = load_results(copy_of)
+    _quiet_run(_cfg(), copy_of, resume=True)
+    assert json.loads(record.read_text()) == want
+    pd.testing.assert_frame_equal(load_results(copy_of), before)
+
+
 def test_a_corrupt_manifest_is_named_and_overwrite_starts_again(copy_of):
     (copy_of / layout.MANIFEST).write_text('{"config_hash": "ab')
     with pytest.raises(InputError, match=r"run.json is corrupt"):
