@@ -16,6 +16,11 @@ class Condition(models.Model):
     model = models.CharField(max_length=128)
     method = models.CharField(max_length=128)
     study = models.CharField(max_length=128, blank=True, default="", help_text="name of the study data set")
+    # what is needed to score the maps after the study (never shown to annotators); empty when unknown
+    original_model = models.CharField(max_length=1024, blank=True, default="", help_text="load_model spec")
+    finetuned_model = models.CharField(max_length=1024, blank=True, default="", help_text="load_model spec")
+    metric_name = models.CharField(max_length=128, blank=True, default="", help_text="xaibench metric registry name")
+    method_name = models.CharField(max_length=128, blank=True, default="", help_text="xaibench method registry name")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -40,6 +45,12 @@ class Example(models.Model):
     original_map = models.CharField(max_length=255, blank=True, default="")
     finetuned_map = models.CharField(max_length=255, blank=True, default="")
     source_image = models.CharField(max_length=512, blank=True, default="", help_text="path in the source data set")
+    # the maps as explained (media names of float32 [H, W] .npy files), the object mask (media name
+    # of a PNG, nonzero = inside) and the true class index: what metrics need after the study
+    original_array = models.CharField(max_length=255, blank=True, default="")
+    finetuned_array = models.CharField(max_length=255, blank=True, default="")
+    mask = models.CharField(max_length=255, blank=True, default="")
+    label_index = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["condition", "position", "id"]
