@@ -200,7 +200,7 @@ def _partial_banner(manifest: dict[str, Any], results: pd.DataFrame, out: Path) 
             f"<code>xaibench run CONFIG --out {_e(out)} --resume</code> and write the report again.</div>")
 
 
-def _summary(manifest: dict[str, Any], results: pd.DataFrame, rel: Any, params: dict[str, dict[str, Any]],
+def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, dict[str, Any]],
              controls: set[str], best: pd.DataFrame, sanity: pd.DataFrame, finding: list[str]) -> str:
     cfg = manifest["config"]
     methods = list(dict.fromkeys(results["method"]))
@@ -363,12 +363,14 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         index = int(row[index_column])
         return classes[index] if 0 <= index < len(classes) else str(index)
 
+    from xaibench.errors import XaibenchError
+
     methods = list(dict.fromkeys(results["method"]))
     maps = {}
     for method in methods:
         try:
             maps[method] = load_maps(out, method)
-        except Exception:  # noqa: BLE001 - a method whose maps were not cached is shown as missing
+        except XaibenchError:  # a method whose maps were not cached is shown as missing
             maps[method] = None
     size = tuple(images["images"].shape[-2:])
     head = "<th>image</th>" + "".join(f"<th>{_method_label(m, controls).replace('_', '_<wbr>')}</th>" for m in methods)
@@ -425,7 +427,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     alignment, finding = alignment_finding(results, controls)
     sections: list[tuple[str, str, str]] = []
 
-    sections.append(("summary", "Summary", _summary(manifest, results, rel, params, controls, best, sanity, finding)))
+    sections.append(("summary", "Summary", _summary(manifest, results, params, controls, best, sanity, finding)))
     control_note = (
         " Rows marked <i>control</i> are model-independent baselines: they are never highlighted as best; an "
         "orange cell is a control that scores better than every method, so the metric does not separate "
