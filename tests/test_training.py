@@ -49,6 +49,7 @@ def test_train_writes_model_log_and_config(tmp_path):
 def test_fp_needs_a_feature_map(tmp_path):
     with pytest.raises(InputError, match=r"feature map \[B, K, h, w\].*'fc'"):
         train({**TINY, "setting": "fp", "feature_layer": "fc"}, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written: the fixed config can use the directory
 
 
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
@@ -85,6 +86,9 @@ def test_early_stopping_and_label_permutation(tmp_path):
            "selection": "accuracy+ece"}
     result = train(cfg, tmp_path / "run", progress=False)
     assert list(result.log["epoch"]) == [0, 1]  # no gain in validation accuracy after epoch 0: stopped
+    (tmp_path / "run" / "model.pt").unlink()  # as if killed after the last checkpoint, before the model file
+    again = train(cfg, tmp_path / "run", resume=True, progress=False)
+    assert list(again.log["epoch"]) == [0, 1] and again.model_path.is_file()
     plain = split_data(parse_train_config(TINY))
     permuted = split_data(parse_train_config({**TINY, "label_permutation": True}))
     assert plain[0].indices == permuted[0].indices and plain[1].indices == permuted[1].indices

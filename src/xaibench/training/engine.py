@@ -325,9 +325,17 @@ class EpochRecorder(Callback):
     selection rule may still pick (``checkpoints/epoch-NNNN.pt``). Its state (the rows) is part of
     Lightning's checkpoint, so a resumed run continues the same log."""
 
-    def __init__(self, out: Path, rule: str, max_epochs: int) -> None:
-        self.out, self.rule, self.keep = out, rule, candidate_count(rule, max_epochs)
+    def __init__(self, out: Path, rule: str, max_epochs: int, patience: int) -> None:
+        self.out, self.rule, self.keep, self.patience = out, rule, candidate_count(rule, max_epochs), patience
         self.rows: list[dict[str, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: GomezModule) -> None:
+        # Resumed after early stopping had fired (killed before the model file was written): the
+        # restored log says so, and Lightning does not keep `should_stop`; stop before a new epoch.
+        if self.patience and self.rows:
+            log = self.table()
+            best = int(log["epoch"].iloc[int(log["val_accuracy"].to_numpy().argmax())])
+            trainer.should_stop = int(log["epoch"].iloc[-1]) - best >= self.patience
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: GomezModule) -> None:
         row = pl_module.epoch_row()
@@ -439,9 +447,6 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         log = pd.read_csv(out / LOG_FILE)
         if "selected" in log and log["selected"].any():
             return _result(cfg, out)
-    if _rank() == 0:
-        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
     accelerator, device_ids = _accelerator(cfg.device)
     with _isolated(quiet=not progress):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -450,8 +455,11 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         layer = None
         if "fp" in cfg.parts:
             _name, layer = feature_module(model, cfg.feature_layer, train_set[0][0][None])
+        if _rank() == 0:  # only once the data, the model and its feature map are known to work
+            (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+            _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
         module = GomezModule(model, cfg, train_set, val_set, layer)
-        recorder = EpochRecorder(out, cfg.selection, cfg.epochs)
+        recorder = EpochRecorder(out, cfg.selection, cfg.epochs, cfg.patience)
         callbacks: list[Callback] = [recorder, ModelCheckpoint(
             dirpath=out / CHECKPOINTS, filename=Path(LAST).stem, enable_version_counter=False,
             save_on_train_epoch_end=True)]
