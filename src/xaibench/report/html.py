@@ -62,7 +62,7 @@ dl.run{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:4p
 dl.run dd{margin:0}
 figure.tile{margin:0;display:inline-block} figure.tile img{display:block;image-rendering:pixelated}
 .bar{display:flex;justify-content:space-between;font-size:.68rem;color:#4a5561;font-variant-numeric:tabular-nums}
-.gallery td{text-align:center;padding:4px} .gallery th{white-space:normal;overflow-wrap:anywhere;max-width:96px} .gallery td:first-child{font-size:.75rem;line-height:1.3}
+.gallery td{text-align:center;padding:4px} .gallery th{white-space:normal;overflow-wrap:anywhere;max-width:128px} .gallery td:first-child{font-size:.75rem;line-height:1.3}
 .wrong{color:#a3222b;font-weight:600}
 """
 
@@ -373,6 +373,7 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         except XaibenchError:  # a method whose maps were not cached is shown as missing
             maps[method] = None
     size = tuple(images["images"].shape[-2:])
+    cell = 96 if max(size) <= 64 else 128  # small images scaled up crisply; photos a little larger
     head = "<th>image</th>" + "".join(f"<th>{_method_label(m, controls).replace('_', '_<wbr>')}</th>" for m in methods)
     body = []
     for row_i, (i, image_id) in enumerate(zip(chosen, ids)):
@@ -382,14 +383,14 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         wrong = int(info["label"]) != int(info["prediction"])
         explained = ("" if int(info["target"]) == int(info["prediction"])
                      else f"<br>explained: {_e(name(info, 'target_name', 'target'))}")
-        cells = [f'<td><figure class="tile"><img alt="image {_e(image_id)}" src="{plots.image_tile(images["images"][i], mask)}">'
+        cells = [f'<td><figure class="tile"><img alt="image {_e(image_id)}" src="{plots.image_tile(images["images"][i], mask, cell)}">'
                  f"</figure><br>{_e(image_id)}<br>true: {_e(true)}<br>"
                  f'<span class="{"wrong" if wrong else ""}">predicted: {_e(pred)}</span>{explained}</td>']
         for method in methods:
             if maps[method] is None or i >= maps[method].shape[0]:
                 cells.append("<td>no map</td>")
                 continue
-            uri, vmin, vmax = plots.map_tile(maps[method][i], size, mask)
+            uri, vmin, vmax = plots.map_tile(maps[method][i], size, mask, cell)
             mid = "0" if vmin < 0 else _fmt((vmin + vmax) / 2, 2)
             cells.append(f'<td><figure class="tile"><img alt="{_e(method)} map of {_e(image_id)} with colour bar" '
                          f'src="{uri}"><div class="bar"><span>{_fmt(vmin, 2)}</span><span>{mid}</span>'
