@@ -77,20 +77,33 @@ def test_streaming_over_batches_equals_functional_on_whole_set(setup, name):
     assert cls.higher_is_better == fn.info.higher_is_better
 
 
-def test_given_maps_and_seeded_metric_use_seed_plus_update_index(setup):
+def test_given_maps_and_seeded_metric_draw_with_the_seed_on_every_batch(setup):
     model, x, targets, _, maps = setup
     metric = streaming.MaxSensitivity(method="saliency", n_samples=2, seed=5)
     explainer = xaibench.explainer("saliency", model)
     expected = []
-    for k, s in enumerate(range(0, N, BATCH)):
+    for s in range(0, N, BATCH):
         sl = slice(s, s + BATCH)
         metric.update(model=model, inputs=x[sl], targets=targets[sl])
-        expected.append(xaibench.metrics.max_sensitivity(model, x[sl], targets[sl], explainer, n_samples=2, seed=5 + k).scores)
+        expected.append(xaibench.metrics.max_sensitivity(model, x[sl], targets[sl], explainer, n_samples=2, seed=5).scores)
     assert metric.compute().item() == pytest.approx(torch.cat(expected).double().nanmean().item(), rel=1e-9)
     # maps passed in are used as they are (no method needed)
     sparse = streaming.Sparseness()
     sparse.update(attributions=maps)
     assert sparse.compute().item() == pytest.approx(xaibench.metrics.sparseness(maps).mean(), rel=1e-9)
+
+
+def test_forward_returns_the_batch_value_and_accumulates_like_update(setup):
+    model, x, targets, _, _ = setup
+    by_update, by_forward = (streaming.MaxSensitivity(method="saliency", n_samples=2) for _ in range(2))
+    for s in range(0, N, BATCH):
+        sl = slice(s, s + BATCH)
+        by_update.update(model=model, inputs=x[sl], targets=targets[sl])
+        batch = by_forward(model=model, inputs=x[sl], targets=targets[sl])
+        single = streaming.MaxSensitivity(method="saliency", n_samples=2)
+        single.update(model=model, inputs=x[sl], targets=targets[sl])
+        assert batch.item() == single.compute().item()
+    assert by_forward.compute().item() == pytest.approx(by_update.compute().item(), rel=1e-12)
 
 
 def test_nan_scores_are_counted_not_averaged():
@@ -130,7 +143,7 @@ def test_pickling_and_reset(setup):
     first = metric.compute()["mean"].item()
     metric.reset()
     assert int(metric.count) == 0 and metric.scores == []
-    # after reset the seeds start again: the same updates give the same value
+    # after a reset the same updates give the same value
     metric.update(model=model, inputs=x[:BATCH], targets=targets[:BATCH])
     metric.update(model=model, inputs=x[BATCH:], targets=targets[BATCH:])
     assert metric.compute()["mean"].item() == first

@@ -20,8 +20,9 @@ the `METRICS` registry (names in CamelCase: ``PointingGame``, ``RelevanceMassAcc
   ``"cat"`` state of 8 bytes per image (gathered from every process at ``compute``), the one state
   that grows with the data. The scores are sorted before resampling, so the interval does not
   depend on how the images were split across processes. Curves are never accumulated.
-- Randomised metrics (``max_sensitivity``, ...) draw with seed ``seed + k`` on the k-th update since
-  the last reset (per process), unless ``seed`` is set in the parameters.
+- Randomised metrics (``max_sensitivity``, ...) draw with the constructor's ``seed`` on every batch
+  (unless the parameters set ``seed``), so a batch's scores do not depend on what came before it:
+  not on batch order, resets, ``forward`` versus ``update``, or the number of processes.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class ExplanationMetric(Metric):
                 )
             kwargs = {w: words[w] for w in requires}
             if self._takes_seed and "seed" not in self.params:
-                kwargs["seed"] = self.seed + int(self._update_count) - 1  # counted before update runs
+                kwargs["seed"] = self.seed
             result = self.entry.fn(**kwargs, **self.params)
         scores = result.scores.detach().to(self.total.device, torch.float64).flatten()
         defined = ~torch.isnan(scores)
