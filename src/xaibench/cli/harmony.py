@@ -47,6 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
     q.add_argument("--labels", metavar="CSV", help="analyse an exported CSV instead of the database")
     q.add_argument("--confidence", type=float, default=0.95, help="confidence level of the Wilson intervals")
+    q.add_argument("--metrics", metavar="LIST",
+                   help="comma-separated metric registry names: agreement of each (and of every condition's own "
+                        "metric) with the annotators' majority, scored from the maps the study stores as arrays")
+    q.add_argument("--html", metavar="FILE", help="also write the analysis as a self-contained HTML page")
     q.set_defaults(func=handle_analyze)
 
     q = sub.add_parser("import-legacy", help="import the published study's database (app label relevavance)")
@@ -174,11 +178,51 @@ def handle_analyze(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(f"labels: {err}") from err
     result = analyze(df, confidence=args.confidence)
+    if args.metrics is not None:
+        _add_agreement(result, df, args)
     if args.json:
         print(json.dumps(to_jsonable(result), indent=2))
     else:
         print(format_report(result))
+        from xaibench.harmony.agreement import format_agreement
+
+        print("\n".join(["", *result.get("notes", [])]))
+        if result.get("agreement"):
+            print(format_agreement(result["agreement"]))
+    if args.html:
+        from pathlib import Path
+
+        from xaibench.harmony.analysis import format_html
+
+        Path(args.html).write_text(format_html(result), encoding="utf-8")
+        print(f"HTML written to {args.html}", file=sys.stderr)
     return 0
+
+
+def _add_agreement(result: dict, labels, args: argparse.Namespace) -> None:
+    """Metric-human agreement into ``result`` (``agreement``, or a ``notes`` line saying why not)."""
+    from xaibench.errors import InputError
+    from xaibench.harmony.agreement import agreement, scorable_metric, study_scores
+
+    names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+    if not names:
+        raise InputError("--metrics: name at least one metric, e.g. --metrics relevance_mass_accuracy,pointing_game")
+    names = [scorable_metric(n).info.name for n in names]
+    _ready()
+    scores, info = study_scores(names)
+    notes = result.setdefault("notes", [])
+    for name, why in info["not_scorable"].items():
+        notes.append(f"a condition's own metric is not scored: {why.split(';')[0]}")
+    if not info["with_maps"]:
+        notes.append(
+            f"Metric-human agreement: none of the {info['examples']} examples carries the two maps as arrays "
+            "(original_map / finetuned_map), so no metric can be scored (the published study's database holds "
+            "only picture paths; studies made by `xaibench harmony make-study` store the arrays)"
+        )
+        return
+    if info["with_maps"] < info["examples"]:
+        notes.append(f"{info['examples'] - info['with_maps']} of {info['examples']} examples carry no maps as arrays and are not scored")
+    result["agreement"] = agreement(labels, scores, confidence=args.confidence)
 
 
 def handle_import_legacy(args: argparse.Namespace) -> int:

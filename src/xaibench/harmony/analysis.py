@@ -263,3 +263,43 @@ def to_jsonable(obj):
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
+
+
+def _html_table(rows: list[dict]) -> str:
+    from html import escape
+
+    if not rows:
+        return "<p>none</p>"
+    columns = list(rows[0])
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.4g}"
+        return escape(str(v))
+
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def format_html(result: dict) -> str:
+    """``analyze``'s result (with ``agreement``, ``mask_agreement`` or ``notes`` where present) as one
+    self-contained HTML page: a table per section, no scripts."""
+    from html import escape
+
+    sections = [("Per condition", result.get("conditions", [])), ("Pooled per metric", result.get("metrics", [])),
+                ("Per annotator", result.get("annotators", [])), ("Overall", [result["overall"]] if result.get("overall") else [])]
+    agreement = result.get("agreement")
+    if agreement:
+        sections += [("Metric-human agreement per condition", agreement["conditions"]),
+                     ("Metric-human agreement pooled per metric", agreement["pooled"]),
+                     ("Metrics humans agree with most", [{"rank": i + 1, "metric": m} for i, m in enumerate(agreement["ranking"])])]
+    if result.get("mask_agreement"):
+        sections.append(("Mask agreement between annotators (IoU)", result["mask_agreement"]))
+    notes = "".join(f"<p class=note>{escape(n)}</p>" for n in result.get("notes", []))
+    body = "".join(f"<h2>{escape(t)}</h2>{_html_table(rows)}" for t, rows in sections)
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.note{color:#a40}")
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>HARMONY analysis</title><style>{style}</style></head>"
+            f"<body><h1>HARMONY analysis</h1><p>{result['n_labels']} labels by {result['n_annotators']} annotators</p>"
+            f"{notes}{body}</body></html>")

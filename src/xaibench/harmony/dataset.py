@@ -315,13 +315,14 @@ def pictures_of(espec: ExampleSpec) -> dict[str, bytes]:
     return {p: canonical_png(espec.pictures[p], compress=p == "image") for p in PICTURES}
 
 
-def _store_png(data: bytes) -> str:
-    """Store PNG bytes in media storage under their content hash (names reveal nothing); returns the name."""
+def _store_png(data: bytes, suffix: str = ".png") -> str:
+    """Store bytes (a PNG, or a .npy with ``suffix``) in media storage under their content hash
+    (names reveal nothing); returns the name."""
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
     digest = hashlib.sha256(data).hexdigest()
-    name = f"harmony/{digest[:2]}/{digest}.png"
+    name = f"harmony/{digest[:2]}/{digest}{suffix}"
     if not default_storage.exists(name):
         saved = default_storage.save(name, ContentFile(data))
         if saved != name:  # pragma: no cover - concurrent save of the same content
@@ -340,11 +341,16 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
     counts = {"conditions_created": 0, "examples_created": 0, "examples_updated": 0, "examples_unchanged": 0}
     with transaction.atomic():
         for cspec in manifest.conditions:
+            metric_data = {"original_model": cspec.models.get("original_model", ""),
+                           "finetuned_model": cspec.models.get("finetuned_model", ""),
+                           "metric_name": cspec.metric_name, "method_name": cspec.method_name}
             condition, created = Condition.objects.get_or_create(
                 dataset=cspec.dataset, metric=cspec.metric, model=cspec.model, method=cspec.method,
-                defaults={"study": manifest.name},
+                defaults={"study": manifest.name, **metric_data},
             )
             counts["conditions_created"] += int(created)
+            if any(getattr(condition, k) != v for k, v in metric_data.items()):
+                Condition.objects.filter(pk=condition.pk).update(**metric_data)
             for position, espec in enumerate(cspec.examples):
                 stored = {p: _store_png(data) for p, data in pictures_of(espec).items()}
                 fields = {
@@ -355,6 +361,10 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
                     "original_map": stored["original"],
                     "finetuned_map": stored["finetuned"],
                     "source_image": espec.relative["image"],
+                    "original_array": _store_png(espec.maps["original_map"].read_bytes(), ".npy") if espec.maps else "",
+                    "finetuned_array": _store_png(espec.maps["finetuned_map"].read_bytes(), ".npy") if espec.maps else "",
+                    "mask": _store_png(espec.mask.read_bytes()) if espec.mask else "",
+                    "label_index": espec.label_index,
                 }
                 example = Example.objects.filter(condition=condition, key=espec.key).first()
                 if example is None:

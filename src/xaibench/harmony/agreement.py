@@ -1,0 +1,273 @@
+"""Metric-human agreement: does an explanation metric prefer the map the annotators prefer?
+
+Per example a metric gives a **verdict** from its scores of the two maps as explained (the arrays
+``original_map`` / ``finetuned_map`` of the study): ``finetuned`` when the fine-tuned map scores
+better (higher or lower as the metric's ``MetricInfo.higher_is_better`` says), ``original`` when
+the original one does, ``tie`` when the two scores are equal (``numpy.isclose``, rtol 1e-6, atol
+1e-12) and ``undefined`` when either score is NaN (or the data it needs are missing).
+
+The **human majority** of an example is the category (``finetuned`` / ``original`` / ``neither``)
+with strictly the most labels; a tie between the top categories is ``none``.
+
+The **agreement rate** counts the examples where both sides decided: the majority is ``finetuned``
+or ``original`` and the verdict is ``finetuned`` or ``original``; it is the share of those where
+the two are equal, with a Wilson interval and an exact binomial test against chance (0.5).
+Examples whose majority is ``neither`` or ``none``, and metric ties or undefined scores, are left
+out of the rate and counted in their own columns.
+
+**Krippendorff's alpha** (nominal, three categories) is computed over the annotators alone and with
+the metric as one more rater, whose rating is its verdict (a tie rates ``neither``, the metric
+cannot tell the maps apart; an undefined score is a missing rating). Alpha rising when the metric
+joins means it rates like one more annotator; falling means it disagrees with them.
+
+``agreement(labels, scores)`` is pure pandas (no Django, no torch); ``score_maps`` computes a
+registered metric's scores of arrays; ``study_scores`` reads the stored arrays of a loaded study.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from xaibench.errors import InputError
+from xaibench.harmony.analysis import (
+    CATEGORIES,
+    CONDITION_KEYS,
+    binomial_test,
+    krippendorff_alpha_nominal,
+    normalise,
+    wilson_interval,
+)
+
+ITEM_KEYS = [*CONDITION_KEYS, "example"]
+DECIDED = ("finetuned", "original")
+VERDICTS = ("finetuned", "original", "tie", "undefined")
+# vocabulary words a metric may need that a study example carries (model-based metrics are not scored)
+SCORABLE = {"attributions", "masks", "targets", "labels"}
+SCORE_COLUMNS = [*ITEM_KEYS, "scored", "original_score", "finetuned_score", "higher_is_better"]
+
+
+def verdicts(original: np.ndarray, finetuned: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Per example: which map the metric scores better (``finetuned`` / ``original`` / ``tie`` /
+    ``undefined`` where a score is NaN)."""
+    original = np.asarray(original, dtype=float)
+    finetuned = np.asarray(finetuned, dtype=float)
+    better = finetuned > original if higher_is_better else finetuned < original
+    out = np.where(better, "finetuned", "original").astype(object)
+    out[np.isclose(original, finetuned, rtol=1e-6, atol=1e-12)] = "tie"
+    out[np.isnan(original) | np.isnan(finetuned)] = "undefined"
+    return out
+
+
+def human_majority(counts: np.ndarray) -> np.ndarray:
+    """Per item (rows of an items x CATEGORIES count matrix): the category with strictly the most
+    labels, ``none`` on a tie at the top (or no label)."""
+    counts = np.asarray(counts)
+    top = counts.max(axis=1, keepdims=True)
+    unique = ((counts == top).sum(axis=1) == 1) & (top[:, 0] > 0)
+    return np.where(unique, np.array(CATEGORIES, dtype=object)[counts.argmax(axis=1)], "none")
+
+
+def _counts(labels: pd.DataFrame) -> pd.DataFrame:
+    """Items (ITEM_KEYS as index) x CATEGORIES label counts."""
+    return (
+        labels.groupby(ITEM_KEYS + ["choice"]).size().unstack("choice")
+        .reindex(columns=list(CATEGORIES), fill_value=0).fillna(0).astype(int)
+    )
+
+
+def _stats(group: pd.DataFrame, confidence: float) -> dict:
+    """Agreement of one metric with the humans over the items of ``group`` (one row per item)."""
+    majority, verdict = group["majority"].to_numpy(), group["verdict"].to_numpy()
+    compared = np.isin(majority, DECIDED) & np.isin(verdict, DECIDED)
+    n, k = int(compared.sum()), int((compared & (majority == verdict)).sum())
+    low, high = wilson_interval(k, n, confidence)
+    human = group[list(CATEGORIES)].to_numpy(dtype=float)
+    rating = np.where(verdict == "tie", "neither", verdict)
+    metric = np.stack([rating == c for c in CATEGORIES], axis=1).astype(float)
+    out = {"examples": int(len(group))}
+    out.update({f"human_{c}": int((majority == c).sum()) for c in (*CATEGORIES, "none")})
+    out.update({f"metric_{v}": int((verdict == v).sum()) for v in VERDICTS})
+    out.update(
+        compared=n, agree=k, rate=k / n if n else float("nan"), ci_low=low, ci_high=high,
+        p_value=binomial_test(k, n) if n else float("nan"),
+        alpha_humans=krippendorff_alpha_nominal(human),
+        alpha_with_metric=krippendorff_alpha_nominal(human + metric),
+    )
+    return out
+
+
+def agreement(labels: pd.DataFrame, scores: pd.DataFrame, confidence: float = 0.95) -> dict:
+    """Agreement of each scored metric with the human majority, per condition and pooled per metric.
+
+    ``labels``: as for ``analysis.analyze``. ``scores``: one row per (item, scored metric) with
+    columns ``SCORE_COLUMNS`` (``scored`` the metric's registry name). Items without labels are
+    left out. Returns ``{"conditions": [...], "pooled": [...], "ranking": [...]}``; ``ranking``
+    lists the pooled metrics by agreement rate, highest first (undefined rates last).
+    """
+    missing = sorted(set(SCORE_COLUMNS) - set(scores.columns))
+    if missing:
+        raise ValueError(f"scores lack column(s): {', '.join(missing)}")
+    df = normalise(labels)
+    df["example"] = df["example"].astype(str)
+    counts = _counts(df)
+    counts["majority"] = human_majority(counts[list(CATEGORIES)].to_numpy())
+    scores = scores.copy()
+    scores["example"] = scores["example"].astype(str)
+    items = scores.join(counts, on=ITEM_KEYS, how="inner").reset_index(drop=True)
+    parts = [pd.Series(verdicts(g["original_score"], g["finetuned_score"], bool(g["higher_is_better"].iloc[0])), index=g.index)
+             for _, g in items.groupby("scored")]
+    items["verdict"] = pd.concat(parts) if parts else pd.Series(dtype=object)
+    result: dict = {"confidence": confidence, "conditions": [], "pooled": [], "ranking": []}
+    for key, group in items.groupby([*CONDITION_KEYS, "scored"], sort=True):
+        row = dict(zip([*CONDITION_KEYS, "scored"], key))
+        row.update(_stats(group, confidence))
+        result["conditions"].append(row)
+    for scored, group in items.groupby("scored", sort=True):
+        row = {"scored": scored, "conditions": int(group[list(CONDITION_KEYS)].drop_duplicates().shape[0])}
+        row.update(_stats(group, confidence))
+        result["pooled"].append(row)
+    ranked = sorted(result["pooled"], key=lambda r: (np.isnan(r["rate"]), -np.nan_to_num(r["rate"]), r["scored"]))
+    result["ranking"] = [r["scored"] for r in ranked]
+    return result
+
+
+def scorable_metric(name: str):
+    """The registered metric ``name`` (close names suggested), refused when it needs what a study
+    example does not carry (a model, the image as model input, an explainer)."""
+    from xaibench.metrics import METRICS
+
+    metric = METRICS.get(name)
+    needs = sorted(set(metric.info.requires) - SCORABLE)
+    if needs:
+        usable = sorted(n for n, m in METRICS.items() if set(m.info.requires) <= SCORABLE)
+        raise InputError(
+            f"metric {name!r} needs {', '.join(needs)}, which study examples do not carry; metrics "
+            f"scored from the stored maps and masks: {', '.join(usable)}"
+        )
+    return metric
+
+
+def score_maps(name: str, original: np.ndarray, finetuned: np.ndarray, masks: np.ndarray | None = None,
+               targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [B] of metric ``name`` on the original and the fine-tuned maps [B, H, W] (float32),
+    with object masks [B, H, W] bool and class indices [B] where it needs them (NaN where an
+    example lacks them: ``masks`` rows of all False and ``targets`` of -1 count as missing)."""
+    import torch
+
+    metric = scorable_metric(name)
+    n = len(original)
+    ok = np.ones(n, dtype=bool)
+    kwargs: dict = {}
+    if "masks" in metric.info.requires:
+        if masks is None:
+            return np.full(n, np.nan), np.full(n, np.nan)
+        ok &= masks.reshape(n, -1).any(axis=1)
+        kwargs["masks"] = torch.from_numpy(np.ascontiguousarray(masks[ok]))
+    for word in {"targets", "labels"} & set(metric.info.requires):
+        if targets is None:
+            return np.full(n, np.nan), np.full(n, np.nan)
+        ok &= np.asarray(targets) >= 0
+        kwargs[word] = torch.from_numpy(np.asarray(targets)[ok].astype(np.int64))
+    out = []
+    for maps in (original, finetuned):
+        scores = np.full(n, np.nan)
+        if ok.any():
+            result = metric(attributions=torch.from_numpy(np.ascontiguousarray(maps[ok], dtype=np.float32)), **kwargs)
+            scores[ok] = result.scores.double().cpu().numpy()
+        out.append(scores)
+    return out[0], out[1]
+
+
+def _npy(name: str) -> np.ndarray:
+    import io
+
+    from django.core.files.storage import default_storage
+
+    with default_storage.open(name, "rb") as fh:
+        return np.load(io.BytesIO(fh.read()), allow_pickle=False)
+
+
+def _mask(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    if not name:
+        return np.zeros(shape, dtype=bool)
+    with default_storage.open(name, "rb") as fh, Image.open(fh) as im:
+        pixels = np.asarray(im)  # palette images: the indices; nonzero = inside
+    return pixels.reshape(*pixels.shape[:2], -1)[..., :3].any(axis=-1)
+
+
+def study_scores(names: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Scores of the loaded study's examples that carry both maps as arrays: each metric of
+    ``names`` and each condition's own metric (``metric_name``, where scorable). Returns the scores
+    (``SCORE_COLUMNS``) and counts: ``examples``, ``with_maps``, ``not_scorable`` (own metrics
+    that need a model, by name)."""
+    from xaibench.harmony.models import Condition, Example
+    from xaibench.metrics import METRICS
+
+    rows: list[pd.DataFrame] = []
+    not_scorable: dict[str, str] = {}
+    info = {"examples": Example.objects.count(), "with_maps": 0}
+    for condition in Condition.objects.all():
+        examples = list(condition.examples.exclude(original_array="").exclude(finetuned_array=""))
+        info["with_maps"] += len(examples)
+        if not examples:
+            continue
+        wanted = list(names)
+        if condition.metric_name and condition.metric_name not in wanted:
+            try:
+                scorable_metric(condition.metric_name)
+                wanted.append(condition.metric_name)
+            except InputError as err:
+                not_scorable[condition.metric_name] = str(err)
+        by_shape: dict[tuple, list] = {}
+        for ex in examples:
+            original, finetuned = _npy(ex.original_array), _npy(ex.finetuned_array)
+            by_shape.setdefault(original.shape, []).append((ex, original, finetuned))
+        for shape, group in by_shape.items():
+            original = np.stack([g[1] for g in group])
+            finetuned = np.stack([g[2] for g in group])
+            masks = np.stack([_mask(g[0].mask, shape) for g in group])
+            targets = np.array([-1 if g[0].label_index is None else g[0].label_index for g in group])
+            for name in wanted:
+                so, sf = score_maps(name, original, finetuned, masks, targets)
+                rows.append(pd.DataFrame({
+                    "dataset": condition.dataset, "metric": condition.metric, "model": condition.model,
+                    "method": condition.method, "example": [g[0].key for g in group], "scored": METRICS.get(name).info.name,
+                    "original_score": so, "finetuned_score": sf,
+                    "higher_is_better": METRICS.get(name).info.higher_is_better,
+                }))
+    info["not_scorable"] = not_scorable
+    frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
+    return frame, info
+
+
+def format_agreement(result: dict) -> str:
+    """Plain-text tables of ``agreement``'s result (per condition, pooled per metric, ranking)."""
+    from xaibench.harmony.analysis import _fmt
+
+    head = (f"{'examples':>8} {'human F/O/N/none':>16} {'metric F/O/tie/undef':>20} {'agree/n':>9} {'rate':>6} "
+            f"{'CI':>13} {'p':>8} {'alpha':>6} {'+metric':>7}")
+
+    def row(name: str, r: dict, width: int) -> str:
+        human = "/".join(str(r[f"human_{c}"]) for c in (*CATEGORIES, "none"))
+        metric = "/".join(str(r[f"metric_{v}"]) for v in VERDICTS)
+        ci = f"{_fmt(r['ci_low'], '.3f')}-{_fmt(r['ci_high'], '.3f')}"
+        return (f"{name:<{width}} {r['examples']:>8} {human:>16} {metric:>20} {str(r['agree']) + '/' + str(r['compared']):>9} "
+                f"{_fmt(r['rate'], '6.3f')} {ci:>13} {_fmt(r['p_value'], '8.2g')} {_fmt(r['alpha_humans'], '6.3f')} "
+                f"{_fmt(r['alpha_with_metric'], '7.3f')}")
+
+    lines = ["Metric-human agreement: the metric's verdict (which map it scores better) vs the annotators' "
+             "majority; rate over examples where both decided (F fine-tuned, O original, N neither, none: no majority"
+             f"); {round(100 * result['confidence'])}% Wilson CI; alpha of the annotators alone and with the metric"]
+    if not result["pooled"]:
+        return "\n".join(lines + ["no labelled example has scores"])
+    names = [" / ".join(str(c[k]) for k in (*CONDITION_KEYS, "scored") if c[k] != "") for c in result["conditions"]]
+    width = max(len(n) for n in names)
+    lines += ["", f"{'condition / scored metric':<{width}} {head}"] + [row(n, c, width) for n, c in zip(names, result["conditions"])]
+    width = max(len(p["scored"]) for p in result["pooled"])
+    lines += ["", f"{'pooled':<{width}} {head}"] + [row(p["scored"], p, width) for p in result["pooled"]]
+    lines += ["", "Humans agree most with: " + ", ".join(result["ranking"])]
+    return "\n".join(lines)
