@@ -94,3 +94,9 @@ def test_early_stopping_and_label_permutation(tmp_path):
     assert plain[0].indices == permuted[0].indices and plain[1].indices == permuted[1].indices
     before, after = plain[0].labels + plain[1].labels, permuted[0].labels + permuted[1].labels
     assert sorted(before) == sorted(after) and sum(a != b for a, b in zip(before, after)) > 0.7 * len(before)
+
+
+def test_too_short_onecycle_schedule_is_refused_before_writing(tmp_path):
+    with pytest.raises(InputError, match=r"onecycle.*0.25 x 4 steps"):
+        train({**TINY, "epochs": 1}, tmp_path / "run", progress=False)  # 120 images / 32 = 4 steps
+    assert not (tmp_path / "run").exists()

@@ -398,7 +398,7 @@ def _isolated(quiet: bool) -> Iterator[None]:
     level = logger.level
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|is deprecated|exists and is not empty).*")
+        warnings.filterwarnings("ignore", message=r".*(does not have many workers|isinstance\(treespec, LeafSpec\)|exists and is not empty).*")
         if quiet:
             logger.setLevel(logging.WARNING)
         try:
@@ -455,6 +455,11 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         layer = None
         if "fp" in cfg.parts:
             _name, layer = feature_module(model, cfg.feature_layer, train_set[0][0][None])
+        per_process = -(-len(train_set) // cfg.devices)  # DistributedSampler pads to equal shares
+        steps = cfg.epochs * -(-per_process // cfg.batch_size)
+        if cfg.schedule == "onecycle" and cfg.warmup * steps <= 1:  # torch's OneCycleLR divides by warmup x steps - 1
+            raise InputError(f"config schedule = 'onecycle' needs warmup x steps > 1, got {cfg.warmup} x {steps} "
+                             "steps: train longer or on more images, use a smaller batch or a longer warmup")
         if _rank() == 0:  # only once the data, the model and its feature map are known to work
             (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
