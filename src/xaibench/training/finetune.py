@@ -1,0 +1,575 @@
+"""Metric fine-tuning (HARMONY): a copy of a classifier trained so that a learnable metric improves
+for a fixed attribution method while the copy keeps the original's predictions.
+
+`finetune(config, out_dir)` writes to `out_dir`:
+
+- ``finetune.toml``: the validated config; ``log.csv``: one row per validation (`LOG_COLUMNS`,
+  step 0 = the original model);
+- ``model.pt``: the selected weights as a `save_model` file (``load_model("file:DIR/model.pt")``);
+- ``evaluation.json``: original vs fine-tuned on the held-out split (the metric's mean with a
+  bootstrap CI, the paired difference with its CI and a Wilcoxon signed-rank p-value, agreement,
+  accuracy); ``gallery.png``: original vs fine-tuned maps on held-out images;
+- ``checkpoints/``: ``last.ckpt`` (Lightning's full state, for ``resume``) and ``best.ckpt``.
+
+Objective per batch (HARMONY's): the fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)``
+of the two models' logits on the clean batch, plus ``weight x``
+
+- ``(1 - metric)`` for Focus and RMA (the learnable metric through the differentiable maps);
+- ``agreement x mean(p_learn(masked)[y] / p_learn(clean)[y])`` for ROAD and IROF (masked images
+  from ``perturb_input`` with the fine-tuned model's own maps; y the original's prediction;
+  agreement = the batch's share of images where both models predict the same class);
+- ``mean(relative map change / relative input change)`` for IS (one noisy copy per image, its map
+  differentiable, the clean map a constant).
+
+Both models stay in eval mode (batch-norm statistics and dropout frozen, as in HARMONY); maps
+explain the original's predicted class. Adam, gradient clipping by norm, a validation every
+``val_every`` steps on ``val_batches`` batches of the validation images; the model is kept when
+the validation metric improves and the agreement with the original is at least
+``agreement_min``; when no validation qualifies the original's weights are written. The loop,
+checkpoints and resume are Lightning's (manual optimisation: two models, gradients through maps).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+import time
+import tomllib
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from xaibench.checks import perturbed_inputs
+from xaibench.data import load_dataset
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.explainers import explainer
+from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
+from xaibench.models import load_model, save_model
+from xaibench.reliability import MeanStatistic, bootstrap_ci
+from xaibench.runner.config import REQUIRED, _section, config_hash
+from xaibench.runner.shard import derive_seed
+from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, split_data
+
+CONFIG_FILE = "finetune.toml"
+LOG_FILE = "log.csv"
+MODEL_FILE = "model.pt"
+EVALUATION_FILE = "evaluation.json"
+GALLERY_FILE = "gallery.png"
+CHECKPOINTS = "checkpoints"
+LOG_COLUMNS = ("step", "metric", "agreement", "seconds")
+# HARMONY's loss weights per metric, and its learning rates (3e-6 for the segmentation-mask metric)
+WEIGHTS = {"focus": 0.01, "relevance_mass_accuracy": 0.05, "road": 0.1, "irof": 0.1, "relative_input_stability": 5e-6}
+LEARNING_RATES = {"relevance_mass_accuracy": 3e-6}
+DEFAULT_LR = 3e-5
+
+_TOP: dict[str, tuple[tuple[type, ...], Any]] = {
+    "seed": ((int,), 0),
+    "device": ((str,), "auto"),
+    "metric": ((str,), REQUIRED),
+    "method": ((str,), REQUIRED),
+    "iterations": ((int,), 20000),
+    "batch_size": ((int,), 8),
+    "lr": ((float,), None),
+    "weight": ((float,), None),
+    "clip": ((float,), 1.0),
+    "val_every": ((int,), 50),
+    "val_batches": ((int,), 10),
+    "agreement_min": ((float,), 0.95),
+    "mask": ((str,), None),
+    "method_params": ((dict,), None),
+    "metric_params": ((dict,), None),
+    "model": ((dict,), REQUIRED),
+    "data": ((dict,), REQUIRED),
+    "evaluation": ((dict,), None),
+}
+_MODEL: dict[str, tuple[tuple[type, ...], Any]] = {"spec": ((str,), REQUIRED)}
+_DATA: dict[str, tuple[tuple[type, ...], Any]] = {
+    "spec": ((str,), REQUIRED),
+    "split": ((str,), "train"),
+    "val_fraction": ((float,), 0.1),
+    "image_size": ((int,), None),
+    "n": ((int,), None),
+    "test_split": ((str,), "test"),
+    "test_n": ((int,), None),
+}
+_EVALUATION: dict[str, tuple[tuple[type, ...], Any]] = {
+    "bootstrap": ((int,), 1000),
+    "gallery": ((int,), 8),
+}
+_UNHASHED = ("device",)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A validated fine-tuning config; `raw` is the canonical dict (written as ``finetune.toml``)."""
+
+    raw: dict[str, Any]
+    label_permutation = False  # what `split_data` reads
+
+    def __getattr__(self, key: str) -> Any:
+        raw = self.__dict__.get("raw", {})
+        if key in raw:
+            return raw[key]
+        raise AttributeError(key)
+
+    @property
+    def metric_name(self) -> str:
+        """The learnable metric's canonical (ordinary registry) name."""
+        return LEARNABLE.get(self.raw["metric"]).name
+
+    @property
+    def hash(self) -> str:
+        return config_hash({k: v for k, v in self.raw.items() if k not in _UNHASHED})
+
+    def to_toml(self) -> str:
+        def value(v: Any) -> str:
+            return json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
+
+        top = [f"{k} = {value(v)}" for k, v in self.raw.items() if not isinstance(v, dict) and v is not None]
+        tables = [f"\n[{name}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in table.items() if v is not None)
+                  for name, table in self.raw.items() if isinstance(table, dict)]
+        return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What `finetune` produced: the model file, the validation log and the held-out evaluation."""
+
+    model_path: Path
+    log: pd.DataFrame
+    evaluation: dict[str, Any]
+    config_hash: str
+
+
+def parse_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
+    """Validate a config dict; errors name the key and suggest close names."""
+    if not isinstance(raw, Mapping):
+        raise InputError(f"config must be a table, got {type(raw).__name__}")
+    top = _section("", raw, _TOP)
+    top["model"] = _section("[model].", top["model"], _MODEL)
+    top["data"] = _section("[data].", top["data"], _DATA)
+    top["evaluation"] = _section("[evaluation].", top["evaluation"] or {}, _EVALUATION)
+    top["method_params"] = dict(top["method_params"] or {})
+    top["metric_params"] = dict(top["metric_params"] or {})
+    for key in ("lr", "weight", "clip", "agreement_min"):
+        if top[key] is not None:
+            top[key] = float(top[key])
+    top["data"]["val_fraction"] = float(top["data"]["val_fraction"])
+    try:
+        metric = LEARNABLE.get(top["metric"])
+    except UnknownNameError as err:
+        raise UnknownNameError(f"config metric: {err}") from None
+    top["metric"] = metric.name
+    from xaibench.explainers import METHODS
+    from xaibench.explainers.differentiable import DIFFERENTIABLE
+
+    try:
+        top["method"] = METHODS.get(top["method"]).name
+    except UnknownNameError as err:
+        raise UnknownNameError(f"config method: {err}") from None
+    if top["method"] not in DIFFERENTIABLE:
+        raise InputError(f"config method: {top['method']!r} has no differentiable mode; the fine-tuner supports "
+                         f"{', '.join(DIFFERENTIABLE)}")
+    top["lr"] = top["lr"] if top["lr"] is not None else LEARNING_RATES.get(metric.name, DEFAULT_LR)
+    top["weight"] = top["weight"] if top["weight"] is not None else WEIGHTS[metric.name]
+    for key in ("iterations", "batch_size", "val_every", "val_batches"):
+        if top[key] < 1:
+            raise InputError(f"config {key}: must be >= 1, got {top[key]}")
+    for key in ("lr", "clip"):
+        if not top[key] > 0:
+            raise InputError(f"config {key}: must be > 0, got {top[key]}")
+    if not 0 <= top["agreement_min"] <= 1:
+        raise InputError(f"config agreement_min: must be in [0, 1], got {top['agreement_min']}")
+    if metric.name == "focus" and top["batch_size"] % 4:
+        raise InputError(f"config batch_size: HARMONY's Focus builds mosaics of four images, so the batch size must "
+                         f"be divisible by 4, got {top['batch_size']}")
+    if not 0 < top["data"]["val_fraction"] < 1:
+        raise InputError(f"config [data].val_fraction: must be in (0, 1), got {top['data']['val_fraction']}")
+    return FinetuneConfig(json.loads(json.dumps(top)))
+
+
+def load_finetune_config(path: str | Path) -> FinetuneConfig:
+    """Read and validate a TOML fine-tuning config."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise InputError(f"fine-tuning config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: invalid TOML: {err}") from None
+    try:
+        return parse_finetune_config(raw)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{path}: {err}") from None
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+class MaskedImages(Dataset):
+    """(image, label, mask) of data-set positions; the mask is the named one, or all False without one."""
+
+    def __init__(self, dataset: Any, indices: list[int], mask: str | None) -> None:
+        self.dataset, self.indices, self.mask = dataset, indices, mask
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
+        s = self.dataset[self.indices[i]]
+        if self.mask is None:
+            return s.image, s.label, torch.zeros(s.image.shape[-2:], dtype=torch.bool)
+        return s.image, s.label, s.masks[self.mask]
+
+
+def mask_name(cfg: FinetuneConfig, metric: LearnableMetric, sample: Any) -> str | None:
+    """The mask the metric reads (``mask`` or the data set's default), checked against `sample`."""
+    if not metric.needs_masks:
+        return None
+    if not sample.masks:
+        raise InputError(f"metric {cfg.metric!r} needs masks, but data set {cfg.data['spec']!r} has none; use a "
+                         "data set with masks (e.g. builtin:digits, an image folder with masks)")
+    if cfg.mask:
+        name = cfg.mask
+    elif sample.mask is not None:
+        name = next(n for n, m in sample.masks.items() if m is sample.mask)
+    else:
+        name = next(iter(sample.masks))
+    if name not in sample.masks:
+        close = difflib.get_close_matches(name, list(sample.masks), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise InputError(f"config mask: data set {cfg.data['spec']!r} has no mask {name!r}.{hint} "
+                         f"Masks: {', '.join(sample.masks)}.")
+    return name
+
+
+def held_out(cfg: FinetuneConfig, mask: str | None) -> MaskedImages:
+    d = cfg.data
+    dataset = load_dataset(d["spec"], split=d["test_split"], image_size=d["image_size"])
+    n = len(dataset) if d["test_n"] is None else min(d["test_n"], len(dataset))
+    return MaskedImages(dataset, list(range(n)), mask)
+
+
+# --- the Lightning module --------------------------------------------------------------------------
+
+
+def fidelity(z_orig: Tensor, z_learn: Tensor) -> Tensor:
+    """HARMONY's fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)`` (0 for parallel logits)."""
+    return (1 - (F.cosine_similarity(z_orig, z_learn, dim=1) + 1) / 2).mean()
+
+
+class HarmonyModule(pl.LightningModule):
+    """The fine-tuned copy `learn` of `orig` under HARMONY's objective (module doc), manual optimisation."""
+
+    def __init__(self, learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric,
+                 train_set: Dataset, val_set: Dataset) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.learn, self.orig = learn, orig
+        for p in self.orig.parameters():
+            p.requires_grad_(False)
+        self.cfg, self.metric = cfg, metric
+        self.train_set, self.val_set = train_set, val_set
+        params = cfg.method_params
+        self.explain_graph = explainer(cfg.method, learn, differentiable=True, **params)
+        self.explain_learn = explainer(cfg.method, learn, **params)
+        self.val_scores: list[Tensor] = []
+        self.val_agree: list[Tensor] = []
+        self.summary: dict[str, float] = {}
+
+    def train(self, mode: bool = True) -> HarmonyModule:
+        """Both models stay in eval mode (HARMONY: batch-norm statistics and dropout frozen)."""
+        super().train(mode)
+        self.learn.eval()
+        self.orig.eval()
+        return self
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "finetune-order"))
+        return DataLoader(data, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=gen if shuffle else None,
+                          drop_last=self.cfg.metric == "focus")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.learn.parameters(), lr=self.cfg.lr, weight_decay=0.0)
+
+    def metric_term(self, x: Tensor, pred: Tensor, masks: Tensor, z: Tensor, agreement: Tensor,
+                    gen: torch.Generator) -> Tensor:
+        """The metric's part of the loss (before its weight); see the module doc."""
+        m = self.metric
+        if m.objective == "score":
+            return 1 - finite_mean(m.evaluate(self.learn, x, pred, self.explain_graph, masks))
+        if m.objective == "masked":
+            masked = m.perturb_input(x, self.explain_learn(x, pred), gen)
+            with perturbed_inputs():
+                p_masked = self.learn(masked).softmax(1).gather(1, pred[:, None])[:, 0]
+            p_clean = z.softmax(1).gather(1, pred[:, None])[:, 0]
+            return agreement * (p_masked / (p_clean + 1e-9)).mean()
+        noisy = m.perturb_input(x, generator=gen)
+        with perturbed_inputs():
+            noisy_maps = self.explain_graph(noisy, pred)
+        return finite_mean(m.ratio(x, noisy, self.explain_learn(x, pred), noisy_maps))  # type: ignore[attr-defined]
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, _, masks = batch
+        gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.cfg.seed, "finetune", self.global_step))
+        with torch.no_grad():
+            z_orig = self.orig(x)
+        pred = z_orig.argmax(1)
+        z = self.learn(x)
+        agreement = (z.argmax(1) == pred).float().mean().detach()
+        loss = fidelity(z_orig, z) + self.cfg.weight * self.metric_term(x, pred, masks, z, agreement, gen)
+        opt = self.optimizers()
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=self.cfg.clip, gradient_clip_algorithm="norm")
+        opt.step()
+        self.log_dict({"loss": loss.detach(), "agreement": agreement}, prog_bar=True, on_step=True)
+        return loss.detach()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, _, masks = batch
+        with torch.no_grad():
+            pred = self.orig(x).argmax(1)
+            agree = self.learn(x).argmax(1) == pred
+        gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.cfg.seed, "validation", batch_idx))
+        with torch.enable_grad():
+            scores = self.metric.evaluate(self.learn, x, pred, self.explain_learn, masks, gen)
+        self.val_scores.append(scores.detach().double().cpu())
+        self.val_agree.append(agree.double().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        scores, agree = torch.cat(self.val_scores), torch.cat(self.val_agree)
+        self.val_scores, self.val_agree = [], []
+        score, agreement = float(scores.nanmean()), float(agree.mean())
+        good = score if self.metric.higher_is_better else -score
+        qualifies = agreement >= self.cfg.agreement_min and math.isfinite(good)
+        self.summary = {"step": int(self.global_step), "metric": score, "agreement": agreement}
+        self.log_dict({"val_metric": score, "val_agreement": agreement,
+                       "val_select": good if qualifies else -math.inf}, prog_bar=True)
+
+
+class ValidationLog(Callback):
+    """One row per validation in ``log.csv``; its rows are part of Lightning's checkpoint (resume
+    continues the same log)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.rows: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: HarmonyModule) -> None:
+        if trainer.sanity_checking or not pl_module.summary:
+            return
+        row = {**pl_module.summary, "seconds": time.perf_counter() - self._start}
+        self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
+        _atomic_write(self.out / LOG_FILE, lambda p: self.table().to_csv(p, index=False))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: HarmonyModule) -> None:
+        self._start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(LOG_COLUMNS)).astype({"step": "int64"})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+
+def _scores(model: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
+            device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(metric scores, same prediction as the original [bool], correct [bool]) of `model` on `data`."""
+    explain = explainer(cfg.method, model, **cfg.method_params)
+    scores, agree, correct = [], [], []
+    loader = DataLoader(data, batch_size=max(cfg.batch_size, 32) // 4 * 4, shuffle=False, drop_last=cfg.metric == "focus")
+    for b, (x, y, masks) in enumerate(loader):
+        x, y, masks = x.to(device), y.to(device), masks.to(device)
+        with torch.no_grad():
+            pred_orig, pred = orig(x).argmax(1), model(x).argmax(1)
+        gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "evaluation", b))
+        scores.append(metric.evaluate(model, x, pred_orig, explain, masks, gen).detach().double().cpu())
+        agree.append((pred == pred_orig).cpu())
+        correct.append((pred == y).cpu())
+    return torch.cat(scores).numpy(), torch.cat(agree).numpy(), torch.cat(correct).numpy()
+
+
+def evaluate(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
+             device: torch.device) -> dict[str, Any]:
+    """Original vs fine-tuned on held-out data: means with bootstrap CIs, the paired difference with
+    its CI and Wilcoxon signed-rank p-value (pairs where both scores are defined), agreement, accuracy."""
+    from scipy import stats
+
+    before, _, correct_before = _scores(orig, orig, cfg, metric, data, device)
+    after, agree, correct_after = _scores(learn, orig, cfg, metric, data, device)
+    both = np.isfinite(before) & np.isfinite(after)
+    n_boot = cfg.evaluation["bootstrap"]
+
+    def summary(values: np.ndarray) -> dict[str, Any]:
+        ci = bootstrap_ci(MeanStatistic(), values, n_boot=n_boot, seed=cfg.seed)
+        return {"mean": float(values.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high)}
+
+    diff = after[both] - before[both]
+    p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    improved = diff.mean() > 0 if metric.higher_is_better else diff.mean() < 0
+    return {
+        "metric": cfg.metric, "method": cfg.method, "higher_is_better": metric.higher_is_better,
+        "n": int(both.sum()), "n_undefined": int((~both).sum()),
+        "original": summary(before[both]), "finetuned": summary(after[both]),
+        "difference": summary(diff), "wilcoxon_p": p, "improved": bool(improved),
+        "agreement": float(agree.mean()),
+        "accuracy_original": float(correct_before.mean()), "accuracy_finetuned": float(correct_after.mean()),
+        "n_images": int(len(correct_before)), "config_hash": cfg.hash, "seed": cfg.seed,
+        "versions": {"torch": torch.__version__, "lightning": pl.__version__},
+    }
+
+
+def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
+            path: Path, device: torch.device) -> None:
+    """Original vs fine-tuned maps (HARMONY's figures): mosaics for HARMONY's Focus, images otherwise."""
+    from xaibench.plotting import save_gallery
+
+    n = cfg.evaluation["gallery"]
+    if n < 1:
+        return
+    group = 4 if cfg.metric == "focus" else 1  # four images per mosaic
+    x, _, masks = next(iter(DataLoader(data, batch_size=min(group * n, len(data)) // group * group)))
+    x, masks = x.to(device), masks.to(device)
+    with torch.no_grad():
+        pred = orig(x).argmax(1)
+    if cfg.metric == "focus":
+        mosaic, cls, tile = metric.mosaics(orig, x)  # type: ignore[attr-defined]
+        x, pred, masks = mosaic, cls, tile
+    maps = {name: explainer(cfg.method, model, **cfg.method_params)(x, pred).cpu()
+            for name, model in (("original", orig), ("fine-tuned", learn))}
+    save_gallery(x.cpu(), maps, path, masks=masks.cpu() if masks.any() else None,
+                 titles=[f"class {int(c)}" for c in pred])
+
+
+# --- finetune ----------------------------------------------------------------------------------------
+
+
+def _check_out(cfg: FinetuneConfig, out: Path, resume: bool) -> None:
+    existing = out / CONFIG_FILE
+    if not existing.is_file():
+        return
+    if not resume:
+        raise InputError(f"{out} already holds a fine-tuning run; pass --resume (resume=True) to finish it, or "
+                         "choose another output directory")
+    before = load_finetune_config(existing)
+    if before.hash != cfg.hash:
+        raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
+                         f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
+
+
+def as_finetune_config(config: FinetuneConfig | Mapping[str, Any] | str | Path) -> FinetuneConfig:
+    if isinstance(config, FinetuneConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_finetune_config(copy.deepcopy(dict(config)))
+    return load_finetune_config(config)
+
+
+def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: str | Path, *, resume: bool = False,
+             progress: bool = True) -> FinetuneResult:
+    """Fine-tune the model of `config` for its metric and method into `out_dir` (see the module doc).
+
+    ``resume=True`` continues an interrupted run (same config hash) from ``checkpoints/last.ckpt``
+    and returns a finished one as it is.
+    """
+    cfg = as_finetune_config(config)
+    out = Path(out_dir)
+    _check_out(cfg, out, resume)
+    if resume and (out / EVALUATION_FILE).is_file():
+        return FinetuneResult(out / MODEL_FILE, pd.read_csv(out / LOG_FILE),
+                              json.loads((out / EVALUATION_FILE).read_text()), cfg.hash)
+    metric = LEARNABLE.get(cfg.metric)(**cfg.metric_params)
+    accelerator, device_ids = _accelerator(cfg.device)
+    with _isolated(quiet=not progress), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # on purpose, see HarmonyModule.train
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        train_pairs, val_pairs, _ = split_data(cfg)  # type: ignore[arg-type]
+        dataset = train_pairs.dataset
+        mask = mask_name(cfg, metric, dataset[train_pairs.indices[0]])
+        train_set, val_set = MaskedImages(dataset, train_pairs.indices, mask), MaskedImages(dataset, val_pairs.indices, mask)
+        orig = load_model(cfg.model["spec"], device="cpu").eval()
+        learn = copy.deepcopy(orig)
+        module = HarmonyModule(learn, orig, cfg, metric, train_set, val_set)
+        _probe(module, train_set)
+        (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
+        log = ValidationLog(out)
+        best = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="best", monitor="val_select", mode="max",
+                               save_top_k=1, save_last=True, enable_version_counter=False)
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=device_ids or 1, max_steps=cfg.iterations, max_epochs=-1,
+            val_check_interval=cfg.val_every, check_val_every_n_epoch=None, limit_val_batches=cfg.val_batches,
+            callbacks=[log, best], logger=False, default_root_dir=out, enable_progress_bar=progress,
+            enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False,
+        )
+        last = out / CHECKPOINTS / "last.ckpt"
+        if resume and last.is_file():
+            trainer.fit(module, ckpt_path=last)
+        else:
+            trainer.validate(module, verbose=False)  # step 0: the original's score, logged by ValidationLog
+            trainer.fit(module)
+        table = log.table()
+        device = module.device
+        selected = _select(module, best, table, cfg)
+        table["selected"] = table["step"] == selected
+        save_model(module.learn, out / MODEL_FILE, spec=_arch_spec(cfg.model["spec"]))
+        _atomic_write(out / LOG_FILE, lambda p: table.to_csv(p, index=False))
+        test = held_out(cfg, mask)
+        result = evaluate(module.learn, module.orig, cfg, metric, test, device)
+        result["selected_step"] = selected
+        gallery(module.learn, module.orig, cfg, metric, test, out / GALLERY_FILE, device)
+        _atomic_write(out / EVALUATION_FILE, lambda p: p.write_text(json.dumps(result, indent=2)))
+    return FinetuneResult(out / MODEL_FILE, table, result, cfg.hash)
+
+
+def _probe(module: HarmonyModule, data: Dataset) -> None:
+    """One loss on a small batch before anything is written: a missing CAM layer, a model the
+    method cannot explain or masks of the wrong shape fail here with their own error."""
+    n = min(4, len(data))
+    x, y, masks = next(iter(DataLoader(data, batch_size=n)))
+    with torch.no_grad():
+        pred = module.orig(x).argmax(1)
+    z = module.learn(x)
+    module.metric_term(x, pred, masks, z, torch.tensor(1.0), torch.Generator().manual_seed(0))
+
+
+def _select(module: HarmonyModule, best: ModelCheckpoint, table: pd.DataFrame, cfg: FinetuneConfig) -> int:
+    """Load the selected weights into ``module.learn``; returns their step (0: the original's weights)."""
+    score = best.best_model_score
+    if score is None or not math.isfinite(float(score)) or not Path(best.best_model_path).is_file():
+        module.learn.load_state_dict(module.orig.state_dict())
+        return 0
+    state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    weights = {k[len("learn."):]: v for k, v in state["state_dict"].items() if k.startswith("learn.")}
+    module.learn.load_state_dict(weights)
+    return int(state["global_step"])
