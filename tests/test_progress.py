@@ -59,8 +59,10 @@ def test_the_runner_randomises_blocks_by_default_and_plans_their_cost():
     raw = {"model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits"},
            "methods": {"saliency": {}}, "metrics": {"model_parameter_randomisation": {}, "deletion": {"steps": 9}}}
     cfg = parse_config(raw)
-    assert cfg.metrics[0].params == {"layers": "blocks"} and cfg.raw["metrics"]["model_parameter_randomisation"]["layers"] == "blocks"
-    rows = {r.label: r for r in plan_costs(cfg, image_size=(32, 32), model=xaibench.load_model("builtin:digits-cnn", device="cpu"))}
+    assert cfg.metrics[0].params == {"layers": "blocks"}
+    assert cfg.raw["metrics"]["model_parameter_randomisation"]["layers"] == "blocks"  # in the hash
+    model = xaibench.load_model("builtin:digits-cnn", device="cpu")
+    rows = {r.label: r for r in plan_costs(cfg, image_size=(32, 32), model=model)}
     assert rows["saliency"].units == 3 and rows["deletion"].units == 10
     assert rows["model_parameter_randomisation"].units == 8 * 3
 
@@ -83,7 +85,8 @@ def test_blocks_are_randomised_as_wholes():
     class Net(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem, self.stage, self.pool, self.head = nn.Conv2d(3, 3, 1), Block(), nn.AdaptiveAvgPool2d(1), nn.Linear(3, 4)
+            self.stem, self.stage = nn.Conv2d(3, 3, 1), Block()
+            self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(3, 4)
 
         def forward(self, x):
             return self.head(self.pool(self.stage(self.stem(x))).flatten(1))

@@ -11,9 +11,9 @@
     DIR/maps/<method>/shard-00000.pt      cached attribution maps, reused on resume
     DIR/report.html                       written by `xaibench report`
 
-Every file is written to a temporary file in its folder, named ``.<name>.<host>-<pid>.<random>.tmp`` (dots of the host name as ``_``)
-(so a clean-up can tell whose it is), then renamed into place; created files get the mode the
-umask allows (``0o666 & ~umask``), as ``open`` gives.
+Every file is written to a temporary file in its folder, named ``.<name>.<host>-<pid>.<random>.tmp``
+(dots of the host name as ``_``, so a clean-up can tell whose it is), then renamed into place;
+created files get the mode the umask allows (``0o666 & ~umask``), as ``open`` gives.
 """
 
 from __future__ import annotations
@@ -177,7 +177,8 @@ def read_commit(out: Path, index: int) -> dict[str, Any] | None:
         record = json.loads(path.read_text())
         record["files"].items()
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"commit record {path} is corrupt ({err}); delete it and run with --resume to rebuild it") from None
+        raise InputError(f"commit record {path} is corrupt ({err}); delete it and run with --resume "
+                         "to rebuild it") from None
     return record
 
 
@@ -293,7 +294,8 @@ def run_lock(out: Path) -> Iterator[dict[str, Any]]:
                     path.unlink(missing_ok=True)  # stale: its process is dead
             continue
         where = "" if holder.get("host") == _HOST else (
-            f"; if that process no longer runs, delete {path} (a lock held on another host cannot be checked from here)")
+            f"; if that process no longer runs, delete {path} "
+            "(a lock held on another host cannot be checked from here)")
         raise InputError(f"{out} is being written by {_describe(holder)}; wait for it to finish or stop it{where}")
     else:
         raise InputError(f"cannot take the lock {path}: it is unreadable or changes hands too often; "
