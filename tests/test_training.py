@@ -107,3 +107,18 @@ def test_too_short_onecycle_schedule_is_refused_before_writing(tmp_path):
     with pytest.raises(InputError, match=r"onecycle.*0.25 x 4 steps"):
         train({**TINY, "epochs": 1}, tmp_path / "run", progress=False)  # 120 images / 32 = 4 steps
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_train(tmp_path, capsys):
+    from xaibench.cli import main
+    from xaibench.training import parse_train_config
+
+    config = tmp_path / "train.toml"
+    config.write_text(parse_train_config({**TINY, "epochs": 2, "schedule": "cosine"}).to_toml())
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert "model " in capsys.readouterr().out and (tmp_path / "run" / "model.pt").is_file()
+    assert main(["train", str(config), "--out", str(tmp_path / "run")]) == 2  # exists: needs --resume
+    assert "--resume" in capsys.readouterr().err
+    config.write_text(config.read_text().replace('setting = "fl+fp+ap"', 'setting = "fl+fp+pa"'))
+    assert main(["train", str(config), "--out", str(tmp_path / "other")]) == 2
+    assert "Did you mean 'fl+fp+ap'" in capsys.readouterr().err
