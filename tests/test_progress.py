@@ -10,7 +10,7 @@ import pytest
 
 import xaibench
 from xaibench.runner import parse_config, run
-from xaibench.runner import bench, progress as progress_mod
+from xaibench.runner import bench, layout, progress as progress_mod
 from xaibench.runner.cost import Cost, evaluate_cost, method_cost, metric_cost, pair_cost, plan_costs
 from xaibench.runner.progress import RunProgress, format_seconds
 
@@ -179,6 +179,10 @@ def test_a_run_outside_a_terminal_prints_the_plan_and_plain_progress(tmp_path, c
     assert "prog: shard 1 of 2 | grad / maps | elapsed" in err
     assert "prog: 2 of 2 shards done" in err
     assert "\r" not in err  # no bar
+    layout.results_path(tmp_path / "run", 1).unlink()
+    run(parse_config(BASE), tmp_path / "run", resume=True)
+    err = capsys.readouterr().err
+    assert "planned cost for 2 images" in err and "prog: shard 2 of 2 | grad / maps" in err
 
 
 def test_ctrl_c_says_how_many_shards_are_saved_and_how_to_resume(tmp_path, monkeypatch, capsys):

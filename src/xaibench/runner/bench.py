@@ -274,12 +274,13 @@ def run(
             })
         layout.remove_stale_temps(out)
         pending, notes = verify_committed(out, specs)
-        _execute(cfg, ctx, out, specs, pending, notes, records, executor, progress)
+        _execute(cfg, ctx, out, specs, pending, notes, records, executor, progress, resumed=manifest is not None)
     return out
 
 
 def _execute(cfg: RunConfig, ctx: Context, out: Path, specs: list[ShardSpec], pending: list[ShardSpec],
-             notes: list[str], records: list[Any], executor: Executor | None, progress: bool | None) -> None:
+             notes: list[str], records: list[Any], executor: Executor | None, progress: bool | None,
+             resumed: bool) -> None:
     size = records[0].size if records else None
     reporter = None
     if progress is False and notes:
@@ -290,6 +291,9 @@ def _execute(cfg: RunConfig, ctx: Context, out: Path, specs: list[ShardSpec], pe
                                len(specs), len(specs) - len(pending), terminal=None if progress is None else True)
         for note in notes:
             reporter.message(note)
+        if resumed:  # a fresh run printed its plan before the config check
+            left = sum(len(s.positions) for s in pending)
+            reporter.message(format_plan(plan_costs(cfg, image_size=size, model=ctx.model), left))
     # A partial of execute_shard: executors that run shards elsewhere relay its progress events.
     fn = execute_shard if reporter is None else functools.partial(execute_shard, progress=reporter.step)
     try:
