@@ -9,7 +9,7 @@ import sys
 from xaibench import __version__
 from xaibench.errors import XaibenchError
 
-COMMANDS = ("methods", "metrics", "explain", "plan", "run", "train", "report", "reliability", "experiment", "demo", "harmony")
+COMMANDS = ("methods", "metrics", "explain", "plan", "run", "train", "finetune", "report", "reliability", "experiment", "demo", "harmony")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--examples", type=int, default=5)
     q.set_defaults(func=handle_make_sample)
 
+    q = sub.add_parser("make-study", help="write a study data set from fine-tuned and original models (TOML config)")
+    q.add_argument("config", metavar="CONFIG", help="TOML: data, examples, [[conditions]] original / finetuned / metric / method")
+    q.add_argument("--out", required=True, metavar="DIR", help="the study folder to create (must not exist)")
+    q.set_defaults(func=handle_make_study)
+
     q = sub.add_parser("manage", help="run a Django management command (e.g. `manage check --deploy`)")
     q.add_argument("args", nargs=argparse.REMAINDER)
     q.set_defaults(func=handle_manage)
@@ -249,6 +254,14 @@ def handle_make_sample(args: argparse.Namespace) -> int:
         raise InputError("--conditions and --examples must be at least 1")
     path = make_sample_dataset(args.dir, conditions=args.conditions, examples=args.examples)
     print(f"sample study data set written to {path}; load it with `xaibench harmony load {path}`")
+    return 0
+
+
+def handle_make_study(args: argparse.Namespace) -> int:
+    from xaibench.harmony.study import create_harmony_dataset, load_study_config
+
+    path = create_harmony_dataset(out=args.out, **load_study_config(args.config))
+    print(f"study data set written to {path}; load it with `xaibench harmony load {path}`")
     return 0
 
 
