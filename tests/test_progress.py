@@ -210,3 +210,10 @@ def test_ctrl_c_says_how_many_shards_are_saved_and_how_to_resume(tmp_path, monke
     monkeypatch.setattr(bench, "execute_shard", real)
     assert main(["run", str(config), "--out", str(out), "--resume"]) == 0
     assert json.loads((out / "run.json").read_text())["n_shards"] == 3
+    # Interrupted while checking a changed config to --overwrite the run: the old run is untouched.
+    config.write_text(config.read_text().replace("steps = 2", "steps = 3"))
+    monkeypatch.setattr(bench, "_preflight", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt()))
+    capsys.readouterr()
+    assert main(["run", str(config), "--out", str(out), "--overwrite"]) == 130
+    assert "interrupted before the run started; nothing was saved" in capsys.readouterr().err
+    assert len(xaibench.load_results(out)) == 6

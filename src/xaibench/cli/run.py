@@ -45,7 +45,7 @@ def handle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from xaibench.errors import InputError
-    from xaibench.runner import run
+    from xaibench.runner import load_config, run
     from xaibench.runner.layout import read_manifest
     from xaibench.store import committed_shards, load_results
 
@@ -62,9 +62,10 @@ def handle(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         try:
             manifest = read_manifest(Path(args.out))
+            ours = manifest is not None and manifest["config_hash"] == load_config(args.config).hash
         except InputError:
-            manifest = None
-        if manifest is None:
+            ours = False
+        if not ours:  # before this run wrote its manifest (an older run there is untouched)
             print("xaibench: interrupted before the run started; nothing was saved", file=sys.stderr)
         else:
             print(f"xaibench: interrupted; {committed_shards(args.out)} of {manifest['n_shards']} shards are saved "
