@@ -258,6 +258,8 @@ def test_config_canonical_settings_and_round_trip():
     ({**BASE, "interpolation": 21}, InputError, ["interpolation"]),
     ({"data": {"spec": "builtin:digits"}}, InputError, ["missing required key 'model'"]),
     ({**BASE, "label_permutation": 1}, InputError, ["label_permutation", "bool"]),
+    ({**BASE, "precision": "16-mix"}, UnknownNameError, ["precision", "'16-mixed'"]),
+    ({**BASE, "device": "cuda:x"}, InputError, ["device", "'cuda:<index>'"]),
 ])
 def test_bad_configs(raw, error, words):
     with pytest.raises(error) as info:

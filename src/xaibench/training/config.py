@@ -66,6 +66,7 @@ SETTINGS: dict[str, frozenset[str]] = {
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
 SELECTIONS = ("accuracy+ece", "accuracy", "last")
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")  # Lightning's names
 
 _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "seed": ((int,), 0),
@@ -192,6 +193,10 @@ def parse_train_config(raw: Mapping[str, Any]) -> TrainConfig:
     _choice("optimizer", top["optimizer"], OPTIMIZERS)
     _choice("schedule", top["schedule"], SCHEDULES)
     _choice("selection", top["selection"], SELECTIONS)
+    _choice("precision", top["precision"], PRECISIONS)
+    kind, _, index = top["device"].partition(":")
+    if kind not in ("auto", "cpu", "cuda", "gpu") or (index and (kind in ("auto", "cpu") or not index.isdigit())):
+        raise InputError(f"config device: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {top['device']!r}")
     for key in ("epochs", "batch_size", "devices", "ap_steps"):
         _positive(key, top[key])
     for key in ("patience", "num_workers"):

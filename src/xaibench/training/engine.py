@@ -372,15 +372,13 @@ def weights_path(out: Path, epoch: int) -> Path:
 
 
 def _accelerator(device: str) -> tuple[str, Any]:
-    """Lightning (accelerator, devices) of a config's device string."""
+    """Lightning (accelerator, device indices or None) of a config's device string."""
     if device == "auto":
         return "auto", None
     if device == "cpu":
         return "cpu", None
-    kind, _, index = device.partition(":")
-    if kind in ("cuda", "gpu"):
-        return "gpu", [int(index)] if index else None
-    raise InputError(f"config device: expected 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}")
+    index = device.partition(":")[2]  # "cuda", "gpu", "cuda:<index>" (validated by the config)
+    return "gpu", [int(index)] if index else None
 
 
 def _rank() -> int:
