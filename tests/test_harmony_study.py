@@ -75,3 +75,119 @@ def test_bad_metric_keys_are_refused_by_name(tmp_path, change, message):
     with pytest.raises(InputError, match="conditions\\[0\\]") as err:
         read_manifest(root)
     assert message in str(err.value)
+
+
+# --- make-study from a fine-tuned model, loaded, labelled in Chromium and analysed ------------------
+
+
+def test_render_is_white_to_red_after_max_abs_normalisation():
+    import torch
+
+    from xaibench.harmony.study import render
+
+    rgb = render(torch.tensor([[[-2.0, 0.0], [1.0, 2.0]]]), 2)[0]
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == [255, 255, 255]  # <= 0: white
+    assert rgb[1, 1].tolist() == [255, 0, 0] and rgb[1, 0].tolist() == [255, 128, 128]  # 2/2 red, 1/2 half
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    from xaibench.training.finetune import finetune
+
+    cfg = {"metric": "rma", "method": "gradcam", "iterations": 2, "batch_size": 8, "lr": 1e-3, "val_every": 2,
+           "val_batches": 1, "device": "cpu", "model": {"spec": "builtin:digits-cnn"},
+           "data": {"spec": "builtin:digits", "n": 40, "val_fraction": 0.2, "test_n": 8},
+           "evaluation": {"bootstrap": 20, "gallery": 0}}
+    return finetune(cfg, tmp_path_factory.mktemp("finetune") / "rma", progress=False).model_path
+
+
+STUDY = """name = "digits-e2e"
+data = "builtin:digits"
+n = 60
+examples = 2
+size = 64
+device = "cpu"
+[[conditions]]
+original = "builtin:digits-cnn"
+finetuned = "file:{model}"
+metric = "relevance_mass_accuracy"
+method = "gradcam"
+metric_label = "RMA"
+method_label = "GradCAM"
+[[conditions]]
+original = "builtin:digits-cnn"
+finetuned = "file:{model}"
+metric = "focus"
+method = "guided_backprop"
+"""
+
+
+def test_make_study_load_label_in_chromium_and_analyze(tmp_path, finetuned, chromium, capsys):
+    import torch
+
+    import xaibench
+    from xaibench.cli import main
+    from xaibench.data import load_dataset
+
+    config = tmp_path / "study.toml"
+    config.write_text(STUDY.format(model=finetuned))
+    study = tmp_path / "study"
+    assert main(["harmony", "make-study", str(config), "--out", str(study)]) == 0
+    assert main(["harmony", "make-study", str(config), "--out", str(study)]) == 2  # the folder exists
+    assert "already exists" in capsys.readouterr().err
+
+    manifest = read_manifest(study)
+    rma, foc = manifest.conditions
+    assert (rma.metric, rma.method, rma.metric_name, foc.metric_name, foc.method_name) == (
+        "RMA", "GradCAM", "relevance_mass_accuracy", "focus", "guided_backprop")
+    ids = [e.key for c in manifest.conditions for e in c.examples]
+    assert len(ids) == len(set(ids)) == 4  # disjoint images across conditions
+    # the stored arrays are the maps of the true label, channels summed, of the stored models
+    digits = load_dataset("builtin:digits", split="test")
+    ex = rma.examples[0]
+    sample = digits[int(ex.key)]
+    assert ex.label_index == sample.label and ex.mask is not None
+    for side in ("original", "finetuned"):
+        model = xaibench.load_model(rma.models[f"{side}_model"], device="cpu")
+        expected = xaibench.explainer("gradcam", model, reduce="sum")(sample.image[None], [sample.label])[0]
+        np.testing.assert_allclose(np.load(ex.maps[f"{side}_map"]), expected.numpy(), rtol=1e-5, atol=1e-7)
+        assert model(sample.image[None]).argmax(1).item() == sample.label
+    assert not torch.equal(torch.from_numpy(np.load(ex.maps["original_map"])), torch.from_numpy(np.load(ex.maps["finetuned_map"])))
+
+    _label_in_chromium(tmp_path, study, chromium)
+    assert main(["harmony", "analyze", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_labels"] == 4 and len(result["conditions"]) == 2
+    assert {c["metric"] for c in result["conditions"]} == {"RMA", "focus"}
+
+
+def _label_in_chromium(tmp_path, study, chromium):
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+    from playwright.sync_api import sync_playwright
+
+    from xaibench.harmony.dataset import load_dataset
+    from xaibench.harmony.testing import LiveServer, use_home
+
+    home = use_home(tmp_path / "home")
+    get_user_model().objects.create_user("study_ann", password="study password")
+    assert load_dataset(study)["examples_created"] == 4
+    connections.close_all()
+    with LiveServer(home, threads=2) as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"], headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(20000)
+        page.goto(live.url + "/")
+        page.fill("#id_username", "study_ann")
+        page.fill("#id_password", "study password")
+        page.click("button[type=submit]")
+        page.wait_for_url(live.url + "/")
+        assert page.locator(".card").count() == 2
+        for card in (1, 2):
+            page.goto(f"{live.url}/card/{card}/1/")
+            page.locator("#picture-left").wait_for(state="visible")
+            page.keyboard.press("ArrowLeft")
+            page.wait_for_url(f"{live.url}/card/{card}/2/")
+            page.keyboard.press("ArrowDown")
+            page.wait_for_url(f"{live.url}/card/{card}/done/")
+        browser.close()
