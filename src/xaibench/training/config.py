@@ -44,13 +44,15 @@ import copy
 import difflib
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.runner.config import REQUIRED, _section, config_hash
+
+T = TypeVar("T")
 
 # Setting name -> the set of parts: FL (adaptive focal loss), FP (faithfulness perturbations), AP (adversarial).
 SETTINGS: dict[str, frozenset[str]] = {
@@ -227,22 +229,27 @@ def parse_train_config(raw: Mapping[str, Any]) -> TrainConfig:
     return TrainConfig(json.loads(json.dumps(top)))
 
 
-def load_train_config(path: str | Path) -> TrainConfig:
-    """Read and validate a TOML training config."""
+def load_toml(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str = "config") -> T:
+    """``parse`` of the TOML file `path`; read and validation errors name the file (`what` names the kind)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise InputError(f"training config file not found: {path}") from None
+        raise InputError(f"{what} file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: invalid TOML: {err}") from None
     try:
-        return parse_train_config(raw)
+        return parse(raw)
     except UnknownNameError as err:
         raise UnknownNameError(f"{path}: {err}") from None
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """Read and validate a TOML training config."""
+    return load_toml(path, parse_train_config, "training config")
 
 
 def as_train_config(config: TrainConfig | Mapping[str, Any] | str | Path) -> TrainConfig:
