@@ -434,8 +434,10 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
     """Train the model of `config` (a `TrainConfig`, a dict or a TOML path) into `out_dir`.
 
     With ``resume=True`` an interrupted run in `out_dir` (same config hash) continues from its last
-    checkpoint, and a finished one is returned as it is. `progress` shows Lightning's progress bar
-    and messages. Returns a `TrainResult`; the files are described in the module doc.
+    checkpoint, and a finished one is returned as it is (``resume=True`` on an empty or missing
+    directory simply trains). `progress` shows Lightning's progress bar and messages. Returns a
+    `TrainResult`; the files are described in the module doc. Under DDP only rank 0 writes files and
+    selects; the other processes return ``best_epoch = -1``.
     """
     cfg = as_train_config(config)
     out = Path(out_dir)
