@@ -115,7 +115,9 @@ def _databases() -> dict:
     if url:
         import dj_database_url
 
-        db = dj_database_url.parse(url, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")))
+        # persistent connections, checked before each request reuses one: after a database restart
+        # the next request reconnects instead of failing
+        db = dj_database_url.parse(url, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")), conn_health_checks=True)
     else:
         HOME.mkdir(parents=True, exist_ok=True)
         db = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(HOME / "db.sqlite3")}
