@@ -129,32 +129,34 @@ class ExplanationMetric(Metric):
             "labels": labels,
         }
         requires = self.entry.info.requires
-        with torch.inference_mode(False), torch.enable_grad():
-            words = {k: v.clone() if isinstance(v, Tensor) and v.is_inference() else v for k, v in given.items()}
-            needs_method = ("attributions" in requires and attributions is None) or (
-                "explainer" in requires and explainer is None
+        needs_method = ("attributions" in requires and attributions is None) or (
+            "explainer" in requires and explainer is None
+        )
+        if needs_method and (self.method is None or model is None or inputs is None or targets is None):
+            raise InputError(
+                f"{type(self).__name__}.update: pass the maps (attributions=) or give the metric a "
+                "method (method='gradcam') and pass model, inputs and targets"
             )
-            if needs_method:
-                if self.method is None or model is None or inputs is None or targets is None:
-                    raise InputError(
-                        f"{type(self).__name__}.update: pass the maps (attributions=) or give the metric a "
-                        "method (method='gradcam') and pass model, inputs and targets"
-                    )
-                from xaibench import explainer as make_explainer
+        missing = [w for w in requires if given[w] is None and not (needs_method and w in ("attributions", "explainer"))]
+        if missing:
+            raise InputError(f"{type(self).__name__}.update: metric {self.metric_name!r} needs {', '.join(missing)}")
+        kwargs = {w: given[w] for w in requires}
+        if self._takes_seed and "seed" not in self.params:
+            kwargs["seed"] = self.seed
+        if "explainer" in requires or needs_method:
+            # Explanations need gradients, also inside a validation loop's inference mode.
+            with torch.inference_mode(False), torch.enable_grad():
+                kwargs = {k: _usable(v) for k, v in kwargs.items()}
+                if needs_method:
+                    from xaibench import explainer as make_explainer
 
-                made = make_explainer(self.method, model, **self.method_params)
-                if "explainer" in requires and explainer is None:
-                    words["explainer"] = made
-                if "attributions" in requires and attributions is None:
-                    words["attributions"] = made(words["inputs"], words["targets"]).detach()
-            missing = [w for w in requires if words[w] is None]
-            if missing:
-                raise InputError(
-                    f"{type(self).__name__}.update: metric {self.metric_name!r} needs {', '.join(missing)}"
-                )
-            kwargs = {w: words[w] for w in requires}
-            if self._takes_seed and "seed" not in self.params:
-                kwargs["seed"] = self.seed
+                    made = make_explainer(self.method, model, **self.method_params)
+                    if "explainer" in requires and explainer is None:
+                        kwargs["explainer"] = made
+                    if "attributions" in requires and attributions is None:
+                        kwargs["attributions"] = made(_usable(inputs), _usable(targets)).detach()
+                result = self.entry.fn(**kwargs, **self.params)
+        else:
             result = self.entry.fn(**kwargs, **self.params)
         scores = result.scores.detach().to(self.total.device, torch.float64).flatten()
         defined = ~torch.isnan(scores)
@@ -181,6 +183,11 @@ class ExplanationMetric(Metric):
             )
             low, high = (torch.tensor(v, dtype=torch.float64, device=mean.device) for v in (ci.low, ci.high))
         return {"mean": mean, "low": low, "high": high}
+
+
+def _usable(value: Any) -> Any:
+    """An inference-mode tensor copied into a normal one (autograd refuses inference tensors)."""
+    return value.clone() if isinstance(value, Tensor) and value.is_inference() else value
 
 
 def _class_name(name: str) -> str:
