@@ -315,3 +315,18 @@ def test_runs_without_the_newer_columns_still_report(report, tmp_path, monkeypat
     assert "wall time" not in summary
     gallery = _section(page, "gallery")
     assert "true: " in gallery and "predicted: " in gallery  # class names from the data set
+
+
+def test_gallery_masks_come_from_the_data_set_only_if_it_is_unchanged(report):
+    from xaibench.report.html import _gallery_masks
+
+    cfg = json.loads((report.parent / "run.json").read_text())["config"]
+    images = xaibench.store.load_images(report.parent)
+    positions, ids = images["positions"][:2], images["ids"][:2]
+    masks, classes, problem = _gallery_masks(cfg, positions, ids, ["digit", "square"])
+    assert set(masks) == {"digit", "square"} and masks["square"].shape == (2, 32, 32) and problem == ""
+    assert classes == [str(d) for d in range(10)]
+    masks, _, problem = _gallery_masks(cfg, positions, ids[::-1], ["digit"])
+    assert masks == {} and "the data set has changed since the run" in problem
+    gone = {**cfg, "data": {**cfg["data"], "spec": "builtin:nothing"}}
+    assert "could not be read" in _gallery_masks(gone, positions, ids, ["digit"])[2]

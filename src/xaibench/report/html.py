@@ -329,18 +329,23 @@ def _gallery_choice(images: dict[str, Any], k: int) -> list[int]:
     return chosen
 
 
-def _gallery_masks(cfg: dict[str, Any], positions: list[int], names: list[str]) -> tuple[dict[str, torch.Tensor], list[str], str]:
+def _gallery_masks(cfg: dict[str, Any], positions: list[int], ids: list[str],
+                   names: list[str]) -> tuple[dict[str, torch.Tensor], list[str], str]:
     """The human masks `names` of the gallery images, read again from the data set (the run stores
-    none), and its class names; ({}, [], reason) when the data set cannot be read."""
+    none), and its class names; ({}, [], reason) when the data set cannot be read or has changed
+    (an image at a position has another id than in the run)."""
     from xaibench.data import load_dataset
     from xaibench.errors import XaibenchError
 
     data = cfg.get("data", {})
     try:
-        ds = load_dataset(data["spec"], split=data.get("split", "test"), image_size=data.get("image_size"))
+        ds = load_dataset(data["spec"], split=data.get("split", "test"), image_size=data.get("image_size"),
+                          on_error=data.get("on_error", "raise"))
         samples = [ds[p] for p in positions]
     except (XaibenchError, OSError, KeyError, IndexError) as err:
-        return {}, [], f"masks not shown: the data set could not be read ({err})"
+        return {}, [], f"Masks not shown: the data set could not be read ({err})."
+    if [str(s.id) for s in samples] != [str(i) for i in ids]:
+        return {}, [], "Masks not shown: the data set has changed since the run (other images at its positions)."
     masks = {n: torch.stack([s.masks[n] for s in samples]) for n in names if all(n in s.masks for s in samples)}
     return masks, list(getattr(ds, "classes", [])), ""
 
@@ -354,7 +359,7 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
     chosen = _gallery_choice(images, k)
     ids = [images["ids"][i] for i in chosen]
     mask_names = [m for m in dict.fromkeys(results["mask"].dropna())]
-    masks, classes, problem = _gallery_masks(cfg, [images["positions"][i] for i in chosen], mask_names[:3])
+    masks, classes, problem = _gallery_masks(cfg, [images["positions"][i] for i in chosen], ids, mask_names[:3])
     per_image = results.drop_duplicates("image_id").set_index("image_id")
 
     def name(row: pd.Series, column: str, index_column: str) -> str:
