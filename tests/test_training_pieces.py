@@ -286,3 +286,40 @@ def test_reliability_diagram():
         error = (adaptive_calibration_error if adaptive else expected_calibration_error)(probs, labels)
         assert ax.get_title() == f"baseline: {name} {float(error):.3f}"
         plt.close(fig)
+
+
+# --- the loss of each setting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["baseline", "fl", "fp", "ap", "fl+fp+ap"])
+def test_training_step_loss_is_the_papers_weighting(setting):
+    import copy
+
+    from xaibench.runner.shard import derive_seed
+    from xaibench.training.engine import GomezModule
+
+    cfg = parse_train_config({**BASE, "setting": setting, "interpolation": 4, "seed": 5})
+    torch.manual_seed(0)
+    model = DigitsCNN().train()
+    ref = copy.deepcopy(model)  # the same computation by hand, in the same order (batch-norm statistics move)
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(6) % 10
+    module = GomezModule(model, cfg, train_set=None, val_set=None,
+                         feature_layer=model.features if "fp" in setting else None)
+    loss = module.training_step((x, y), 3)
+    crit = adaptive_focal_loss if "fl" in setting else F.cross_entropy
+    first = pgd_attack(ref, x, y) if "ap" in setting else x
+    features = ref.features(first)
+    expected = crit(ref.fc(ref.pool(features).flatten(1)), y)
+    if "fp" in setting:
+        if "ap" in setting:  # the explanation of the clean images: eval mode, after the adversarial forward
+            ref.eval()
+            with torch.no_grad():
+                features = ref.features(x)
+            ref.train()
+        gen = torch.Generator().manual_seed(derive_seed(5, "fp", 0, 3))
+        kinds = torch.randint(4, (6,), generator=gen)
+        k = torch.randint(64, (6,), generator=gen)
+        masked = fp_images(x, feature_saliency(features), kinds, k)
+        expected = 1.6 * expected + 0.4 * crit(ref(masked), y)
+    torch.testing.assert_close(loss, expected)
