@@ -512,6 +512,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
     accelerator, device_ids = _accelerator(cfg.device)
     with _isolated(quiet=not progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # on purpose, see HarmonyModule.train
+        warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # documented: the order restarts
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         train_pairs, val_pairs, _ = split_data(cfg)  # type: ignore[arg-type]
         dataset = train_pairs.dataset
