@@ -159,12 +159,13 @@ class ExplanationMetric(Metric):
         else:
             result = self.entry.fn(**kwargs, **self.params)
         scores = result.scores.detach().to(self.total.device, torch.float64).flatten()
-        defined = ~torch.isnan(scores)
-        self.total += scores[defined].sum()
-        self.count += defined.sum()
-        self.undefined += (~defined).sum()
+        nan = torch.isnan(scores)
+        n_nan = nan.sum()
+        self.total.add_(torch.nansum(scores))  # in place: no module attribute assignment per batch
+        self.count.add_(scores.numel() - n_nan)
+        self.undefined.add_(n_nan)
         if self.bootstrap:
-            self.scores.append(scores[defined])
+            self.scores.append(scores[~nan])
 
     def compute(self) -> Tensor | dict[str, Tensor]:
         """Mean of the defined scores (NaN if none); with ``bootstrap``, ``{"mean", "low", "high"}``."""
