@@ -53,6 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--html", metavar="FILE", help="also write the analysis as a self-contained HTML page")
     q.set_defaults(func=handle_analyze)
 
+    q = sub.add_parser("load-masks", help="load a mask-task data set (DIR/manifest.json + PNGs); idempotent")
+    q.add_argument("dir", metavar="DIR")
+    q.set_defaults(func=handle_load_masks)
+
+    q = sub.add_parser("export-masks", help="write the drawn masks and boxes in xaibench's folder layout")
+    q.add_argument("out", metavar="OUT")
+    q.add_argument("--split", default="val", help="split folder name (default val)")
+    q.add_argument("--annotator", metavar="NAME", help="one annotator's masks (default: the pixel majority of all)")
+    q.set_defaults(func=handle_export_masks)
+
     q = sub.add_parser("import-legacy", help="import the published study's database (app label relevavance)")
     q.add_argument("path", metavar="SQLITE")
     q.add_argument("--skip-invalid", action="store_true",
@@ -183,6 +193,12 @@ def handle_analyze(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise InputError(f"labels: {err}") from err
     result = analyze(df, confidence=args.confidence)
+    if not args.labels:
+        from xaibench.harmony.masks import mask_agreement
+
+        masks = mask_agreement()
+        if masks["annotations"]:
+            result["mask_agreement"] = masks
     if args.metrics is not None:
         _add_agreement(result, df, args)
     if args.json:
@@ -194,6 +210,11 @@ def handle_analyze(args: argparse.Namespace) -> int:
         print("\n".join(["", *result.get("notes", [])]))
         if result.get("agreement"):
             print(format_agreement(result["agreement"]))
+        if result.get("mask_agreement"):
+            m = result["mask_agreement"]
+            print(f"\nMasks: {m['annotations']} annotation(s) of {m['images']} image(s); {m['images_2plus']} image(s) "
+                  f"drawn by two or more annotators: mean pairwise IoU of the masks {m['mean_mask_iou']:.3f}, "
+                  f"of the boxes {m['mean_box_iou']:.3f}")
     if args.html:
         from pathlib import Path
 
@@ -228,6 +249,27 @@ def _add_agreement(result: dict, labels, args: argparse.Namespace) -> None:
     if info["with_maps"] < info["examples"]:
         notes.append(f"{info['examples'] - info['with_maps']} of {info['examples']} examples carry no maps as arrays and are not scored")
     result["agreement"] = agreement(labels, scores, confidence=args.confidence)
+
+
+def handle_load_masks(args: argparse.Namespace) -> int:
+    from xaibench.harmony.masks import load_masks, read_mask_manifest
+
+    read_mask_manifest(args.dir)  # validate before touching the database
+    _ready()
+    c = load_masks(args.dir)
+    print(f"loaded {args.dir}: {c['created']} new, {c['updated']} updated, {c['unchanged']} unchanged image(s)")
+    return 0
+
+
+def handle_export_masks(args: argparse.Namespace) -> int:
+    from xaibench.harmony.masks import export_masks
+
+    _ready()
+    c = export_masks(args.out, split=args.split, annotator=args.annotator)
+    who = f"annotator {args.annotator}" if args.annotator else "pixel majority of the annotators"
+    print(f"{c['images']} image(s) with masks ({who}) and {c['boxes']} box(es) written to {args.out}; "
+          f"read them with load_dataset('folder:{args.out}', split='{args.split}')")
+    return 0
 
 
 def handle_import_legacy(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Admin: conditions, examples, assignments, labels; per-annotator progress and CSV export (staff only)."""
+"""Admin: conditions, examples, assignments, labels, mask images and annotations; per-annotator progress and CSV export (staff only)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from django.urls import path
 
 from xaibench.harmony.export import labels_frame
 from xaibench.harmony.forms import AdminLoginForm
-from xaibench.harmony.models import Assignment, Condition, Example, Label
+from xaibench.harmony.models import Assignment, Condition, Example, Label, MaskAnnotation, MaskImage
 
 admin.site.login_form = AdminLoginForm  # failed logins throttled as on the annotators' page
 
@@ -108,3 +108,17 @@ class LabelAdmin(admin.ModelAdmin):
         context = {**self.admin_site.each_context(request), "title": "Progress per annotator", "rows": rows,
                    "opts": self.model._meta}
         return TemplateResponse(request, "admin/harmony/progress.html", context)
+
+
+@admin.register(MaskImage)
+class MaskImageAdmin(admin.ModelAdmin):
+    list_display = ("id", "key", "label", "study", "width", "height")
+    list_filter = ("study", "label")
+    search_fields = ("key", "label")
+
+
+@admin.register(MaskAnnotation)
+class MaskAnnotationAdmin(admin.ModelAdmin):
+    list_display = ("id", "annotator", "image", "inside", "revisions", "updated_at")
+    list_filter = ("annotator",)
+    readonly_fields = ("annotator", "image", "mask", "boxes", "inside", "revisions", "created_at", "updated_at")

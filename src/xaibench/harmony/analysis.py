@@ -295,7 +295,9 @@ def format_html(result: dict) -> str:
                      ("Metric-human agreement pooled per metric", agreement["pooled"]),
                      ("Metrics humans agree with most", [{"rank": i + 1, "metric": m} for i, m in enumerate(agreement["ranking"])])]
     if result.get("mask_agreement"):
-        sections.append(("Mask agreement between annotators (IoU)", result["mask_agreement"]))
+        masks = result["mask_agreement"]
+        sections += [("Mask agreement between annotators (mean pairwise IoU)", [{k: v for k, v in masks.items() if k != "per_image"}]),
+                     ("Mask agreement per image", masks["per_image"])]
     notes = "".join(f"<p class=note>{escape(n)}</p>" for n in result.get("notes", []))
     body = "".join(f"<h2>{escape(t)}</h2>{_html_table(rows)}" for t, rows in sections)
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"

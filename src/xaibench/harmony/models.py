@@ -128,3 +128,42 @@ class Label(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator}: {self.example} = {self.choice}"
+
+
+class MaskImage(models.Model):
+    """An image of the mask task: annotators draw the region that justifies its label."""
+
+    key = models.CharField(max_length=128, unique=True, help_text="image id in the mask data set")
+    study = models.CharField(max_length=128, blank=True, default="", help_text="name of the mask data set")
+    label = models.CharField(max_length=256, blank=True, default="", help_text="class shown to the annotators")
+    image = models.CharField(max_length=255, help_text="media path of the image")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    position = models.PositiveIntegerField(default=0)
+    source_image = models.CharField(max_length=512, blank=True, default="", help_text="path in the source data set")
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"mask image {self.key}"
+
+
+class MaskAnnotation(models.Model):
+    """One annotator's region for one image; saving again replaces it."""
+
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="harmony_masks")
+    image = models.ForeignKey(MaskImage, on_delete=models.CASCADE, related_name="annotations")
+    mask = models.CharField(max_length=255, help_text="media path of the binary mask PNG (255 = inside)")
+    boxes = models.JSONField(default=list, blank=True, help_text="[[x0, y0, x1, y1], ...] pixels, 0-based, end exclusive")
+    inside = models.PositiveIntegerField(default=0, help_text="pixels inside the drawn mask")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    revisions = models.PositiveIntegerField(default=0, help_text="how many times it was saved again")
+
+    class Meta:
+        ordering = ["annotator", "image"]
+        constraints = [models.UniqueConstraint(fields=["annotator", "image"], name="harmony_mask_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.annotator}: {self.image}"

@@ -14,6 +14,9 @@ app_patterns = [
     path("card/<int:card>/done/", views.card_done, name="done"),
     path("card/<int:card>/<int:n>/", views.label_example, name="example"),
     path("card/<int:card>/<int:n>/picture/<str:slot>.png", views.picture, name="picture"),
+    path("masks/", views.mask_start, name="masks"),
+    path("masks/<int:n>/", views.mask_draw, name="mask"),
+    path("masks/<int:n>/<str:slot>.png", views.mask_picture, name="mask_picture"),
 ]
 
 urlpatterns = [

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from xaibench.harmony.forms import LoginForm
-from xaibench.harmony.models import Assignment, Example, Label, Presentation
+from xaibench.harmony.models import Assignment, Example, Label, MaskAnnotation, MaskImage, Presentation
 
 MAX_RESPONSE_MS = 24 * 3600 * 1000
 
@@ -90,7 +90,12 @@ def home(request):
                 "complete": done >= total,
             }
         )
-    return render(request, "harmony/home.html", {"cards": cards})
+    masks = None
+    total = MaskImage.objects.count()
+    if total:
+        done = MaskAnnotation.objects.filter(annotator=request.user).count()
+        masks = {"done": done, "total": total, "percent": round(100 * done / total), "complete": done >= total}
+    return render(request, "harmony/home.html", {"cards": cards, "masks": masks})
 
 
 @login_required
@@ -253,5 +258,81 @@ def picture(request, card: int, n: int, slot: str):
     with default_storage.open(stored, "rb") as fh:
         data = fh.read()
     response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# --- the mask task: draw the region that justifies the label (xaibench.harmony.masks) ---
+
+
+def _mask_image(user, n: int) -> tuple[list[int], MaskImage]:
+    from xaibench.harmony.masks import image_order
+
+    ids = image_order(user.pk)
+    if n < 1 or n > len(ids):
+        raise Http404("no such image")
+    return ids, MaskImage.objects.get(pk=ids[n - 1])
+
+
+@login_required
+@require_GET
+def mask_start(request):
+    from xaibench.harmony.masks import image_order
+
+    ids = image_order(request.user.pk)
+    done = set(MaskAnnotation.objects.filter(annotator=request.user).values_list("image_id", flat=True))
+    for n, image_id in enumerate(ids, start=1):
+        if image_id not in done:
+            return redirect("harmony:mask", n=n)
+    return render(request, "harmony/masks_done.html", {"total": len(ids)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def mask_draw(request, n: int):
+    from xaibench.errors import InputError
+    from xaibench.harmony.masks import parse_boxes, parse_mask, save_annotation
+
+    ids, image = _mask_image(request.user, n)
+    if request.method == "POST":
+        try:
+            mask = parse_mask(request.POST.get("mask", ""), image.width, image.height)
+            boxes = parse_boxes(request.POST.get("boxes", ""), image.width, image.height)
+        except InputError as err:
+            return HttpResponseBadRequest(f"{err}; reload the page")
+        if not mask.any() and not boxes:
+            return HttpResponseBadRequest("nothing drawn: draw the region (or a box) first")
+        save_annotation(request.user, image, mask, boxes)
+        return redirect("harmony:mask", n=n + 1) if n < len(ids) else redirect("harmony:masks")
+    mine = MaskAnnotation.objects.filter(annotator=request.user, image=image).first()
+    done = MaskAnnotation.objects.filter(annotator=request.user).count()
+    context = {
+        "n": n, "total": len(ids), "done": done, "label": image.label, "width": image.width, "height": image.height,
+        "image_url": reverse("harmony:mask_picture", kwargs={"n": n, "slot": "image"}),
+        "mine_url": reverse("harmony:mask_picture", kwargs={"n": n, "slot": "mine"}) if mine else "",
+        "boxes": mine.boxes if mine else [],
+        "saved": mine is not None,
+        "previous": n - 1 if n > 1 else None,
+        "next": n + 1 if (mine is not None and n < len(ids)) else None,
+    }
+    return render(request, "harmony/mask.html", context)
+
+
+@login_required
+@require_GET
+def mask_picture(request, n: int, slot: str):
+    """The image, or the annotator's own saved mask (``mine``); nobody else's."""
+    _, image = _mask_image(request.user, n)
+    if slot == "image":
+        stored = image.image
+    elif slot == "mine":
+        mine = MaskAnnotation.objects.filter(annotator=request.user, image=image).first()
+        stored = mine.mask if mine else ""
+    else:
+        raise Http404("no such picture")
+    if not stored or not default_storage.exists(stored):
+        raise Http404("picture not available")
+    with default_storage.open(stored, "rb") as fh:
+        response = HttpResponse(fh.read(), content_type="image/png")
     response["Cache-Control"] = "private, no-store"
     return response
