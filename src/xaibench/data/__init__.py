@@ -5,6 +5,7 @@ whose items are `Sample` s (image float32 [3, H, W] in [0, 1], label, id, masks)
 stacks samples into a `Batch`. Specs:
 
 - ``builtin:digits``, ``builtin:digits-spurious``  (`xaibench.data.digits`)
+- ``builtin:digits-hard``: affine transforms, clutter and noise  (`xaibench.data.digits_hard`)
 - ``folder:<root>`` or a bare path to an existing folder  (`xaibench.data.folder.FolderDataset`)
 - ``imagenet:<root>``  (`xaibench.data.folder.ImageNetDataset`)
 - ``celeba:``, ``celebamask-hq:``, ``cifar100:``, ``subset:`` and the alignment stand-ins  (`xaibench.data.layouts`)
@@ -21,7 +22,7 @@ import os
 from xaibench.data.base import Batch, ImageDataset, Sample, collate
 from xaibench.errors import InputError, UnknownNameError
 
-BUILTIN = ("digits", "digits-spurious")
+BUILTIN = ("digits", "digits-spurious", "digits-hard")
 SCHEMES = ("builtin", "folder", "imagenet")
 
 
@@ -58,6 +59,10 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
             raise UnknownNameError(
                 f"unknown built-in data set {spec!r}.{hint} Known: {', '.join('builtin:' + b for b in BUILTIN)}."
             )
+        if rest == "digits-hard":
+            from xaibench.data.digits_hard import DigitsHardDataset
+
+            return DigitsHardDataset(split=split, image_size=image_size)
         return DigitsDataset(rest, split=split, image_size=image_size)
     if scheme in ("folder", "imagenet") and sep:
         from xaibench.data.folder import FolderDataset, ImageNetDataset
