@@ -1,0 +1,638 @@
+"""Benchmark reliability under training settings (Gomez & Mouchère, arXiv 2311.17876).
+
+Does the way a model is trained make a faithfulness benchmark more reliable? For each training
+setting (Baseline, FP, AP, FL and their combinations; `xaibench.training`) the same architecture is
+trained by the same trainer (``seeds`` models per setting: model k of every setting has training
+seed ``[train].seed + k``, so the settings share initialisation and batch order), then the paper's
+benchmark runs through the runner on the same test images:
+
+- method groups (ranked within a group): CAM (CAM, Grad-CAM, Grad-CAM++, Score-CAM), back-propagation
+  (VarGrad, SmoothGrad, Integrated Gradients, Guided Backprop), perturbation (feature permutation,
+  feature ablation, occlusion, RISE);
+- metrics: DAUC, IAUC (deletion / insertion with raw areas, black and box-blur baselines), DC, IC and
+  their non-cumulative variants DC-nc, IC-nc, AD, ADD; the four step-wise metrics take one
+  feature-map cell per step (the paper), or ``steps`` steps of ``cells // steps`` cells when the
+  config sets ``steps`` (to bound the cost: each step is one forward per image and method);
+- maps at feature-map resolution: the CAM group's maps stay at the layer's native h x w; the other
+  groups' input-resolution maps are ranked by ``cell x cell`` patches, ``cell = ceil(H / h)`` (the
+  patch sum ranks as the map average-pooled to h x w), and their perturbations use a cell-sized
+  ``patch`` (feature permutation, feature ablation) and a 2-cell window with a one-cell stride
+  (occlusion) unless [methods.<name>] says otherwise. AD and ADD use each map as it is (their soft
+  mask is the map upsampled bicubically): for the two input-resolution groups that is a finer mask
+  than the paper's.
+
+Statistics per (setting, group, metric), all over the test images (bootstrap resamples of images):
+
+- Krippendorff's alpha (ordinal) of the per-image method rankings, averaged over the setting's
+  models, with a BCa interval at ``level`` (default 99%) from ``n_boot`` resamples (the same image
+  resamples for every setting: seed = experiment seed); images where a method has no score on any
+  of the setting's models are left out (counted in ``n_images``);
+- the difference to Baseline x 100 and the paper's significance procedure on the two bootstrap
+  distributions of alpha: Shapiro-Wilk on both; if either rejects normality (p < 0.05), the
+  Mann-Whitney U test (also when a distribution is constant), else Levene's test (scipy's default, median-centred) chooses Student's
+  (p >= 0.05) or Welch's t-test; significant when p < 0.05. The replicates are not independent
+  observations of new images, so p-values shrink as ``n_boot`` grows: read them with the intervals;
+- Gomez et al.'s minimum benchmark size (`xaibench.reliability.minimum_benchmark_size`, 95%,
+  even-count rule) divided by the number of images, averaged over the setting's models;
+- accuracy, ECE and AdaECE of each model on the whole test split, and the methods' mean scores
+  and ranks per setting.
+
+``data_randomisation = true`` adds Adebayo et al.'s data randomisation test: model k is also
+trained in the Baseline setting on labels permuted with its seed, and every method's maps of the
+two models are compared on the benchmark images for the true label (Spearman and SSIM,
+`xaibench.metrics.data_randomisation`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.experiments.base import (
+    REQUIRED,
+    Block,
+    ExperimentConfig,
+    ExperimentDir,
+    Figure,
+    Recipe,
+    Step,
+    StepContext,
+    Table,
+    Text,
+)
+from xaibench.reliability import (
+    AlphaStatistic,
+    bootstrap_ci,
+    first_place_rates,
+    krippendorff_alpha,
+    minimum_benchmark_size,
+    per_image_ranks,
+)
+from xaibench.runner.config import _section
+
+GROUPS: dict[str, list[str]] = {
+    "cam": ["cam", "gradcam", "gradcam_plus_plus", "scorecam"],
+    "backprop": ["vargrad", "smoothgrad", "integrated_gradients", "guided_backprop"],
+    "perturbation": ["feature_permutation", "feature_ablation", "occlusion", "rise"],
+}
+METRICS = ("dauc", "iauc", "dc", "ic", "dc_nc", "ic_nc", "ad", "add")
+BASELINE = "baseline"
+SIGNIFICANCE = 0.05
+
+BENCHMARK: dict[str, tuple[tuple[type, ...], Any]] = {
+    "spec": ((str,), None),  # default: the training data set
+    "split": ((str,), "test"),
+    "n": ((int,), 100),
+    "image_size": ((int,), None),
+    "target": ((str,), "predicted"),
+    "shard_size": ((int,), 50),
+    "explain_batch": ((int,), 50),
+    "max_batch": ((int,), 512),
+}
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+def _suggest(kind: str, value: str, known: list[str]) -> UnknownNameError:
+    close = difflib.get_close_matches(value, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return UnknownNameError(f"config {kind}: unknown {value!r}.{hint} Known: {', '.join(known)}.")
+
+
+def settings(cfg: ExperimentConfig) -> list[str]:
+    """The canonical setting names of the config, Baseline first."""
+    from xaibench.training import SETTINGS
+
+    out = []
+    for value in cfg["settings"]:
+        if not isinstance(value, str):
+            raise InputError(f"config settings: expected setting names, got {value!r}")
+        parts = frozenset(p.strip() for p in value.lower().split("+"))
+        name = next((n for n, known in SETTINGS.items() if parts == known or parts == {n}), None)
+        if name is None:
+            raise _suggest("settings", value, list(SETTINGS))
+        if name in out:
+            raise InputError(f"config settings: {value!r} is listed twice")
+        out.append(name)
+    if BASELINE not in out:
+        raise InputError("config settings: 'baseline' is required (every setting is compared with it)")
+    return [BASELINE] + [s for s in out if s != BASELINE]
+
+
+def groups(cfg: ExperimentConfig) -> dict[str, list[str]]:
+    table = cfg["groups"] if cfg["groups"] is not None else GROUPS
+    for group, methods in table.items():
+        if not isinstance(methods, list) or len(methods) < 2 or not all(isinstance(m, str) for m in methods):
+            raise InputError(f"config groups.{group}: a list of at least 2 method names is required, got {methods!r}")
+    return {g: list(m) for g, m in table.items()}
+
+
+def metrics(cfg: ExperimentConfig) -> list[str]:
+    chosen = list(cfg["metrics"])
+    for m in chosen:
+        if m not in METRICS:
+            raise _suggest("metrics", str(m), list(METRICS))
+    return chosen
+
+
+def benchmark(cfg: ExperimentConfig) -> dict[str, Any]:
+    table = _section("[benchmark].", cfg["benchmark"], BENCHMARK)
+    train_data = cfg["train"].get("data", {})
+    table["spec"] = table["spec"] or train_data.get("spec")
+    if table["image_size"] is None:
+        table["image_size"] = train_data.get("image_size")
+    return table
+
+
+def train_config(cfg: ExperimentConfig, setting: str, k: int, permuted: bool = False) -> dict[str, Any]:
+    """The trainer config of model k of `setting` (label-permuted twin when `permuted`)."""
+    base = dict(cfg["train"])
+    seed = int(base.get("seed", 0)) + k
+    return {**base, "seed": seed, "device": cfg.device, "setting": setting, "label_permutation": permuted}
+
+
+def models(cfg: ExperimentConfig) -> list[tuple[str, str, int, bool]]:
+    """(label, setting, k, permuted) of every model to train."""
+    out = [(f"{s}-s{k}", s, k, False) for s in settings(cfg) for k in range(cfg["seeds"])]
+    if cfg["data_randomisation"]:
+        out += [(f"permuted-s{k}", BASELINE, k, True) for k in range(cfg["seeds"])]
+    return out
+
+
+def method_params(cfg: ExperimentConfig, method: str, cell: int) -> dict[str, Any]:
+    """Explainer parameters of `method` at feature-map resolution, then the config's [methods.<name>]."""
+    from xaibench.explainers import METHODS
+
+    info = METHODS.get(method)
+    own: dict[str, Any] = {}
+    if info.resolution == "layer" and "upsample" in info.params:
+        own["upsample"] = False
+    if method in ("feature_permutation", "feature_ablation"):
+        own["patch"] = cell
+    if method == "occlusion":
+        own.update(window=2 * cell, stride=cell)
+    return {**own, **cfg["methods"].get(method, {})}
+
+
+def metric_tables(native: bool, cell: int, steps: int, chosen: list[str]) -> dict[str, dict[str, Any]]:
+    """Runner [metrics] tables: ranking by feature-map cells (native maps: their pixels; else patches),
+    `steps` perturbation steps (DAUC, IAUC, DC, IC)."""
+    rank: dict[str, Any] = {"resample": "rank_native", "steps": steps} | ({} if native else {"patch_size": cell})
+    tables = {
+        "dauc": {"metric": "deletion", "normalize": None, "baseline": "black", **rank},
+        "iauc": {"metric": "insertion", "normalize": None, "baseline": "box_blur", **rank},
+        "dc": {"metric": "deletion_correlation", **rank},
+        "ic": {"metric": "insertion_correlation", **rank},
+        "dc_nc": {"metric": "deletion_correlation", "cumulative": False, **rank},
+        "ic_nc": {"metric": "insertion_correlation", "cumulative": False, **rank},
+        "ad": {"metric": "average_drop"},
+        "add": {"metric": "average_drop_in_deletion"},
+    }
+    return {m: tables[m] for m in chosen}
+
+
+def run_config(cfg: ExperimentConfig, model_spec: str, group: str, grid: tuple[int, int, int]) -> dict[str, Any]:
+    """The runner config of one group for one model; `grid` = (input side, feature-map h, w)."""
+    from xaibench.explainers import METHODS
+
+    side, h, w = grid
+    cell = math.ceil(side / max(h, w))
+    methods = groups(cfg)[group]
+    native = all(METHODS.get(m).resolution == "layer" for m in methods)
+    bench = benchmark(cfg)
+    return {
+        "name": group,
+        "target": bench["target"],
+        "shard_size": bench["shard_size"],
+        "explain_batch": bench["explain_batch"],
+        "max_batch": bench["max_batch"],
+        "model": {"spec": model_spec},
+        "data": {"spec": bench["spec"], "split": bench["split"], "n": bench["n"], "seed": cfg.seed,
+                 "image_size": bench["image_size"]},
+        "methods": {m: {"method": m, **method_params(cfg, m, cell)} for m in methods},
+        "metrics": metric_tables(native, cell, min(cfg["steps"] or h * w, h * w), metrics(cfg)),
+    }
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    from xaibench.explainers import METHODS
+    from xaibench.runner import parse_config
+    from xaibench.training import parse_train_config
+
+    if cfg["seeds"] < 1:
+        raise InputError(f"config seeds: must be >= 1, got {cfg['seeds']}")
+    for label, setting, k, permuted in models(cfg):
+        try:
+            parse_train_config(train_config(cfg, setting, k, permuted))
+        except InputError as err:
+            raise type(err)(f"[train] ({label}): {err}") from None
+    if cfg["steps"] is not None and cfg["steps"] < 2:
+        raise InputError(f"config steps: must be >= 2, got {cfg['steps']}")
+    if cfg["n_boot"] < 100:
+        raise InputError(f"config n_boot: at least 100 resamples are needed, got {cfg['n_boot']}")
+    if not 0.5 < cfg["level"] < 1:
+        raise InputError(f"config level: must be in (0.5, 1), got {cfg['level']}")
+    listed = {m for ms in groups(cfg).values() for m in ms}
+    for method in listed:
+        try:
+            METHODS.get(method)
+        except UnknownNameError as err:
+            raise UnknownNameError(f"config groups: {err}") from None
+    for method in cfg["methods"]:
+        if method not in listed:
+            raise _suggest("[methods]", method, sorted(listed))
+    for group in groups(cfg):
+        parse_config({"seed": cfg.seed, **run_config(cfg, cfg["train"]["model"]["spec"], group, (32, 8, 8))})
+    bench = benchmark(cfg)
+    if bench["spec"] is None:
+        raise InputError("config [benchmark].spec: no data set (and none in [train.data])")
+    if any("feature_permutation" in ms for ms in groups(cfg).values()):
+        _check_batches(bench)
+
+
+def _check_batches(bench: Mapping[str, Any]) -> None:
+    """Feature permutation needs >= 2 images in every explainer call."""
+    from xaibench.data import load_dataset
+
+    kw = {"image_size": bench["image_size"]} if bench["image_size"] else {}
+    n = bench["n"] or len(load_dataset(bench["spec"], split=bench["split"], **kw))
+    sizes = [min(bench["shard_size"], n - s) for s in range(0, n, bench["shard_size"])]
+    calls = [min(bench["explain_batch"], z - s) for z in sizes for s in range(0, z, bench["explain_batch"])]
+    if min(calls) < 2:
+        raise InputError(f"config [benchmark]: with n = {n}, shard_size = {bench['shard_size']} and explain_batch = "
+                         f"{bench['explain_batch']} an explainer call gets 1 image, and feature_permutation needs "
+                         "2; change n, shard_size or explain_batch")
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+def _train_step(label: str, setting: str, k: int, permuted: bool):  # noqa: ANN202 - a Step.run
+    def run(ctx: StepContext) -> None:
+        from xaibench.training import train
+
+        result = train(train_config(ctx.cfg, setting, k, permuted), ctx.folder / "model")
+        ctx.write_table(f"training_{label}", pd.DataFrame([{
+            "model": label, "setting": setting, "model_seed": k, "label_permutation": permuted,
+            "model_path": str(Path(result.model_path).resolve()), "best_epoch": int(result.best_epoch),
+            "train_config_hash": result.config_hash,
+        }]))
+        log = result.log.copy()
+        log.insert(0, "model", label)
+        ctx.write_table(f"training_log_{label}", log)
+
+    return run
+
+
+def _trained(exp: ExperimentDir, label: str) -> dict[str, Any]:
+    return exp.table(f"training_{label}").iloc[0].to_dict()
+
+
+def _load(path: str, device: str) -> torch.nn.Module:
+    from xaibench import load_model
+
+    return load_model(f"file:{path}").to(device).eval()
+
+
+def _test_tensors(cfg: ExperimentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    from xaibench.data import collate, load_dataset
+
+    bench = benchmark(cfg)
+    kw = {"image_size": bench["image_size"]} if bench["image_size"] else {}
+    batch = collate(list(load_dataset(bench["spec"], split=bench["split"], **kw)))
+    return batch.images, batch.labels
+
+
+def calibration(ctx: StepContext) -> None:
+    """Accuracy, ECE and AdaECE of every trained model on the whole test split."""
+    from xaibench.training.calibration import adaptive_calibration_error, expected_calibration_error
+
+    images, labels = _test_tensors(ctx.cfg)
+    rows = []
+    for label, setting, k, permuted in models(ctx.cfg):
+        info = _trained(ctx.experiment, label)
+        model = _load(info["model_path"], ctx.cfg.device)
+        with torch.no_grad():
+            probs = torch.cat([model(images[s:s + 256].to(ctx.cfg.device)).softmax(1).cpu()
+                               for s in range(0, len(labels), 256)])
+        rows.append({"model": label, "setting": setting, "model_seed": k, "label_permutation": permuted,
+                     "accuracy": float((probs.argmax(1) == labels).float().mean()),
+                     "ece": float(expected_calibration_error(probs, labels)),
+                     "adaece": float(adaptive_calibration_error(probs, labels)),
+                     "confidence": float(probs.max(1).values.mean()),
+                     "best_epoch": info["best_epoch"], "n_images": len(labels)})
+    ctx.write_table("calibration", pd.DataFrame(rows))
+
+
+def feature_grid(model: torch.nn.Module, image: torch.Tensor) -> tuple[int, int, int]:
+    """(input side, h, w) of the model's CAM layer for one image [C, H, W]."""
+    from xaibench.explainers.cam import find_layer, get_module
+
+    x = image[None].to(next(model.parameters()).device)
+    store: list[torch.Tensor] = []
+    hook = get_module(model, find_layer(model, x)).register_forward_hook(lambda _m, _i, out: store.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return max(x.shape[-2:]), int(store[0].shape[-2]), int(store[0].shape[-1])
+
+
+def run_benchmarks(ctx: StepContext) -> None:
+    """The benchmark of every group for every (non-permuted) model, through the runner."""
+    from xaibench.store import load_results
+
+    images, _ = _test_tensors(ctx.cfg)
+    frames = []
+    for label, setting, k, permuted in models(ctx.cfg):
+        if permuted:
+            continue
+        path = _trained(ctx.experiment, label)["model_path"]
+        grid = feature_grid(_load(path, ctx.cfg.device), images[0])
+        for group in groups(ctx.cfg):
+            ctx.log(f"{label}: {group} (feature map {grid[1]}x{grid[2]})")
+            out = ctx.run_benchmark(f"{label}-{group}", run_config(ctx.cfg, f"file:{path}", group, grid))
+            rows = load_results(out)[["image_id", "method", "metric", "score", "higher_is_better", "nan_reason"]]
+            frames.append(rows.assign(setting=setting, model_seed=k, group=group))
+    ctx.write_table("scores", pd.concat(frames, ignore_index=True))
+
+
+def statistics(ctx: StepContext) -> None:
+    scores = ctx.experiment.table("scores")
+    alpha, diffs, sizes, ranks = reliability_tables(scores, settings(ctx.cfg), level=ctx.cfg["level"],
+                                                    n_boot=ctx.cfg["n_boot"], seed=ctx.cfg.seed)
+    ctx.write_table("alpha", alpha)
+    ctx.write_table("alpha_difference", diffs)
+    ctx.write_table("benchmark_size", sizes)
+    ctx.write_table("rankings", ranks)
+
+
+def data_randomisation(ctx: StepContext) -> None:
+    """Adebayo's test: each method's maps of model k and of its label-permuted twin, true-label class."""
+    from xaibench.data import collate, load_dataset
+    from xaibench.metrics.data_randomisation import data_randomisation_test
+    from xaibench.runner.shard import select_positions
+
+    bench = benchmark(ctx.cfg)
+    kw = {"image_size": bench["image_size"]} if bench["image_size"] else {}
+    dataset = load_dataset(bench["spec"], split=bench["split"], **kw)
+    batch = collate([dataset[i] for i in select_positions(len(dataset), bench["n"], ctx.cfg.seed)])
+    x, t = batch.images.to(ctx.cfg.device), batch.labels.to(ctx.cfg.device)
+    rows = []
+    for k in range(ctx.cfg["seeds"]):
+        trained = _load(_trained(ctx.experiment, f"{BASELINE}-s{k}")["model_path"], ctx.cfg.device)
+        permuted = _load(_trained(ctx.experiment, f"permuted-s{k}")["model_path"], ctx.cfg.device)
+        grid = feature_grid(trained, batch.images[0])
+        for group, methods in groups(ctx.cfg).items():
+            for method in methods:
+                # maps at input resolution (SSIM's 7x7 window); the same seed for both models: same draws
+                params = method_params(ctx.cfg, method, math.ceil(grid[0] / max(grid[1:])))
+                params.update({"upsample": True} if "upsample" in params else {})
+                res = data_randomisation_test(trained, permuted, x, t, method, batch=bench["explain_batch"],
+                                              max_batch=bench["max_batch"], **params)
+                rows.append(pd.DataFrame({"model_seed": k, "group": group, "method": method, "image_id": batch.ids,
+                                          "spearman": res.spearman.cpu().numpy(), "ssim": res.ssim.cpu().numpy()}))
+    ctx.write_table("data_randomisation", pd.concat(rows, ignore_index=True))
+
+
+def plan(cfg: ExperimentConfig) -> list[Step]:
+    """Train the settings' models, benchmark them, statistics; then the label-permuted twins (if asked),
+    calibration of every model and the data randomisation test."""
+    steps = [Step(f"train-{label}", _train_step(label, s, k, p)) for label, s, k, p in models(cfg) if not p]
+    trained = tuple(step.name for step in steps)
+    steps += [Step("benchmark", run_benchmarks, needs=trained), Step("statistics", statistics, needs=("benchmark",))]
+    twins = [Step(f"train-{label}", _train_step(label, s, k, p)) for label, s, k, p in models(cfg) if p]
+    steps += [*twins, Step("calibration", calibration, needs=trained + tuple(t.name for t in twins))]
+    if twins:
+        steps.append(Step("data-randomisation", data_randomisation, needs=trained + tuple(t.name for t in twins)))
+    return steps
+
+
+# --- statistics (pure functions of the scores table) --------------------------------------------
+
+
+class SeedMeanAlpha:
+    """Mean over models of Krippendorff's alpha: ranks [n_images, n_models, n_methods] as a bootstrap
+    statistic (images resampled jointly for every model; `weighted` as `AlphaStatistic`)."""
+
+    def __init__(self, level: str = "ordinal") -> None:
+        self.alpha = AlphaStatistic(level)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:  # [B, n, S, M] -> [B]
+        return np.asarray(krippendorff_alpha(np.moveaxis(batch, 2, 1), self.alpha.level)).mean(-1)
+
+    def weighted(self, data: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return np.mean([self.alpha.weighted(data[:, s], counts) for s in range(data.shape[1])], axis=0)
+
+
+def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n] counts of each image in each resample; the draws of `xaibench.reliability.bootstrap_ci`."""
+    index = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    flat = (index + n * np.arange(n_boot)[:, None]).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def compare_bootstrap(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
+    """(p, test) of the paper's procedure on two bootstrap distributions (see the module doc)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size < 3 or b.size < 3:
+        return float("nan"), "undefined: fewer than 3 finite replicates"
+    # A constant distribution (alpha = 1 on every resample) is not normal: Shapiro is undefined there.
+    if np.ptp(a) == 0 or np.ptp(b) == 0 or min(stats.shapiro(a).pvalue, stats.shapiro(b).pvalue) < SIGNIFICANCE:
+        return float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue), "mann-whitney"
+    equal = stats.levene(a, b).pvalue >= SIGNIFICANCE
+    return float(stats.ttest_ind(a, b, equal_var=bool(equal)).pvalue), "student" if equal else "welch"
+
+
+def _rank_array(sub: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str], int]:
+    """(ranks [n_images, n_models, n_methods] on the images complete for every model, methods, seeds,
+    number of images left out)."""
+    hib = bool(sub["higher_is_better"].iloc[0])
+    methods = list(pd.unique(sub["method"]))
+    seeds = sorted(pd.unique(sub["model_seed"]))
+    wide = sub.pivot_table(index="image_id", columns=["model_seed", "method"], values="score", aggfunc="first",
+                           dropna=False)
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([seeds, methods]))
+    x = wide.to_numpy(dtype=np.float64).reshape(len(wide), len(seeds), len(methods))
+    complete = ~np.isnan(x).any(axis=(1, 2))
+    x = x[complete]
+    ranks = np.stack([per_image_ranks(x[:, s], hib) for s in range(len(seeds))], 1) if len(x) else x
+    return ranks, methods, seeds, int((~complete).sum())
+
+
+def reliability_tables(scores: pd.DataFrame, setting_order: list[str], *, level: float = 0.99, n_boot: int = 1000,
+                       seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(alpha, alpha_difference, benchmark_size, rankings) tables from the tidy scores (columns
+    setting, model_seed, group, metric, method, image_id, score, higher_is_better)."""
+    alpha_rows, size_rows, rank_rows = [], [], []
+    boots: dict[tuple[str, str, str], np.ndarray] = {}
+    for (setting, group, metric), sub in scores.groupby(["setting", "group", "metric"], sort=False):
+        ranks, methods, seeds, dropped = _rank_array(sub)
+        n = ranks.shape[0]
+        row: dict[str, Any] = {"setting": setting, "group": group, "metric": metric, "alpha": np.nan, "low": np.nan,
+                               "high": np.nan, "n_images": n, "n_left_out": dropped, "n_models": len(seeds),
+                               "reason": None}
+        stat = SeedMeanAlpha()
+        if n < 2:
+            row["reason"] = "fewer than 2 images with a score for every method"
+        else:
+            est = float(stat(ranks[None])[0])
+            if not np.isfinite(est):
+                row["reason"] = "no variation in the ranks"
+            else:
+                ci = bootstrap_ci(stat, ranks, n_boot=n_boot, level=level, seed=seed)
+                row.update(alpha=est, low=ci.low, high=ci.high)
+                boots[(setting, group, metric)] = stat.weighted(ranks, resample_counts(n, n_boot, seed))
+        alpha_rows.append(row)
+        sizes = []
+        for s in range(len(seeds)) if n else ():
+            rates = first_place_rates(ranks[:, s])
+            sizes.append(minimum_benchmark_size(rates / rates.sum(), max_n=n) / n)
+        size_rows.append({"setting": setting, "group": group, "metric": metric,
+                          "normalised_min_size": float(np.mean(sizes)) if sizes else np.nan, "n_images": n})
+        hib = bool(sub["higher_is_better"].iloc[0])
+        means = sub.groupby(["model_seed", "method"])["score"].mean().groupby("method").mean().reindex(methods)
+        order = (means if hib else -means).rank(ascending=False, method="min")
+        for method in methods:
+            rank_rows.append({"setting": setting, "group": group, "metric": metric, "method": method,
+                              "mean": float(means[method]), "rank": float(order[method])})
+    alpha = pd.DataFrame(alpha_rows)
+    diff_rows = []
+    for row in alpha_rows:
+        key = (row["setting"], row["group"], row["metric"])
+        if row["setting"] == BASELINE:
+            continue
+        base = alpha[(alpha.setting == BASELINE) & (alpha.group == key[1]) & (alpha.metric == key[2])]
+        if base.empty:
+            continue
+        p, test = (compare_bootstrap(boots[key], boots[(BASELINE, *key[1:])])
+                   if key in boots and (BASELINE, *key[1:]) in boots else (np.nan, "undefined: alpha undefined"))
+        diff_rows.append({"setting": key[0], "group": key[1], "metric": key[2],
+                          "difference": 100 * (row["alpha"] - float(base["alpha"].iloc[0])), "p": p, "test": test,
+                          "significant": bool(np.isfinite(p) and p < SIGNIFICANCE)})
+    order = {s: i for i, s in enumerate(setting_order)}
+    sort = lambda f: f.sort_values("setting", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)  # noqa: E731
+    return sort(alpha), sort(pd.DataFrame(diff_rows)), sort(pd.DataFrame(size_rows)), sort(pd.DataFrame(rank_rows))
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_order: list[str]) -> Any:
+    """Settings x metrics heat map of the alpha difference to Baseline (x100), significant cells starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = diffs[diffs.group == group]
+    rows = [s for s in setting_order if s in set(sub.setting)]
+    cols = [m for m in metric_order if m in set(sub.metric)]
+    value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
+    star = sub.pivot(index="setting", columns="metric", values="significant").reindex(index=rows, columns=cols)
+    limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
+    ax.imshow(value.to_numpy(dtype=float), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = value.iat[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:+.0f}{'*' if bool(star.iat[i, j]) else ''}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if bool(star.iat[i, j]) else "normal")
+    ax.set_xticks(range(len(cols)), [c.upper().replace("_NC", "-nc") for c in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.upper() for r in rows], fontsize=8)
+    ax.set_title(f"{group}: alpha - alpha(Baseline), x100", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _interval(row: pd.Series, key: str = "alpha") -> str:
+    if not np.isfinite(row[key]):
+        return "undefined"
+    return f"{row[key]:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
+
+
+def report(exp: ExperimentDir) -> list[Block]:
+    cfg = exp.config
+    blocks: list[Block] = [Text(
+        "Benchmark reliability per training setting (Gomez & Mouchère): Krippendorff's alpha of the per-image "
+        f"method rankings within each method group, with {100 * cfg['level']:.0f}% BCa intervals over "
+        f"{cfg['n_boot']} image resamples, its difference to Baseline (x100; * = significant at p < 0.05 by "
+        "Shapiro-Wilk -> Mann-Whitney U, else Levene -> Student / Welch t on the bootstrap distributions), the "
+        "normalised minimum benchmark size, and each setting's accuracy and calibration."
+    )]
+    if exp.has_table("calibration"):
+        calib = exp.table("calibration")
+        cols = ["model", "setting", "model_seed", "label_permutation", "accuracy", "ece", "adaece", "confidence",
+                "best_epoch"]
+        blocks.append(Table(calib[cols].round(4), "Calibration per setting: accuracy, ECE (15 bins) and AdaECE on "
+                                                  "the whole test split, mean confidence, selected epoch."))
+    if not exp.has_table("alpha"):
+        return blocks + [Text("Benchmark statistics not computed yet.")]
+    alpha, diffs = exp.table("alpha"), exp.table("alpha_difference")
+    order = list(pd.unique(alpha.setting))
+    metric_order = [m for m in METRICS if m in set(alpha.metric)]
+    for group in pd.unique(alpha.group):
+        if not diffs.empty and (diffs.group == group).any():
+            blocks.append(Figure(heatmap(diffs, group, order, metric_order),
+                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * significant."))
+        cells = alpha[alpha.group == group].assign(value=lambda f: f.apply(_interval, axis=1))
+        wide = cells.pivot(index="setting", columns="metric", values="value").reindex(index=order, columns=metric_order)
+        blocks.append(Table(wide.reset_index(), f"{group}: alpha [{100 * cfg['level']:.0f}% BCa interval]."))
+    sizes = exp.table("benchmark_size")
+    wide = sizes.assign(group_metric=sizes.group + ":" + sizes.metric).pivot(
+        index="setting", columns="group_metric", values="normalised_min_size").reindex(index=order)
+    blocks.append(Table(wide.round(3).reset_index(), "Normalised minimum benchmark size (minimum size / images; "
+                                                     "1 = cannot be reduced), per group:metric."))
+    ranks = exp.table("rankings").sort_values(["rank"], kind="stable")
+    text = ranks.groupby(["setting", "group", "metric"], sort=False)["method"].agg(" > ".join).reset_index()
+    wide = text.pivot(index=["group", "setting"], columns="metric", values="method")
+    wide = wide.reindex(columns=metric_order).reset_index()
+    wide["setting"] = pd.Categorical(wide["setting"], order)
+    blocks.append(Table(wide.sort_values(["group", "setting"]).astype(str),
+                        "Per-setting rankings: methods by mean score, best first."))
+    if exp.has_table("data_randomisation"):
+        dr = exp.table("data_randomisation")
+        summary = dr.groupby(["group", "method"], sort=False)[["spearman", "ssim"]].agg(["mean", "count"])
+        summary.columns = [f"{a}_{b}" for a, b in summary.columns]
+        blocks.append(Table(summary.round(3).reset_index(),
+                            "Data randomisation test (Adebayo et al.): similarity of each method's maps for the "
+                            "model and its twin trained on permuted labels (mean over images and models; count = "
+                            "defined values). High similarity = the method fails the test."))
+    return blocks
+
+
+RECIPE = Recipe(
+    name="reliability",
+    summary="benchmark reliability (Krippendorff's alpha) per training setting: FP, AP, FL and combinations",
+    schema={
+        "settings": ((list,), ["baseline", "fp", "ap", "fl", "fp+ap", "fl+fp", "fl+ap", "fl+fp+ap"]),
+        "seeds": ((int,), 1),
+        "train": ((dict,), REQUIRED),
+        "benchmark": ((dict,), {}),
+        "groups": ((dict,), None),
+        "methods": ((dict,), {}),
+        "metrics": ((list,), list(METRICS)),
+        "steps": ((int,), None),
+        "level": ((float,), 0.99),
+        "n_boot": ((int,), 1000),
+        "data_randomisation": ((bool,), False),
+    },
+    plan=plan,
+    report=report,
+    example="experiment-reliability.toml",
+    validate=validate,
+)
