@@ -593,8 +593,9 @@ def report(exp: ExperimentDir) -> list[Block]:
         wide = cells.pivot(index="setting", columns="metric", values="value").reindex(index=order, columns=metric_order)
         blocks.append(Table(wide.reset_index(), f"{group}: alpha [{100 * cfg['level']:.0f}% BCa interval]."))
     sizes = exp.table("benchmark_size")
+    columns = [f"{g}:{m}" for g in pd.unique(sizes.group) for m in metric_order]
     wide = sizes.assign(group_metric=sizes.group + ":" + sizes.metric).pivot(
-        index="setting", columns="group_metric", values="normalised_min_size").reindex(index=order)
+        index="setting", columns="group_metric", values="normalised_min_size").reindex(index=order, columns=columns)
     blocks.append(Table(wide.round(3).reset_index(), "Normalised minimum benchmark size (minimum size / images; "
                                                      "1 = cannot be reduced), per group:metric."))
     ranks = exp.table("rankings").sort_values(["rank"], kind="stable")
