@@ -45,7 +45,8 @@ class RayExecutor:
     """Runs the shards as Ray tasks and yields their summaries as they finish (see the module docstring).
 
     address: an existing cluster (``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``); ``None``
-    starts a local one with ``num_cpus`` CPUs (all by default), shut down after the run.
+    starts a local one with ``num_cpus`` CPUs (all by default), shut down after the run. When this
+    process has already called ``ray.init``, that cluster is used and left running.
     cpus / gpus / memory: resources of one task (memory in bytes); ``gpus=None`` means one GPU per
     task when the config's device is CUDA, none otherwise.
     """
@@ -126,7 +127,7 @@ class RayExecutor:
                         raise
                     yield summary
         finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            for ref in pending:  # interrupted: running shards stop (KeyboardInterrupt), workers stay
+                ray.cancel(ref)
             if queue is not None:
                 queue.shutdown()
