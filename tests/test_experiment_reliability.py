@@ -131,6 +131,18 @@ def _config(**over: object) -> dict:
     return cfg
 
 
+def test_shipped_config_is_valid() -> None:
+    import tomllib
+    from importlib import resources
+
+    from xaibench.experiments import recipes
+
+    recipe = recipes().get("reliability")
+    text = resources.files("xaibench.configs").joinpath(recipe.example).read_text()
+    cfg = recipe.parse(tomllib.loads(text))
+    assert rel.settings(cfg)[0] == "baseline" and len(rel.settings(cfg)) == 8 and cfg["data_randomisation"]
+
+
 def test_bad_configs_give_clear_errors() -> None:
     recipe = rel.RECIPE
     with pytest.raises(UnknownNameError, match="Did you mean 'fl\\+fp'"):
@@ -147,6 +159,9 @@ def test_bad_configs_give_clear_errors() -> None:
         recipe.parse(_config(metrics=["daucc"]))
     with pytest.raises(InputError, match="feature_permutation needs"):
         recipe.parse(_config(benchmark={"n": 9, "shard_size": 8, "explain_batch": 8}))
+    with pytest.raises(InputError, match="feature_permutation needs"):  # the randomisation test's calls
+        recipe.parse(_config(benchmark={"n": 41, "shard_size": 14, "explain_batch": 20}))
+    recipe.parse(_config(benchmark={"n": 41, "shard_size": 14, "explain_batch": 20}, data_randomisation=False))
     with pytest.raises(InputError, match="\\[train\\].*epoch"):
         recipe.parse(_config(train={**_config()["train"], "epoch": 2}))
 

@@ -256,17 +256,18 @@ def validate(cfg: ExperimentConfig) -> None:
     if bench["spec"] is None:
         raise InputError("config [benchmark].spec: no data set (and none in [train.data])")
     if any("feature_permutation" in ms for ms in groups(cfg).values()):
-        _check_batches(bench)
+        _check_batches(bench, cfg["data_randomisation"])
 
 
-def _check_batches(bench: Mapping[str, Any]) -> None:
-    """Feature permutation needs >= 2 images in every explainer call."""
+def _check_batches(bench: Mapping[str, Any], whole: bool) -> None:
+    """Feature permutation needs >= 2 images in every explainer call: the runner's (explain_batch within
+    each shard) and, with `whole`, the data randomisation test's (explain_batch over all images)."""
     from xaibench.data import load_dataset
 
     kw = {"image_size": bench["image_size"]} if bench["image_size"] else {}
     n = bench["n"] or len(load_dataset(bench["spec"], split=bench["split"], **kw))
     sizes = [min(bench["shard_size"], n - s) for s in range(0, n, bench["shard_size"])]
-    calls = [min(bench["explain_batch"], z - s) for z in sizes for s in range(0, z, bench["explain_batch"])]
+    calls = [min(bench["explain_batch"], z - s) for z in sizes + [n] * whole for s in range(0, z, bench["explain_batch"])]
     if min(calls) < 2:
         raise InputError(f"config [benchmark]: with n = {n}, shard_size = {bench['shard_size']} and explain_batch = "
                          f"{bench['explain_batch']} an explainer call gets 1 image, and feature_permutation needs "
