@@ -171,8 +171,8 @@ def test_consistency_recovers_the_planted_observer():
     assert ranking["model"].iloc[0] == "model2"
     top = ranking.iloc[0]
     assert top["low"] <= top["consistency"] <= top["high"] and 0.8 < top["consistency"] < 1.2
-    with pytest.raises(InputError, match="reliability must be positive"):
-        maps.consistency(observed, observed, 0.0)
+    undefined = maps.rank_models(models, observed, -0.03, n_boot=50)
+    assert undefined["consistency"].isna().all() and undefined["nan_reason"].str.contains("not positive").all()
 
 
 def test_best_method_proxy_finds_the_planted_method():

@@ -122,3 +122,10 @@ def test_cli_train(tmp_path, capsys):
     config.write_text(config.read_text().replace('setting = "fl+fp+ap"', 'setting = "fl+fp+pa"'))
     assert main(["train", str(config), "--out", str(tmp_path / "other")]) == 2
     assert "Did you mean 'fl+fp+ap'" in capsys.readouterr().err
+
+
+def test_seed_outside_lightnings_range_is_a_config_error():
+    from xaibench.training import parse_train_config
+
+    with pytest.raises(InputError, match=r"seed: must be in \[0, 2\*\*32\)"):
+        parse_train_config({"seed": 2**40, "model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits"}})

@@ -280,8 +280,9 @@ class StepContext:
         return ExperimentDir(self.root)
 
     def seed(self, *parts: object) -> int:
-        """A seed derived from the experiment seed and `parts` (e.g. setting, model index)."""
-        return derive_seed(self.cfg.seed, self.cfg.recipe, *parts)
+        """A seed in [0, 2**32) (torch's, NumPy's and Lightning's range) derived from the experiment
+        seed and `parts` (e.g. setting, model index)."""
+        return derive_seed(self.cfg.seed, self.cfg.recipe, *parts) % 2**32
 
     def write_table(self, name: str, frame: pd.DataFrame) -> Path:
         """Write a tidy table (provenance columns added) to the step's ``tables/<name>.parquet``."""

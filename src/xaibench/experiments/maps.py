@@ -33,7 +33,8 @@ Config::
     simulate = "cnn"
     trials = 20
 
-Steps: ``models`` (resolve specs, train where asked, with the one trainer), ``clean`` (softmax and
+Steps: ``models`` (resolve specs, train where asked with the one trainer, into ``DIR/models/<label>``,
+resumable), ``clean`` (softmax and
 B.I1 of every model on the clean images), ``maps`` (every model's maps by every method, stored as
 float16), ``emis`` (B.I1 of every model on EMIs of every model's maps, method and percentile;
 EMIs are made batch by batch and never stored), ``observers`` (per-image I1 and split-half
@@ -187,7 +188,8 @@ def _step_models(ctx: StepContext) -> None:
         from xaibench.training import train
 
         raw = {"seed": ctx.seed("train", label), "device": ctx.cfg.device, **table["train"]}
-        result = train(raw, ctx.folder / label)
+        # outside the step's folder, so an interrupted training resumes from its checkpoint
+        result = train(raw, ctx.root.resolve() / "models" / label, resume=True, progress=False)
         specs[label] = f"file:{result.model_path}"
     (ctx.folder / "models.json").write_text(json.dumps(specs, indent=1))
     ctx.write_table("models", pd.DataFrame({"model": list(specs), "spec": list(specs.values())}))
@@ -309,6 +311,7 @@ def _step_observers(ctx: StepContext) -> None:
 
 def _step_analysis(ctx: StepContext) -> None:
     from xaibench.maps import best_method, consistency, half_splits, inverse_l2, method_proxy, rank_models, reference_models
+    from xaibench.maps.consistency import UNRELIABLE
 
     exp = ctx.experiment
     clean, emis = exp.table("i1_clean"), exp.table("i1_emi")
@@ -325,7 +328,7 @@ def _step_analysis(ctx: StepContext) -> None:
         obs_clean = observed[(observed["observer"] == obs) & (observed["method"] == "clean")].sort_values("image")["i1"]
         table = rank_models(clean_i1, obs_clean.to_numpy(), rel_clean, n_boot=n_boot, seed=ctx.seed("rank", obs))
         table.insert(0, "observer", obs)
-        table["best"] = table.index == 0
+        table["best"] = (table.index == 0) & table["consistency"].notna()
         ranking.append(table)
         for row in rel[rel["method"] != "clean"].itertuples():
             human = observed[(observed["observer"] == obs) & (observed["method"] == row.method)
@@ -337,11 +340,12 @@ def _step_analysis(ctx: StepContext) -> None:
                                   n_boot=n_boot, seed=ctx.seed("emi", obs, row.method, row.percentile, model))
                 emi_rows.append({"observer": obs, "source": source, "method": row.method,
                                  "percentile": row.percentile, "model": model, "consistency": est.value,
-                                 "low": est.low, "high": est.high})
+                                 "low": est.low, "high": est.high,
+                                 "nan_reason": None if np.isfinite(est.value) else UNRELIABLE})
     ctx.write_table("model_consistency", pd.concat(ranking, ignore_index=True) if ranking else pd.DataFrame(
-        columns=["observer", "model", "mean_i1", "consistency", "low", "high", "best"]))
+        columns=["observer", "model", "mean_i1", "consistency", "low", "high", "nan_reason", "best"]))
     ctx.write_table("emi_consistency", pd.DataFrame(emi_rows, columns=[
-        "observer", "source", "method", "percentile", "model", "consistency", "low", "high"]))
+        "observer", "source", "method", "percentile", "model", "consistency", "low", "high", "nan_reason"]))
 
     n_images = len(next(iter(clean_i1.values())))
     splits = half_splits(n_images, ctx.cfg["splits"], seed=ctx.seed("splits"))
@@ -391,7 +395,7 @@ def _report(exp: ExperimentDir) -> list[Any]:
         blocks.append(Text("SIMULATED OBSERVERS: the behaviour of observers marked simulated was drawn from a "
                            "model's I1 plus binomial trial noise; it is not human or monkey data."))
     if len(ranking):
-        blocks.append(Table(ranking[["observer", "model", "mean_i1", "consistency", "low", "high"]],
+        blocks.append(Table(ranking[["observer", "model", "mean_i1", "consistency", "low", "high", "nan_reason"]],
                             "Model consistency with each observer on clean images (bootstrap mean Spearman "
                             "across images / sqrt(observer reliability), 95 % percentile interval); best first.",
                             {(i, "model"): "best" for i in np.flatnonzero(ranking["best"].to_numpy())}))

@@ -69,11 +69,19 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, *, n_boot: int = 5000, leve
                     float(np.nanpercentile(rho, 100 - tail)), level)
 
 
+UNRELIABLE = "the observer's split-half reliability is not positive: no noise ceiling to correct by"
+
+
 def consistency(model_i1: np.ndarray, observer_i1: np.ndarray, reliability: float, *, n_boot: int = 5000,
                 level: float = 95.0, seed: int = 0) -> Estimate:
-    """Noise-corrected consistency: bootstrap mean Spearman / sqrt(observer reliability)."""
+    """Noise-corrected consistency: bootstrap mean Spearman / sqrt(observer reliability).
+
+    Undefined (NaN, see `UNRELIABLE`) when the reliability is not positive, as happens with too few
+    trials or an observer who is right on nearly every image.
+    """
     if not np.isfinite(reliability) or reliability <= 0:
-        raise InputError(f"the observer's reliability must be positive, got {reliability!r}")
+        nan = float("nan")
+        return Estimate(nan, nan, nan, level)
     est = bootstrap_spearman(model_i1, observer_i1, n_boot=n_boot, level=level, seed=seed)
     ceiling = float(np.sqrt(reliability))
     return Estimate(est.value / ceiling, est.low / ceiling, est.high / ceiling, level)
@@ -81,13 +89,13 @@ def consistency(model_i1: np.ndarray, observer_i1: np.ndarray, reliability: floa
 
 def rank_models(clean_i1: Mapping[str, np.ndarray], observer_i1: np.ndarray, reliability: float, *,
                 n_boot: int = 5000, level: float = 95.0, seed: int = 0) -> pd.DataFrame:
-    """One row per model (model, accuracy = mean I1, consistency, low, high), most consistent first."""
+    """One row per model (model, mean I1, consistency, low, high, nan_reason), most consistent first."""
     rows = []
     for name, values in clean_i1.items():
         est = consistency(values, observer_i1, reliability, n_boot=n_boot, level=level, seed=seed)
         rows.append({"model": name, "mean_i1": float(np.nanmean(values)), "consistency": est.value,
-                     "low": est.low, "high": est.high})
-    return pd.DataFrame(rows).sort_values("consistency", ascending=False, ignore_index=True)
+                     "low": est.low, "high": est.high, "nan_reason": None if np.isfinite(est.value) else UNRELIABLE})
+    return pd.DataFrame(rows).sort_values("consistency", ascending=False, ignore_index=True, na_position="last")
 
 
 def half_splits(n_images: int, repeats: int = 20, *, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:

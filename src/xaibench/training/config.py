@@ -203,6 +203,8 @@ def parse_train_config(raw: Mapping[str, Any]) -> TrainConfig:
         _positive(key, top[key])
     for key in ("patience", "num_workers"):
         _positive(key, top[key], 0)
+    if not 0 <= top["seed"] < 2**32:
+        raise InputError(f"config seed: must be in [0, 2**32) (NumPy's and Lightning's range), got {top['seed']}")
     for key in ("lr", "ap_eps", "ap_step"):
         if not top[key] > 0:
             raise InputError(f"config {key}: must be > 0, got {top[key]}")
