@@ -106,3 +106,31 @@ def test_interrupted_finetuning_resumes_from_its_last_checkpoint(tmp_path, monke
     model = xaibench.load_model(f"file:{out / 'model.pt'}", device="cpu")
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert ft.finetune(_cfg(), out, resume=True, progress=False).evaluation == evaluation  # finished: returned as is
+
+
+@pytest.mark.parametrize("metric", ["focus", "road", "irof", "is"])
+def test_every_objective_gives_a_finite_loss_with_gradient(metric):
+    import copy
+
+    import xaibench
+    from xaibench.data import collate, load_dataset
+    from xaibench.metrics.learnable import learnable_metric
+
+    cfg = ft.parse_finetune_config(_cfg(metric=metric, metric_params={"n_segments": 20} if metric == "irof" else {}))
+    orig = xaibench.load_model("builtin:digits-cnn", device="cpu")
+    learn = copy.deepcopy(orig)
+    m = learnable_metric(cfg.metric, **cfg.metric_params)
+    module = ft.HarmonyModule(learn, orig, cfg, m, [], [])
+    batch = collate([load_dataset("builtin:digits", split="test")[i] for i in range(8)])
+    x = batch.images
+    with torch.no_grad():
+        pred = orig(x).argmax(1)
+    z = learn(x)
+    term = module.metric_term(x, pred, batch.masks["digit"], z, torch.tensor(1.0), torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad(term, learn.features[0].weight)
+    assert torch.isfinite(term) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    if metric == "road":  # agreement x mean(p(masked)[y] / p(clean)[y]) with the same masked images
+        masked = m.perturb_input(x, xaibench.explainer("gradcam", learn)(x, pred), torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = (learn(masked).softmax(1)[range(8), pred] / learn(x).softmax(1)[range(8), pred]).mean()
+        assert term.item() == pytest.approx(expected.item(), rel=1e-5)
