@@ -206,3 +206,15 @@ def test_no_maps_at_all_is_said_clearly(tmp_path, capsys):
     cli("load", str(make_sample_dataset(tmp_path / "plain", conditions=1, examples=2, size=16)))
     assert cli("analyze", "--metrics", "pointing_game") == 0
     assert "none of the 2 examples carries the two maps as arrays" in capsys.readouterr().out
+
+
+def test_published_study_carries_no_maps(legacy_db, tmp_path, capsys):
+    from xaibench.harmony.testing import cli, use_home
+
+    use_home(tmp_path / "home")
+    cli("import-legacy", str(legacy_db))
+    capsys.readouterr()
+    assert cli("analyze", "--metrics", "pointing_game") == 0
+    out = capsys.readouterr().out
+    assert "none of the 6000 examples carries the two maps as arrays" in out
+    assert "IoULearnableMetric" in out  # the usual tables are still there

@@ -45,6 +45,7 @@ VERDICTS = ("finetuned", "original", "tie", "undefined")
 # vocabulary words a metric may need that a study example carries (model-based metrics are not scored)
 SCORABLE = {"attributions", "masks", "targets", "labels"}
 SCORE_COLUMNS = [*ITEM_KEYS, "scored", "original_score", "finetuned_score", "higher_is_better"]
+BATCH = 256  # examples scored at once
 
 
 def verdicts(original: np.ndarray, finetuned: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -195,8 +196,7 @@ def _mask(name: str, shape: tuple[int, ...]) -> np.ndarray:
     if not name:
         return np.zeros(shape, dtype=bool)
     with default_storage.open(name, "rb") as fh, Image.open(fh) as im:
-        pixels = np.asarray(im)  # palette images: the indices; nonzero = inside
-    return pixels.reshape(*pixels.shape[:2], -1)[..., :3].any(axis=-1)
+        return np.asarray(im.convert("L")) > 0  # grey values, nonzero = inside (as the folder reader)
 
 
 def study_scores(names: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -222,23 +222,24 @@ def study_scores(names: list[str]) -> tuple[pd.DataFrame, dict]:
                 wanted.append(condition.metric_name)
             except InputError as err:
                 not_scorable[condition.metric_name] = str(err)
-        by_shape: dict[tuple, list] = {}
-        for ex in examples:
-            original, finetuned = _npy(ex.original_array), _npy(ex.finetuned_array)
-            by_shape.setdefault(original.shape, []).append((ex, original, finetuned))
-        for shape, group in by_shape.items():
-            original = np.stack([g[1] for g in group])
-            finetuned = np.stack([g[2] for g in group])
-            masks = np.stack([_mask(g[0].mask, shape) for g in group])
-            targets = np.array([-1 if g[0].label_index is None else g[0].label_index for g in group])
-            for name in wanted:
-                so, sf = score_maps(name, original, finetuned, masks, targets)
-                rows.append(pd.DataFrame({
-                    "dataset": condition.dataset, "metric": condition.metric, "model": condition.model,
-                    "method": condition.method, "example": [g[0].key for g in group], "scored": METRICS.get(name).info.name,
-                    "original_score": so, "finetuned_score": sf,
-                    "higher_is_better": METRICS.get(name).info.higher_is_better,
-                }))
+        for start in range(0, len(examples), BATCH):  # memory bounded by the batch
+            by_shape: dict[tuple, list] = {}
+            for ex in examples[start:start + BATCH]:
+                original, finetuned = _npy(ex.original_array), _npy(ex.finetuned_array)
+                by_shape.setdefault(original.shape, []).append((ex, original, finetuned))
+            for shape, group in by_shape.items():
+                original = np.stack([g[1] for g in group])
+                finetuned = np.stack([g[2] for g in group])
+                masks = np.stack([_mask(g[0].mask, shape) for g in group])
+                targets = np.array([-1 if g[0].label_index is None else g[0].label_index for g in group])
+                for name in wanted:
+                    minfo = METRICS.get(name).info
+                    so, sf = score_maps(name, original, finetuned, masks, targets)
+                    rows.append(pd.DataFrame({
+                        "dataset": condition.dataset, "metric": condition.metric, "model": condition.model,
+                        "method": condition.method, "example": [g[0].key for g in group], "scored": minfo.name,
+                        "original_score": so, "finetuned_score": sf, "higher_is_better": minfo.higher_is_better,
+                    }))
     info["not_scorable"] = not_scorable
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
     return frame, info
