@@ -186,6 +186,48 @@ def test_export_round_trip_pointing_game_and_iou(masks_home, tmp_path, capsys):
     assert "mean pairwise IoU of the masks 0.500" in capsys.readouterr().out
 
 
+def test_concurrent_annotators_one_annotation_per_pair(masks_home):
+    """(After the export test, which counts the annotations of a and b only.) 8 annotators save every image at once, each image twice in parallel threads: every
+    annotation is stored exactly once, with one of the two masks posted."""
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+    from django.db.models import Count
+
+    from xaibench.harmony.models import MaskAnnotation
+
+    names = [f"crowd{i}" for i in range(8)]
+    for name in names:
+        get_user_model().objects.create_user(name, password="mask password 1")
+    errors: list = []
+
+    def work(name):
+        try:
+            c = client(name)
+            for n in (1, 2, 3):
+                twins = [threading.Thread(target=draw, args=(c, n, rect(0, 0, 8 + k, 8))) for k in (0, 1)]
+                for t in twins:
+                    t.start()
+                for t in twins:
+                    t.join()
+        except Exception as err:  # noqa: BLE001 - reported by the test
+            errors.append((name, repr(err)))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    rows = MaskAnnotation.objects.filter(annotator__username__in=names)
+    assert rows.count() == len(names) * 3
+    assert not rows.values("annotator", "image").annotate(n=Count("id")).filter(n__gt=1).exists()
+    assert set(rows.values_list("inside", flat=True)) <= {64, 72}
+
+
 # --- a real browser: draw, undo, zoom, save; the exported mask is what was drawn ---
 
 
