@@ -27,6 +27,7 @@ from xaibench.report.summary import (
     control_methods,
     effective_params,
     sanity_verdicts,
+    twins,
 )
 from xaibench.runner import parse_config, run
 
@@ -140,6 +141,18 @@ def test_best_method_skips_controls_and_flags_a_winning_control():
     rows = {r.split("</th>")[0].split(">")[-1] if "<span" not in r else "random": r for r in table.split("<tr")[2:]}
     assert 'class="ctrl-win"' in rows["random"] and 'class="best"' not in rows["random"]
     assert 'class="best"' in rows["gradcam"] and 'class="best"' not in rows["saliency"]
+
+
+def test_identical_methods_share_one_rank_and_are_named():
+    rel = _rel([("m", "saliency", 0.7, 0.6, 0.8, 1, 10), ("m", "guided_backprop", 0.7, 0.6, 0.8, 2, 10),
+                ("m", "gradcam", 0.2, 0.1, 0.3, 3, 10)], {"m": 0.9})
+    results = pd.DataFrame({"metric": ["m"] * 3, "method": ["saliency", "guided_backprop", "gradcam"],
+                            "higher_is_better": [True] * 3, "same_as": [None, "saliency", None]})
+    assert twins(results) == {"guided_backprop": "saliency"}
+    table = ranking_table(rel.means, results, rel.alpha, set())
+    rows = table.split("<tr")[2:]
+    assert "= saliency" in rows[1] and "#1" in rows[0] and "#1" in rows[1] and 'class="best"' in rows[1]
+    assert twins(results.drop(columns="same_as")) == {}  # runs written before the column existed
 
 
 def test_controls_come_from_the_method_registry():

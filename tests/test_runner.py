@@ -173,6 +173,7 @@ def test_rows_match_direct_metric_calls(finished):
     assert (first["label_name"] == first["label"].astype(str)).all()
     assert (first["prediction_name"] == first["prediction"].astype(str)).all()
     assert (first["target_name"] == first["target"].astype(str)).all()
+    assert df["same_as"].isna().all()  # the digits CNN has ReLUs: no method equals another
     deletion = df[df["metric"] == CURVE_METRIC]
     params = {json.loads(p)["steps"] for p in deletion["params"]}
     assert params == {4} and json.loads(deletion["params"].iloc[0])["seed"] is not None

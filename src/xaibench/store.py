@@ -14,6 +14,8 @@ One row per (image, method, metric) with columns
 - ``seconds``: wall time of the metric's call on the shard (explanations a metric makes included,
   the method's maps not) divided by the shard's images: a per-image share, the same on every row
   of one (shard, method, metric); it is the only column that differs between identical runs
+- ``same_as``: the label of another method of the run whose maps this method's equal on this model
+  (guided backprop or deconvolution and saliency on a model without ``nn.ReLU``), else None
 - provenance on every row: ``config_hash``, ``seed``, ``model_spec``, ``model_hash``,
   ``dataset_spec``, ``dataset_split``, ``xaibench_version``, ``torch_version``,
   ``captum_version``, ``python_version``

@@ -30,6 +30,7 @@ from xaibench.report.summary import (
     control_methods,
     effective_params,
     sanity_verdicts,
+    twins,
 )
 from xaibench.store import load_curves, load_images, load_manifest, load_maps, load_results
 
@@ -122,6 +123,7 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
     table scrolls. The best non-control method per metric is highlighted; a control ranked above it
     is flagged. Column headers show the metric's direction and Krippendorff's alpha."""
     controls = controls or set()
+    same = twins(results)
     metrics = list(dict.fromkeys(results["metric"]))
     methods = list(dict.fromkeys(results["method"]))
     direction = results.groupby("metric", sort=False)["higher_is_better"].first()
@@ -140,12 +142,16 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
     body = []
     for method in methods:
         row_cls = ' class="control"' if method in controls else ""
-        cells = [f"<th>{_method_label(method, controls)}</th>"]
+        twin = f' <small title="identical maps on this model">= {_e(same[method])}</small>' if method in same else ""
+        cells = [f"<th>{_method_label(method, controls)}{twin}</th>"]
         for metric in metrics:
             r = by_key.get((method, metric))
             if r is None:
                 cells.append("<td>NaN</td>")
                 continue
+            other = same.get(method) or next((a for a, b in same.items() if b == method), None)
+            if other is not None and (other, metric) in by_key:  # one method here: one rank
+                r = r._replace(rank=min(r.rank, by_key[(other, metric)].rank))
             mark = ""
             if method not in controls and r.rank == best_rank[metric]:
                 mark = ' class="best"'
@@ -267,6 +273,11 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
                  for w, c in (("passes", "good"), ("fails", "bad"), ("unclear", "warn")) if groups[w]]
         verdicts.append('<li><b>Sanity checks</b> (maps must change when the model or labels are randomised; '
                         '<a href="#sanity">details</a>): ' + "; ".join(parts) + ".</li>")
+    same = twins(results)
+    if same:
+        verdicts.append('<li class="warn"><b>Identical methods</b>: ' + "; ".join(
+            f"{_e(a)} gives the same maps as {_e(b)} on this model (it has no nn.ReLU modules for its rule to change)"
+            for a, b in same.items()) + ". They are one method here, ranked together.</li>")
     if finding:
         verdicts.append('<li><b>Human alignment</b> (<a href="#alignment">details</a>): ' + _e(finding[0]) + "<br><small>"
                         + "; ".join(map(_e, finding[1:])) + "</small></li>")
@@ -282,7 +293,11 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
             flags[(i, "note")] = "warn"
         note.append("significantly better than every other (non-control) method" if r.clear
                     else "not significantly better than every other (non-control) method")
-        rows.append({"metric": r.metric, "α": r.alpha, "best method": r.best or "none",
+        best_name = r.best or "none"
+        twin = same.get(r.best) or next((a for a, b in same.items() if b == r.best), None)
+        if twin:
+            best_name = f"{best_name} = {twin}"
+        rows.append({"metric": r.metric, "α": r.alpha, "best method": best_name,
                      "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]", "note": "; ".join(note)})
     best_html = (_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
                  '<p class="note">No reliable metric, so no best method is named.</p>')

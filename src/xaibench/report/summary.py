@@ -79,6 +79,15 @@ def effective_params(results: pd.DataFrame, config: dict[str, Any]) -> dict[str,
     return out
 
 
+def twins(results: pd.DataFrame) -> dict[str, str]:
+    """method -> the method of the run whose maps it equals on this model (the runner's ``same_as``
+    column, e.g. guided backprop = saliency on a model without nn.ReLU); empty for older runs."""
+    if "same_as" not in results:
+        return {}
+    pairs = results[["method", "same_as"]].dropna().drop_duplicates()
+    return dict(zip(pairs["method"], pairs["same_as"]))
+
+
 def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
     """One row per metric: alpha, interpretation, reliable, best (non-control, rank order), mean,
     low, high, clear (significantly better than every other non-control method), beaten_by

@@ -91,6 +91,7 @@ class Context:
         self.dataset = load_dataset(cfg.data["spec"], split=cfg.data["split"], **dkw)
         self.model_hash = model_hash(self.model)
         self._default_mask: str | None | bool = False  # False = not resolved yet
+        self._twins: dict[str, str | None] = {}
 
     def provenance(self) -> dict[str, Any]:
         import captum
@@ -124,6 +125,25 @@ class Context:
                 name = next(iter(masks))
             self._default_mask = name
         return self._default_mask  # type: ignore[return-value]
+
+    def twin(self, method: Any) -> str | None:
+        """The label of another method of the run whose maps this one's equal on this model (e.g.
+        guided backprop and saliency on a model without ``nn.ReLU``), else None. Its explainer
+        says so (``same_as``) when built; the twin must use the same channel reduction and sign."""
+        if method.label not in self._twins:
+            from xaibench.explainers import METHODS
+
+            same = getattr(self.make_explainer(method, 0), "same_as", None)
+
+            def policy(m: Any) -> tuple[Any, Any]:
+                defaults = METHODS.get(m.method).params
+                return tuple(m.params.get(k, defaults.get(k, (None,))[0]) for k in ("reduce", "sign"))
+
+            self._twins[method.label] = next(
+                (m.label for m in self.cfg.methods
+                 if same is not None and m.label != method.label and METHODS.get(m.method).name == same
+                 and policy(m) == policy(method)), None)
+        return self._twins[method.label]
 
     def make_explainer(self, method: Any, seed: int) -> Any:
         """A fresh explainer for one shard; a ``seed`` parameter, when the method takes one, is derived."""
@@ -340,6 +360,7 @@ def compute_shard(
             frame = base.copy()
             frame["method"] = method.label
             frame["method_name"] = method.method
+            frame["same_as"] = ctx.twin(method)
             frame["metric"] = metric.label
             frame["metric_name"] = info.name
             frame["category"] = info.category
@@ -370,7 +391,7 @@ def compute_shard(
         rows[key] = value
     order = ["image_id", "image_index", "shard", "method", "method_name", "metric", "metric_name", "category",
              "mask", "score", "nan_reason", "target", "label", "prediction", "correct", "higher_is_better",
-             "label_name", "target_name", "prediction_name", "params", "seconds"]
+             "label_name", "target_name", "prediction_name", "params", "seconds", "same_as"]
     rows = rows[order + list(prov)]
     curves_df = (
         pd.concat(curve_rows, ignore_index=True)
