@@ -191,3 +191,32 @@ def _label_in_chromium(tmp_path, study, chromium):
             page.keyboard.press("ArrowDown")
             page.wait_for_url(f"{live.url}/card/{card}/done/")
         browser.close()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('data = "builtin:digits"\n[[conditions]]\noriginal = "builtin:digits-cnn"\nfinetuned = "file:m.pt"\n'
+     'metric = "relevance_mass_acuracy"\nmethod = "gradcam"\n', "relevance_mass_accuracy"),
+    ('data = "builtin:digits"\n[[conditions]]\noriginal = "builtin:digits-cnn"\nfinetuned = "file:m.pt"\n'
+     'metric = "focus"\nmethod = "gradcam"\nmethod_lable = "GradCAM"\n', "unknown key 'method_lable'. Did you mean 'method_label'"),
+    ('data = "builtin:digits"\n[[conditions]]\noriginal = "builtin:digits-cnn"\nmetric = "focus"\nmethod = "gradcam"\n',
+     "missing key\\(s\\) finetuned"),
+    ('data = "builtin:digits"\nexamples = 2\n', "at least one \\[\\[conditions\\]\\]"),
+    ('data = "builtin:digits"\nexampels = 2\n', "unknown key 'exampels'. Did you mean 'examples'"),
+])
+def test_bad_study_configs_are_refused_before_any_work(tmp_path, text, message):
+    from xaibench.errors import XaibenchError
+    from xaibench.harmony.study import create_harmony_dataset, load_study_config
+
+    (tmp_path / "study.toml").write_text(text)
+    with pytest.raises(XaibenchError, match=message):
+        create_harmony_dataset(out=tmp_path / "out", **load_study_config(tmp_path / "study.toml"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_study_config_resolves_model_files_next_to_it(tmp_path):
+    from xaibench.harmony.study import load_study_config
+
+    (tmp_path / "study.toml").write_text('data = "builtin:digits"\n[[conditions]]\noriginal = "builtin:digits-cnn"\n'
+                                         'finetuned = "file:runs/m.pt"\nmetric = "focus"\nmethod = "gradcam"\n')
+    (cond,) = load_study_config(tmp_path / "study.toml")["conditions"]
+    assert cond.finetuned == f"file:{(tmp_path / 'runs' / 'm.pt').resolve()}" and cond.original == "builtin:digits-cnn"
