@@ -45,7 +45,6 @@ import platform
 import shutil
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ import pandas as pd
 
 from xaibench.errors import InputError
 from xaibench.runner import layout
-from xaibench.runner.config import REQUIRED, _section, config_hash
+from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
 from xaibench.runner.shard import derive_seed
 
 MANIFEST = "experiment.json"
@@ -167,18 +166,8 @@ class Recipe:
         return cfg
 
     def load(self, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        try:
-            with path.open("rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise InputError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise InputError(f"{path}: invalid TOML: {err}") from None
-        try:
-            return self.parse(raw)
-        except InputError as err:
-            raise type(err)(f"{path}: {err}") from None
+        """Read and validate an experiment config file (TOML)."""
+        return load_toml(path, self.parse, "experiment config")
 
 
 # --- the experiment directory -------------------------------------------------------------------

@@ -38,13 +38,14 @@ import hashlib
 import inspect
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xaibench.errors import InputError, UnknownNameError
 
+T = TypeVar("T")
 TARGET_POLICIES = ("predicted", "label")
 
 # key -> (accepted types, default); REQUIRED marks a key without default.
@@ -142,17 +143,28 @@ def config_hash(raw: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a TOML config file."""
+def load_toml(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str = "config") -> T:
+    """``parse`` of the TOML file `path`: the one reader of every config file (runs, training,
+    experiments); read and validation errors name the file (`what` names the kind)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise InputError(f"config file not found: {path}") from None
+        raise InputError(f"{what} file not found: {path}") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: invalid TOML: {err}") from None
-    return parse_config(raw)
+    try:
+        return parse(raw)
+    except UnknownNameError as err:
+        raise UnknownNameError(f"{path}: {err}") from None
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a benchmark config file (TOML)."""
+    return load_toml(path, parse_config)
 
 
 def _type_name(types: tuple[type, ...]) -> str:

@@ -43,16 +43,13 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from xaibench.errors import InputError, UnknownNameError
-from xaibench.runner.config import REQUIRED, _section, config_hash
-
-T = TypeVar("T")
+from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
 
 # Setting name -> the set of parts: FL (adaptive focal loss), FP (faithfulness perturbations), AP (adversarial).
 SETTINGS: dict[str, frozenset[str]] = {
@@ -229,24 +226,6 @@ def parse_train_config(raw: Mapping[str, Any]) -> TrainConfig:
         _positive("[model].num_classes", top["model"]["num_classes"])
     # Canonical = what JSON gives back, so the hash survives a round trip through train.toml.
     return TrainConfig(json.loads(json.dumps(top)))
-
-
-def load_toml(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str = "config") -> T:
-    """``parse`` of the TOML file `path`; read and validation errors name the file (`what` names the kind)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{what} file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: invalid TOML: {err}") from None
-    try:
-        return parse(raw)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"{path}: {err}") from None
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from None
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
