@@ -98,8 +98,10 @@ def test_score_maps_uses_the_registered_metric_and_refuses_model_metrics():
     masks[1] = False  # an example without a mask: undefined
     so, sf = score_maps("pointing_game", original, finetuned, masks)
     assert np.isnan(so[1]) and np.isnan(sf[1]) and sf[0] == 1
-    with pytest.raises(InputError, match="needs inputs, model"):
-        score_maps("deletion", original, finetuned)
+    so, sf = score_maps("deletion", original, finetuned)  # no image, no models: undefined
+    assert np.isnan(so).all() and np.isnan(sf).all()
+    with pytest.raises(InputError, match="needs explainer"):
+        score_maps("max_sensitivity", original, finetuned)
     with pytest.raises(UnknownNameError, match="Did you mean 'pointing_game'"):
         score_maps("pointing_gam", original, finetuned, masks)
 
@@ -118,7 +120,7 @@ def _study(root):
     mask = np.zeros((SIZE, SIZE), np.uint8)
     mask[:, : SIZE // 2] = 255
     Image.fromarray(mask).save(root / "mask.png")
-    Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8)).save(root / "pic.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / "pic.png")
     conditions = []
     for c in range(2):
         examples = []
@@ -193,8 +195,8 @@ def test_analyze_metrics_says_when_examples_carry_no_maps(loaded, capsys, tmp_pa
     cli("load", str(make_sample_dataset(tmp_path / "plain", conditions=1, examples=2, size=16)))
     assert cli("analyze", "--metrics", "pointing_game") == 0
     assert "2 of 10 examples carry no maps as arrays" in capsys.readouterr().out
-    with pytest.raises(InputError, match="needs inputs, model"):
-        cli("analyze", "--metrics", "road")
+    with pytest.raises(InputError, match="needs explainer"):
+        cli("analyze", "--metrics", "avg_sensitivity")
 
 
 def test_no_maps_at_all_is_said_clearly(tmp_path, capsys):
@@ -218,3 +220,42 @@ def test_published_study_carries_no_maps(legacy_db, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "none of the 6000 examples carries the two maps as arrays" in out
     assert "IoULearnableMetric" in out  # the usual tables are still there
+
+
+def test_model_metrics_score_each_map_with_its_own_model(tmp_path):
+    """Condition 0 names two (random) models: deletion scores the original map with the original
+    model and the fine-tuned map with the fine-tuned one, on the stored image, as the metric called
+    directly; condition 1 names none: its scores are undefined and it is reported."""
+    import torch
+
+    from xaibench.harmony.agreement import study_scores
+    from xaibench.harmony.testing import cli, use_home
+    from xaibench.metrics import METRICS
+    from xaibench.models import load_model, save_model
+
+    use_home(tmp_path / "home")
+    root = _study(tmp_path / "study")
+    for side, seed in (("original", 1), ("finetuned", 2)):
+        save_model(load_model("torchvision:resnet18", num_classes=3, seed=seed, device="cpu"), root / f"{side}.pt",
+                   "torchvision:resnet18", num_classes=3)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["conditions"][0].update(original_model="file:original.pt", finetuned_model="file:finetuned.pt")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    cli("load", str(root))
+    scores, info = study_scores(["deletion"], device="cpu")
+    assert info["without_models"] == ["Hand / PG / m / X1"]
+    deletion = scores[scores["scored"] == "deletion"].set_index(["method", "example"]).sort_index()
+    assert deletion.loc["X1", ["original_score", "finetuned_score"]].isna().all().all()
+
+    x = torch.from_numpy(np.asarray(Image.open(root / "pic.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None].repeat(4, 1, 1, 1)
+    maps = {side: torch.from_numpy(np.stack([np.load(root / f"{side[0]}0{e}.npy") for e in range(4)])) for side in ("original", "finetuned")}
+    models = {side: load_model(f"file:{root / f'{side}.pt'}", device="cpu") for side in ("original", "finetuned")}
+    metric = METRICS.get("deletion")
+
+    def direct(side, model):
+        return metric(model=models[model], inputs=x, attributions=maps[side], targets=torch.zeros(4, dtype=torch.long)).scores.double().numpy()
+
+    got = deletion.loc["X0"]
+    np.testing.assert_allclose(got["original_score"].to_numpy(), direct("original", "original"), rtol=1e-6)
+    np.testing.assert_allclose(got["finetuned_score"].to_numpy(), direct("finetuned", "finetuned"), rtol=1e-6)
+    assert not np.allclose(got["finetuned_score"].to_numpy(), direct("finetuned", "original"), rtol=1e-6)

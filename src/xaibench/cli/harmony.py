@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--metrics", metavar="LIST",
                    help="comma-separated metric registry names: agreement of each (and of every condition's own "
                         "metric) with the annotators' majority, scored from the maps the study stores as arrays")
+    q.add_argument("--device", default="auto", help="where metrics that need the model run (default: a GPU if any)")
     q.add_argument("--html", metavar="FILE", help="also write the analysis as a self-contained HTML page")
     q.set_defaults(func=handle_analyze)
 
@@ -235,10 +236,13 @@ def _add_agreement(result: dict, labels, args: argparse.Namespace) -> None:
         raise InputError("--metrics: name at least one metric, e.g. --metrics relevance_mass_accuracy,pointing_game")
     names = [scorable_metric(n).info.name for n in names]
     _ready()
-    scores, info = study_scores(names)
+    scores, info = study_scores(names, device=args.device)
     notes = result.setdefault("notes", [])
     for name, why in info["not_scorable"].items():
         notes.append(f"a condition's own metric is not scored: {why.split(';')[0]}")
+    for condition in info["without_models"]:
+        notes.append(f"{condition}: the study names no models (original_model / finetuned_model), so metrics "
+                     "that need the model are undefined there")
     if not info["with_maps"]:
         notes.append(
             f"Metric-human agreement: none of the {info['examples']} examples carries the two maps as arrays "

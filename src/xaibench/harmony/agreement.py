@@ -21,7 +21,8 @@ cannot tell the maps apart; an undefined score is a missing rating). Alpha risin
 joins means it rates like one more annotator; falling means it disagrees with them.
 
 ``agreement(labels, scores)`` is pure pandas (no Django, no torch); ``score_maps`` computes a
-registered metric's scores of arrays; ``study_scores`` reads the stored arrays of a loaded study.
+registered metric's scores of arrays; ``study_scores`` reads the stored arrays, masks, images and
+models of a loaded study.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ from xaibench.harmony.analysis import (
 ITEM_KEYS = [*CONDITION_KEYS, "example"]
 DECIDED = ("finetuned", "original")
 VERDICTS = ("finetuned", "original", "tie", "undefined")
-# vocabulary words a metric may need that a study example carries (model-based metrics are not scored)
-SCORABLE = {"attributions", "masks", "targets", "labels"}
+# vocabulary words a metric may need that a study carries (the image and the two models included)
+SCORABLE = {"attributions", "masks", "targets", "labels", "inputs", "model"}
 SCORE_COLUMNS = [*ITEM_KEYS, "scored", "original_score", "finetuned_score", "higher_is_better"]
 BATCH = 256  # examples scored at once
 
@@ -134,8 +135,8 @@ def agreement(labels: pd.DataFrame, scores: pd.DataFrame, confidence: float = 0.
 
 
 def scorable_metric(name: str):
-    """The registered metric ``name`` (close names suggested), refused when it needs what a study
-    example does not carry (a model, the image as model input, an explainer)."""
+    """The registered metric ``name`` (close names suggested), refused when it needs an explainer
+    (robustness and randomisation metrics re-explain; a study keeps maps, not explainers)."""
     from xaibench.metrics import METRICS
 
     metric = METRICS.get(name)
@@ -144,38 +145,50 @@ def scorable_metric(name: str):
         usable = sorted(n for n, m in METRICS.items() if set(m.info.requires) <= SCORABLE)
         raise InputError(
             f"metric {name!r} needs {', '.join(needs)}, which study examples do not carry; metrics "
-            f"scored from the stored maps and masks: {', '.join(usable)}"
+            f"scored from the stored maps, masks, images and models: {', '.join(usable)}"
         )
     return metric
 
 
 def score_maps(name: str, original: np.ndarray, finetuned: np.ndarray, masks: np.ndarray | None = None,
-               targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Scores [B] of metric ``name`` on the original and the fine-tuned maps [B, H, W] (float32),
-    with object masks [B, H, W] bool and class indices [B] where it needs them (NaN where an
-    example lacks them: ``masks`` rows of all False and ``targets`` of -1 count as missing)."""
+               targets: np.ndarray | None = None, inputs: np.ndarray | None = None,
+               models: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [B] of metric ``name`` on the original and the fine-tuned maps [B, H, W] (float32).
+
+    What the metric needs besides the maps: object masks [B, H, W] bool, class indices [B] (the
+    class the maps explain), images [B, 3, H, W] in [0, 1] and the (original, fine-tuned) models;
+    each map is scored with its own model. NaN where an example lacks them (``masks`` rows of all
+    False and ``targets`` of -1 count as missing) or where the metric leaves the score undefined."""
     import torch
 
     metric = scorable_metric(name)
+    needs = set(metric.info.requires)
     n = len(original)
+    missing = np.full(n, np.nan)
+    if ("masks" in needs and masks is None) or (needs & {"targets", "labels"} and targets is None) or \
+            ("inputs" in needs and inputs is None) or ("model" in needs and models is None):
+        return missing, missing.copy()
     ok = np.ones(n, dtype=bool)
-    kwargs: dict = {}
-    if "masks" in metric.info.requires:
-        if masks is None:
-            return np.full(n, np.nan), np.full(n, np.nan)
+    if "masks" in needs:
         ok &= masks.reshape(n, -1).any(axis=1)
-        kwargs["masks"] = torch.from_numpy(np.ascontiguousarray(masks[ok]))
-    for word in {"targets", "labels"} & set(metric.info.requires):
-        if targets is None:
-            return np.full(n, np.nan), np.full(n, np.nan)
+    if needs & {"targets", "labels"}:
         ok &= np.asarray(targets) >= 0
-        kwargs[word] = torch.from_numpy(np.asarray(targets)[ok].astype(np.int64))
+    device = next(models[0].parameters()).device if "model" in needs else torch.device("cpu")
+    kwargs: dict = {}
+    if "masks" in needs:
+        kwargs["masks"] = torch.from_numpy(np.ascontiguousarray(masks[ok])).to(device)
+    for word in needs & {"targets", "labels"}:
+        kwargs[word] = torch.from_numpy(np.asarray(targets)[ok].astype(np.int64)).to(device)
+    if "inputs" in needs:
+        kwargs["inputs"] = torch.from_numpy(np.ascontiguousarray(inputs[ok], dtype=np.float32)).to(device)
     out = []
-    for maps in (original, finetuned):
+    for side, maps in enumerate((original, finetuned)):
         scores = np.full(n, np.nan)
         if ok.any():
-            result = metric(attributions=torch.from_numpy(np.ascontiguousarray(maps[ok], dtype=np.float32)), **kwargs)
-            scores[ok] = result.scores.double().cpu().numpy()
+            if "model" in needs:
+                kwargs["model"] = models[side]
+            attributions = torch.from_numpy(np.ascontiguousarray(maps[ok], dtype=np.float32)).to(device)
+            scores[ok] = metric(attributions=attributions, **kwargs).scores.double().cpu().numpy()
         out.append(scores)
     return out[0], out[1]
 
@@ -199,17 +212,41 @@ def _mask(name: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.asarray(im.convert("L")) > 0  # grey values, nonzero = inside (as the folder reader)
 
 
-def study_scores(names: list[str]) -> tuple[pd.DataFrame, dict]:
+def _image(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The stored image as float32 [3, H, W] in [0, 1] at the maps' size (nearest: make-study
+    enlarges the model's input by nearest neighbour, so this gives its pixels back)."""
+    import torch
+    from django.core.files.storage import default_storage
+    from PIL import Image
+
+    with default_storage.open(name, "rb") as fh, Image.open(fh) as im:
+        pixels = torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+    if tuple(pixels.shape[1:]) != tuple(shape):
+        pixels = torch.nn.functional.interpolate(pixels[None], size=tuple(shape), mode="nearest")[0]
+    return pixels.numpy()
+
+
+def _models(condition, device: str | None) -> tuple | None:
+    """(original, fine-tuned) models of a condition, or None when the study names none."""
+    if not (condition.original_model and condition.finetuned_model):
+        return None
+    from xaibench.models import load_model
+
+    return tuple(load_model(spec, device=device).eval() for spec in (condition.original_model, condition.finetuned_model))
+
+
+def study_scores(names: list[str], device: str | None = None) -> tuple[pd.DataFrame, dict]:
     """Scores of the loaded study's examples that carry both maps as arrays: each metric of
-    ``names`` and each condition's own metric (``metric_name``, where scorable). Returns the scores
+    ``names`` and each condition's own metric (``metric_name``, where scorable). Metrics that need
+    the model score each map with its own model (``original_model`` / ``finetuned_model``, loaded on
+    ``device``, default: a GPU if there is one) on the stored image. Returns the scores
     (``SCORE_COLUMNS``) and counts: ``examples``, ``with_maps``, ``not_scorable`` (own metrics
-    that need a model, by name)."""
+    that need an explainer, by name), ``without_models`` (conditions a model metric could not score)."""
     from xaibench.harmony.models import Condition, Example
     from xaibench.metrics import METRICS
 
     rows: list[pd.DataFrame] = []
-    not_scorable: dict[str, str] = {}
-    info = {"examples": Example.objects.count(), "with_maps": 0}
+    info: dict = {"examples": Example.objects.count(), "with_maps": 0, "not_scorable": {}, "without_models": []}
     for condition in Condition.objects.all():
         examples = list(condition.examples.exclude(original_array="").exclude(finetuned_array=""))
         info["with_maps"] += len(examples)
@@ -221,26 +258,33 @@ def study_scores(names: list[str]) -> tuple[pd.DataFrame, dict]:
                 scorable_metric(condition.metric_name)
                 wanted.append(condition.metric_name)
             except InputError as err:
-                not_scorable[condition.metric_name] = str(err)
+                info["not_scorable"][condition.metric_name] = str(err)
+        need_model = any("model" in METRICS.get(n).info.requires for n in wanted)
+        models = _models(condition, device) if need_model else None
+        if need_model and models is None:
+            info["without_models"].append(str(condition))
         for start in range(0, len(examples), BATCH):  # memory bounded by the batch
             by_shape: dict[tuple, list] = {}
             for ex in examples[start:start + BATCH]:
                 original, finetuned = _npy(ex.original_array), _npy(ex.finetuned_array)
                 by_shape.setdefault(original.shape, []).append((ex, original, finetuned))
             for shape, group in by_shape.items():
+                data = {
+                    "masks": np.stack([_mask(g[0].mask, shape) for g in group]),
+                    "targets": np.array([-1 if g[0].label_index is None else g[0].label_index for g in group]),
+                    "inputs": np.stack([_image(g[0].image, shape) for g in group]) if models else None,
+                    "models": models,
+                }
                 original = np.stack([g[1] for g in group])
                 finetuned = np.stack([g[2] for g in group])
-                masks = np.stack([_mask(g[0].mask, shape) for g in group])
-                targets = np.array([-1 if g[0].label_index is None else g[0].label_index for g in group])
                 for name in wanted:
                     minfo = METRICS.get(name).info
-                    so, sf = score_maps(name, original, finetuned, masks, targets)
+                    so, sf = score_maps(name, original, finetuned, **data)
                     rows.append(pd.DataFrame({
                         "dataset": condition.dataset, "metric": condition.metric, "model": condition.model,
                         "method": condition.method, "example": [g[0].key for g in group], "scored": minfo.name,
                         "original_score": so, "finetuned_score": sf, "higher_is_better": minfo.higher_is_better,
                     }))
-    info["not_scorable"] = not_scorable
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=SCORE_COLUMNS)
     return frame, info
 
