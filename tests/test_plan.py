@@ -95,9 +95,10 @@ def test_plan_command_json_and_text(tmp_path, capsys):
     assert out["totals"]["backwards"] == 10 * per_image_bwd
     assert out["seconds"] == pytest.approx(10 * (per_image_fwd * 1e-3 + per_image_bwd * 2e-3))
     assert out["workers"]["2"] < out["workers"]["1"]
-    assert main(["plan", str(path), "--images", "50000", "--image-size", "32", "--batches", "1"]) == 0
+    assert main(["plan", str(path), "--images", "50000", "--image-size", "32", "--batches", "1", "--pairs"]) == 0
     text = capsys.readouterr().out
     assert "50000 images of 32x32 in 12500 shards" in text and "max_sensitivity" in text and "workers" in text
+    assert "per (method, metric) pair" in text and text.count("max_sensitivity") == 3  # summary + 2 pairs
 
 
 def test_plan_errors(tmp_path, capsys):

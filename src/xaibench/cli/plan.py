@@ -146,7 +146,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--forward-ms", type=float, default=None,
                    help="milliseconds per image of a forward pass, instead of calibrating (with --backward-ms)")
     p.add_argument("--backward-ms", type=float, default=None, help="milliseconds per image of a backward pass")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--pairs", action="store_true", help="also print every (method, metric) pair")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (every pair included)")
     p.set_defaults(func=handle)
 
 
@@ -196,12 +197,12 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"calibration": cal.__dict__, "rows": rows, **plan}, indent=1, default=str))
         return 0
-    _print(cfg, rows, cal, plan, image_size)
+    _print(cfg, rows, cal, plan, image_size, args.pairs)
     return 0
 
 
 def _print(cfg: Any, rows: list[dict[str, Any]], cal: Calibration, plan: dict[str, Any],
-           image_size: tuple[int, int]) -> None:
+           image_size: tuple[int, int], pairs: bool = False) -> None:
     import pandas as pd
 
     table = pd.DataFrame(rows)
@@ -218,6 +219,10 @@ def _print(cfg: Any, rows: list[dict[str, Any]], cal: Calibration, plan: dict[st
     print(maps[["method", "forwards", "backwards", "time %"]].to_string(index=False, float_format=number))
     print("\nmetrics, per image, over all methods (explanations = calls of each method, their passes included):")
     print(metrics.to_string(index=False, float_format=number))
+    if pairs:
+        print("\nper (method, metric) pair, per image:")
+        print(scored[["method", "metric", "explanations", "forwards", "backwards", "time %"]]
+              .to_string(index=False, float_format=number))
     t = plan["totals"]
     print(f"\ntotal: {t['explanations']:,.0f} explanations, {t['forwards']:,.0f} forwards, "
           f"{t['backwards']:,.0f} backwards (per image: {t['forwards'] / plan['n_images']:,.0f} forwards, "
