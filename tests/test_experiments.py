@@ -119,3 +119,19 @@ def test_cli_runs_lists_and_reports(tmp_path, capsys):
     assert "toy-mechanism" in capsys.readouterr().out
     assert main(["experiment", "toy-mechanism", str(cfg), "--out", str(tmp_path / "e")]) == 2
     assert "already holds an experiment" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path, capsys):
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text("n = 3\n")
+
+    def interrupt(ctx):
+        raise KeyboardInterrupt
+
+    halting = Recipe("toy-interrupted", "stops at its second step", TOY.schema,
+                     lambda c: [Step("make", _make), Step("total", interrupt, needs=("make",))], _report)
+    if "toy-interrupted" not in recipes():
+        recipes().add(halting.name, halting)
+    assert main(["experiment", "toy-interrupted", str(cfg), "--out", str(tmp_path / "e")]) == 130
+    err = capsys.readouterr().err
+    assert "1 of 2 steps are saved" in err and f"--out {tmp_path / 'e'} --resume" in err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 from xaibench.errors import InputError
 
@@ -38,6 +40,23 @@ def handle(args: argparse.Namespace) -> int:
         raise InputError("--resume and --overwrite exclude each other")
     from xaibench.report.experiment import build_experiment_report
 
-    out = run_experiment(args.name, args.config, args.out, resume=args.resume, overwrite=args.overwrite)
+    try:
+        out = run_experiment(args.name, args.config, args.out, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"xaibench: interrupted; {_saved(args.out)} Finish it with:\n"
+              f"  xaibench experiment {shlex.quote(args.name)} {shlex.quote(args.config)} "
+              f"--out {shlex.quote(args.out)} --resume", file=sys.stderr)
+        return 130
     print(f"report written to {build_experiment_report(out)}")
     return 0
+
+
+def _saved(out: str) -> str:
+    """How many steps of the experiment in `out` are committed (kept by --resume)."""
+    from xaibench.experiments import ExperimentDir
+
+    try:
+        manifest = ExperimentDir(out).manifest
+    except InputError:
+        return "nothing was saved."
+    return f"{len(manifest.get('steps', {}))} of {len(manifest.get('plan', []))} steps are saved in {out}."
