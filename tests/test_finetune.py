@@ -95,6 +95,12 @@ def test_interrupted_finetuning_resumes_from_its_last_checkpoint(tmp_path, monke
     crash[0] = False
     result = ft.finetune(_cfg(), out, resume=True, progress=False)
     assert steps == [2, 3]  # continued from the checkpoint of step 2
+    # ... with the same batches: the weights equal those of an uninterrupted run (bitwise on the CPU)
+    straight = ft.finetune(_cfg(), tmp_path / "straight", progress=False)
+    resumed_state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    straight_state = torch.load(straight.model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(resumed_state[k], straight_state[k]) for k in straight_state)
+    pd.testing.assert_frame_equal(result.log.drop(columns="seconds"), straight.log.drop(columns="seconds"))
     assert result.log["step"].tolist() == [0, 2, 4]
     pd.testing.assert_frame_equal(result.log.iloc[:2][["step", "metric", "agreement"]], before[["step", "metric", "agreement"]])
     assert result.log["selected"].sum() <= 1

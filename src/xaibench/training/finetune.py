@@ -27,6 +27,11 @@ explain the original's predicted class. Adam, gradient clipping by norm, a valid
 the validation metric improves and the agreement with the original is at least
 ``agreement_min``; when no validation qualifies the original's weights are written. The loop,
 checkpoints and resume are Lightning's (manual optimisation: two models, gradients through maps).
+
+Reproducibility: epoch e's batch order is a permutation seeded by (seed, e) (`EpochOrder`), a
+step's random draws (removal fractions, imputation noise, noisy copies) come from a generator
+seeded by (seed, step); a run resumed from ``last.ckpt`` continues the interrupted epoch's order
+where it stopped, so it repeats the uninterrupted run (bitwise on the CPU).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import math
 import time
 import tomllib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xaibench.checks import perturbed_inputs
 from xaibench.data import load_dataset
@@ -274,6 +279,25 @@ def fidelity(z_orig: Tensor, z_learn: Tensor) -> Tensor:
     return (1 - (F.cosine_similarity(z_orig, z_learn, dim=1) + 1) / 2).mean()
 
 
+class EpochOrder(Sampler[int]):
+    """The training order of epoch e: a permutation seeded by (seed, e) (Lightning calls
+    ``set_epoch``), without its first `skip` positions once (a run resumed mid-epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "finetune-order", self.epoch))
+        skip, self.skip = self.skip, 0
+        return iter(torch.randperm(self.n, generator=gen)[skip:].tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class HarmonyModule(pl.LightningModule):
     """The fine-tuned copy `learn` of `orig` under HARMONY's objective (module doc), manual optimisation."""
 
@@ -300,16 +324,15 @@ class HarmonyModule(pl.LightningModule):
         self.orig.eval()
         return self
 
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "finetune-order"))
-        return DataLoader(data, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=gen if shuffle else None,
+    def train_dataloader(self) -> DataLoader:
+        sampler = EpochOrder(len(self.train_set), self.cfg.seed)
+        # resumed mid-epoch: Lightning has restored the epoch's progress; continue its order where it stopped
+        sampler.skip = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed * self.cfg.batch_size
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
                           drop_last=self.cfg.metric == "focus")
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, drop_last=self.cfg.metric == "focus")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.learn.parameters(), lr=self.cfg.lr, weight_decay=0.0)
@@ -512,7 +535,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
     accelerator, device_ids = _accelerator(cfg.device)
     with _isolated(quiet=not progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # on purpose, see HarmonyModule.train
-        warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # documented: the order restarts
+        warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # EpochOrder continues it
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         train_pairs, val_pairs, _ = split_data(cfg)  # type: ignore[arg-type]
         dataset = train_pairs.dataset
