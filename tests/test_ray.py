@@ -4,6 +4,7 @@ to the driver, errors as themselves. One Ray start for the module (it costs seco
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -190,7 +191,7 @@ def test_progress_is_relayed_to_the_driver_and_errors_arrive_as_themselves(clust
                                        specs))
     assert sorted(s.index for s in summaries) == [0, 1]
     assert sorted(ray_events, key=repr) == sorted(local_events, key=repr) and len(local_events) > 0
-    bad = [specs[0].__class__(**{**specs[0].__dict__, "config_hash": "0" * 64})]
+    bad = [dataclasses.replace(specs[0], config_hash="0" * 64)]
     with pytest.raises(InputError, match="config does not match its hash"):
         list(RayExecutor().map(execute_shard, bad))
 
