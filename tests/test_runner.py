@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -230,3 +231,22 @@ def test_resume_after_sigkill_gives_identical_rows(finished, tmp_path):
                                   xaibench.load_results(finished).drop(columns="seconds"))
     pd.testing.assert_frame_equal(load_curves(out), load_curves(finished))
     assert not list(Path(out).rglob("*.tmp"))
+
+
+def test_resources_are_validated_not_hashed_and_reach_the_ray_tasks():
+    from xaibench.runner.ray_executor import RayExecutor
+
+    base = {"model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits"},
+            "methods": {"saliency": {}}, "metrics": {"sparseness": {}}}
+    plain = parse_config(base)
+    sized = parse_config({**base, "resources": {"cpus": 2, "gpus": 0.5, "memory": 2**30}})
+    assert plain.hash == sized.hash and sized.resources == {"cpus": 2, "gpus": 0.5, "memory": 2**30}
+    spec = SimpleNamespace(config=sized.raw)
+    assert RayExecutor()._options([spec]) | {"max_calls": 0} == {
+        "num_cpus": 2, "num_gpus": 0.5, "memory": 2**30, "max_retries": 3, "max_calls": 0}
+    assert RayExecutor(cpus=4)._options([spec])["num_cpus"] == 4  # an argument wins over the config
+    assert RayExecutor()._options([SimpleNamespace(config=plain.raw)])["num_gpus"] == 0  # CPU config
+    with pytest.raises(InputError, match=r"\[resources\]\.cpus: must be > 0"):
+        parse_config({**base, "resources": {"cpus": 0}})
+    with pytest.raises(InputError, match="unknown key 'gpu'"):
+        parse_config({**base, "resources": {"gpu": 1}})

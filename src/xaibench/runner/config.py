@@ -10,6 +10,10 @@ Layout (every key except ``[model] spec``, ``[data] spec``, one method and one m
     explain_batch = 32           # images per explainer call
     max_batch = 256              # passed to every metric that takes ``max_batch``
 
+    [resources]                  # optional: one shard task's resources on a distributed executor (Ray);
+    cpus = 1                     # like device, not part of the hash. gpus (default: 1 per task on CUDA,
+                                 # else 0), memory (bytes)
+
     [model]
     spec = "builtin:digits-cnn"  # + optional weights, num_classes
 
@@ -54,6 +58,7 @@ _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "name": ((str,), ""),
     "seed": ((int,), 0),
     "device": ((str,), "cpu"),
+    "resources": ((dict,), None),
     "target": ((str,), "predicted"),
     "shard_size": ((int,), 32),
     "explain_batch": ((int,), 32),
@@ -68,6 +73,13 @@ _MODEL: dict[str, tuple[tuple[type, ...], Any]] = {
     "weights": ((str,), None),
     "num_classes": ((int,), None),
 }
+# Resources of one shard task for distributed executors (Ray); like the device, not part of the hash.
+_RESOURCES: dict[str, tuple[tuple[type, ...], Any]] = {
+    "cpus": ((float,), 1.0),
+    "gpus": ((float,), None),  # None: one GPU per task when the device is CUDA, else none
+    "memory": ((int,), None),  # bytes
+}
+NOT_HASHED = ("device", "resources")
 _DATA: dict[str, tuple[tuple[type, ...], Any]] = {
     "spec": ((str,), REQUIRED),
     "split": ((str,), "test"),
@@ -122,6 +134,7 @@ class RunConfig:
     data: dict[str, Any]
     methods: tuple[MethodSpec, ...]
     metrics: tuple[MetricSpec, ...]
+    resources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hash(self) -> str:
@@ -137,8 +150,9 @@ class RunConfig:
 
 
 def config_hash(raw: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a validated config, without ``device``."""
-    body = {k: v for k, v in raw.items() if k != "device"}
+    """sha256 of the canonical JSON of a validated config, without ``device`` and ``resources``
+    (where a run executes does not change its results)."""
+    body = {k: v for k, v in raw.items() if k not in NOT_HASHED}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -308,6 +322,11 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         raise InputError(f"config [data].on_error: must be one of {ON_ERROR}, got {data['on_error']!r}")
     if data["image_size"] is not None and data["image_size"] < 1:
         raise InputError(f"config [data].image_size: must be >= 1, got {data['image_size']}")
+    resources = _section("[resources].", top["resources"] or {}, _RESOURCES)
+    for key, low in (("cpus", 0.0), ("gpus", 0.0), ("memory", 0)):
+        value = resources[key]
+        if value is not None and (value < low or (key != "gpus" and value == low)):
+            raise InputError(f"config [resources].{key}: must be {'>= 0' if key == 'gpus' else '> 0'}, got {value}")
 
     methods: list[MethodSpec] = []
     canon_methods: dict[str, Any] = {}
@@ -338,6 +357,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         "data": data,
         "methods": canon_methods,
         "metrics": canon_metrics,
+        "resources": resources,
     }
     # Canonical = what JSON would give back (tuples -> lists), so hashes survive a round trip.
     canonical = json.loads(json.dumps(canonical))
@@ -354,4 +374,5 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         data=data,
         methods=tuple(methods),
         metrics=tuple(metrics),
+        resources=resources,
     )

@@ -47,8 +47,8 @@ class RayExecutor:
     address: an existing cluster (``"auto"``, ``"ray://head:10001"``, ``"10.0.0.1:6379"``); ``None``
     starts a local one with ``num_cpus`` CPUs (all by default), shut down after the run. When this
     process has already called ``ray.init``, that cluster is used and left running.
-    cpus / gpus / memory: resources of one task (memory in bytes); ``gpus=None`` means one GPU per
-    task when the config's device is CUDA, none otherwise.
+    cpus / gpus / memory: resources of one task (memory in bytes); ``None`` takes them from the
+    config's ``[resources]`` table (cpus 1, gpus: one per task when the device is CUDA, else none).
     """
 
     def __init__(
@@ -56,7 +56,7 @@ class RayExecutor:
         address: str | None = None,
         *,
         num_cpus: int | None = None,
-        cpus: float = 1.0,
+        cpus: float | None = None,
         gpus: float | None = None,
         memory: int | None = None,
         max_retries: int = 3,
@@ -69,17 +69,21 @@ class RayExecutor:
         self.max_retries = max_retries
 
     def _options(self, specs: Sequence[ShardSpec]) -> dict[str, Any]:
-        gpus = self.gpus
+        config = specs[0].config if specs else {}
+        wanted = config.get("resources") or {}
+        cpus = self.cpus if self.cpus is not None else wanted.get("cpus", 1.0)
+        gpus = self.gpus if self.gpus is not None else wanted.get("gpus")
         if gpus is None:
-            gpus = 1 if specs and str(specs[0].config.get("device", "cpu")).startswith("cuda") else 0
+            gpus = 1 if str(config.get("device", "cpu")).startswith("cuda") else 0
+        memory = self.memory if self.memory is not None else wanted.get("memory")
         options: dict[str, Any] = {
-            "num_cpus": self.cpus,
+            "num_cpus": cpus,
             "num_gpus": gpus,
             "max_retries": self.max_retries,
             "max_calls": 0,  # keep workers (and their loaded model) across tasks, GPU tasks too
         }
-        if self.memory is not None:
-            options["memory"] = self.memory
+        if memory is not None:
+            options["memory"] = memory
         return options
 
     def map(self, fn: Callable[[ShardSpec], ShardSummary], specs: Sequence[ShardSpec]) -> Iterator[ShardSummary]:
