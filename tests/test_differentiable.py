@@ -91,3 +91,18 @@ def test_methods_without_a_differentiable_mode_are_named():
         xaibench.explainer("scorecam", DigitsCNN().eval(), differentiable=True)
     with pytest.raises(InputError, match="canonizer must be one of"):
         xaibench.explainer("lrp_epsilon_plus", DigitsCNN().eval(), canonizer="vg")
+
+
+def test_zennit_methods_with_the_resnet_canonizer():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, targets = torch.rand(2, 3, 32, 32), torch.tensor([0, 3])
+    for name in ("lrp_epsilon_plus", "excitation_backprop"):
+        ordinary = xaibench.explainer(name, model)(x, targets)
+        maps = xaibench.explainer(name, model, differentiable=True)(x, targets)
+        torch.testing.assert_close(maps.detach(), ordinary)
+        assert torch.isfinite(maps).all() and maps.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # canonizers undone

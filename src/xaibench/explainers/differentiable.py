@@ -71,11 +71,10 @@ class InputXGradient(_Graph, gradient.InputXGradientExplainer):
 
 class GuidedBackprop(_Graph, gradient.GuidedBackpropExplainer):
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
-        from zennit.composites import GuidedBackprop as Composite
-
         assert self._num_classes is not None  # set by _validate
         onehot = torch.nn.functional.one_hot(targets, self._num_classes)
-        return lrp.zennit_relevance(self.model, Composite(), inputs, onehot, create_graph=True)
+        return lrp.zennit_relevance(self.model, lrp.zennit("composites").GuidedBackprop(), inputs, onehot,
+                                    create_graph=True)
 
 
 class ExcitationBackprop(_Graph, lrp.ExcitationBackpropExplainer):

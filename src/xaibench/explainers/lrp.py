@@ -32,10 +32,19 @@ from xaibench.explainers.base import Explainer, network, no_inplace_relu, regist
 CANONIZERS = ("auto", "vgg", "resnet", "none")
 
 
+def zennit(module: str) -> Any:
+    """``zennit.<module>``, or an ImportError that names the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"zennit.{module}")
+    except ImportError as err:
+        raise ImportError("this method needs zennit: pip install 'xaibench[lrp]'") from err
+
+
 def canonizers(model: nn.Module, name: str) -> list[Any]:
     """zennit canonizers for `model` by name (`CANONIZERS`; ``auto`` looks at the network's class)."""
-    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
-
+    tv = zennit("torchvision")
     if name not in CANONIZERS:
         raise InputError(f"canonizer must be one of {CANONIZERS}, got {name!r}")
     if name == "auto":
@@ -43,18 +52,17 @@ def canonizers(model: nn.Module, name: str) -> list[Any]:
 
         net = network(model)
         name = "vgg" if isinstance(net, tvm.VGG) else "resnet" if isinstance(net, tvm.ResNet) else "none"
-    return {"vgg": [VGGCanonizer()], "resnet": [ResNetCanonizer()], "none": []}[name]
+    return {"vgg": [tv.VGGCanonizer()], "resnet": [tv.ResNetCanonizer()], "none": []}[name]
 
 
 def zennit_relevance(model: nn.Module, composite: Any, inputs: Tensor, outputs: Tensor, create_graph: bool) -> Tensor:
     """Relevance [B, C, H, W] of `inputs` for the output relevance `outputs` [B, classes] under a
     zennit composite. With `create_graph` the output relevance itself requires grad, so zennit
     keeps the graph from the top layer on (it decides per layer from its incoming gradient)."""
-    from zennit.attribution import Gradient
-
     x = inputs.detach().requires_grad_(True)
     grad_out = outputs.to(inputs.dtype).requires_grad_(create_graph)
-    with no_inplace_relu(model), torch.enable_grad(), Gradient(model, composite, create_graph=create_graph) as attr:
+    attributor = zennit("attribution").Gradient(model, composite, create_graph=create_graph)
+    with no_inplace_relu(model), torch.enable_grad(), attributor as attr:
         _, relevance = attr(x, grad_out)
     return relevance
 
@@ -73,9 +81,7 @@ class ZennitExplainer(Explainer):
         self.params.update(canonizer=canonizer)
 
     def composite(self) -> Any:
-        import zennit.composites
-
-        return getattr(zennit.composites, self.composite_name)(canonizers=canonizers(self.model, self.canonizer))
+        return getattr(zennit("composites"), self.composite_name)(canonizers=canonizers(self.model, self.canonizer))
 
     def relevance(self, inputs: Tensor, outputs: Tensor) -> Tensor:
         return zennit_relevance(self.model, self.composite(), inputs, outputs, self.differentiable)
