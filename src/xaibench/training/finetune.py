@@ -131,11 +131,6 @@ class FinetuneConfig:
         raise AttributeError(key)
 
     @property
-    def metric_name(self) -> str:
-        """The learnable metric's canonical (ordinary registry) name."""
-        return LEARNABLE.get(self.raw["metric"]).name
-
-    @property
     def hash(self) -> str:
         return config_hash({k: v for k, v in self.raw.items() if k not in _UNHASHED})
 
