@@ -140,3 +140,18 @@ def test_every_objective_gives_a_finite_loss_with_gradient(metric):
         with torch.no_grad():
             expected = (learn(masked).softmax(1)[range(8), pred] / learn(x).softmax(1)[range(8), pred]).mean()
         assert term.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_scale_divides_each_map_by_its_maximum_absolute_value():
+    import xaibench
+
+    from xaibench.data import collate, load_dataset
+
+    model = xaibench.load_model("builtin:digits-cnn", device="cpu")
+    batch = collate([load_dataset("builtin:digits", split="test")[i] for i in range(3)])
+    x, t = batch.images, batch.labels
+    plain = ft.method_maps(ft.parse_finetune_config(_cfg()), model)(x, t)
+    scaled = ft.method_maps(ft.parse_finetune_config(_cfg(scale=True)), model, differentiable=True)(x, t)
+    peak = plain.flatten(1).abs().amax(1)
+    assert (peak > 0).all() and scaled.requires_grad
+    torch.testing.assert_close(scaled.detach(), plain / peak[:, None, None])

@@ -43,7 +43,7 @@ import math
 import time
 import tomllib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,7 @@ _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "val_batches": ((int,), 10),
     "agreement_min": ((float,), 0.95),
     "mask": ((str,), None),
+    "scale": ((bool,), False),
     "method_params": ((dict,), None),
     "metric_params": ((dict,), None),
     "model": ((dict,), REQUIRED),
@@ -269,6 +270,21 @@ def held_out(cfg: FinetuneConfig, mask: str | None) -> MaskedImages:
 # --- the Lightning module --------------------------------------------------------------------------
 
 
+def method_maps(cfg: FinetuneConfig, model: nn.Module, differentiable: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
+    """The config's method on `model`; with ``scale`` each map divided by its maximum absolute value
+    (HARMONY's optional scaling; maps without relevance stay 0)."""
+    explain = explainer(cfg.method, model, differentiable=differentiable, **cfg.method_params)
+    if not cfg.scale:
+        return explain
+
+    def scaled(inputs: Tensor, targets: Tensor) -> Tensor:
+        maps = explain(inputs, targets)
+        peak = maps.flatten(1).abs().amax(1)[:, None, None]
+        return maps / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+    return scaled
+
+
 def fidelity(z_orig: Tensor, z_learn: Tensor) -> Tensor:
     """HARMONY's fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)`` (0 for parallel logits)."""
     return (1 - (F.cosine_similarity(z_orig, z_learn, dim=1) + 1) / 2).mean()
@@ -305,9 +321,8 @@ class HarmonyModule(pl.LightningModule):
             p.requires_grad_(False)
         self.cfg, self.metric = cfg, metric
         self.train_set, self.val_set = train_set, val_set
-        params = cfg.method_params
-        self.explain_graph = explainer(cfg.method, learn, differentiable=True, **params)
-        self.explain_learn = explainer(cfg.method, learn, **params)
+        self.explain_graph = method_maps(cfg, learn, differentiable=True)
+        self.explain_learn = method_maps(cfg, learn)
         self.val_scores: list[Tensor] = []
         self.val_agree: list[Tensor] = []
         self.summary: dict[str, float] = {}
@@ -423,7 +438,7 @@ class ValidationLog(Callback):
 def _scores(model: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
             device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(metric scores, same prediction as the original [bool], correct [bool]) of `model` on `data`."""
-    explain = explainer(cfg.method, model, **cfg.method_params)
+    explain = method_maps(cfg, model)
     scores, agree, correct = [], [], []
     loader = DataLoader(data, batch_size=max(cfg.batch_size, 32) // 4 * 4, shuffle=False, drop_last=cfg.metric == "focus")
     for b, (x, y, masks) in enumerate(loader):
@@ -483,7 +498,7 @@ def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: Lear
     if cfg.metric == "focus":
         mosaic, cls, tile = metric.mosaics(orig, x)  # type: ignore[attr-defined]
         x, pred, masks = mosaic, cls, tile
-    maps = {name: explainer(cfg.method, model, **cfg.method_params)(x, pred).cpu()
+    maps = {name: method_maps(cfg, model)(x, pred).cpu()
             for name, model in (("original", orig), ("fine-tuned", learn))}
     save_gallery(x.cpu(), maps, path, masks=masks.cpu() if masks.any() else None,
                  titles=[f"class {int(c)}" for c in pred])
