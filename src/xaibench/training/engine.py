@@ -27,7 +27,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from xaibench.errors import InputError
 from xaibench.models import architecture, load_model, save_model
 from xaibench.runner.shard import derive_seed
 from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, top_label
-from xaibench.training.config import TrainConfig, as_train_config
+from xaibench.training.config import TrainConfig, as_train_config, load_train_config
 from xaibench.training.losses import adaptive_focal_loss
 from xaibench.training.perturbations import draw_fp, feature_saliency, fp_images, pgd_attack
 from xaibench.training.selection import candidate_count, select_epoch, top_epochs
@@ -408,16 +408,16 @@ def _isolated(quiet: bool) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _check_out(cfg: TrainConfig, out: Path, resume: bool) -> None:
-    existing = out / CONFIG_FILE
+def check_out(cfg: Any, existing: Path, resume: bool, load: Callable[[Path], Any], what: str = "training") -> None:
+    """Refuse to write into the folder of `existing` (a run's config file, read back with `load`)
+    unless resuming, and refuse to resume a run of another config."""
+    out = existing.parent
     if not existing.is_file():
         return
     if not resume:
-        raise InputError(f"{out} already holds a training run; pass --resume (resume=True) to finish it, or "
+        raise InputError(f"{out} already holds a {what} run; pass --resume (resume=True) to finish it, or "
                          "choose another output directory")
-    from xaibench.training.config import load_train_config
-
-    before = load_train_config(existing)
+    before = load(existing)
     if before.hash != cfg.hash:
         raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
                          f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
@@ -442,7 +442,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
     cfg = as_train_config(config)
     out = Path(out_dir)
     if _rank() == 0:
-        _check_out(cfg, out, resume)
+        check_out(cfg, out / CONFIG_FILE, resume, load_train_config)
     if resume and (out / MODEL_FILE).is_file() and (out / LOG_FILE).is_file():
         log = pd.read_csv(out / LOG_FILE)
         if "selected" in log and log["selected"].any():

@@ -41,7 +41,6 @@ import difflib
 import json
 import math
 import time
-import tomllib
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -64,9 +63,9 @@ from xaibench.explainers import explainer
 from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
-from xaibench.runner.config import REQUIRED, _section, config_hash
+from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
 from xaibench.runner.shard import derive_seed
-from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, split_data
+from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, check_out, split_data
 
 CONFIG_FILE = "finetune.toml"
 LOG_FILE = "log.csv"
@@ -204,20 +203,7 @@ def parse_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
 
 def load_finetune_config(path: str | Path) -> FinetuneConfig:
     """Read and validate a TOML fine-tuning config."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"fine-tuning config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: invalid TOML: {err}") from None
-    try:
-        return parse_finetune_config(raw)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"{path}: {err}") from None
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from None
+    return load_toml(path, parse_finetune_config, "fine-tuning config")
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -507,19 +493,6 @@ def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: Lear
 # --- finetune ----------------------------------------------------------------------------------------
 
 
-def _check_out(cfg: FinetuneConfig, out: Path, resume: bool) -> None:
-    existing = out / CONFIG_FILE
-    if not existing.is_file():
-        return
-    if not resume:
-        raise InputError(f"{out} already holds a fine-tuning run; pass --resume (resume=True) to finish it, or "
-                         "choose another output directory")
-    before = load_finetune_config(existing)
-    if before.hash != cfg.hash:
-        raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
-                         f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
-
-
 def as_finetune_config(config: FinetuneConfig | Mapping[str, Any] | str | Path) -> FinetuneConfig:
     if isinstance(config, FinetuneConfig):
         return config
@@ -537,7 +510,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
     """
     cfg = as_finetune_config(config)
     out = Path(out_dir)
-    _check_out(cfg, out, resume)
+    check_out(cfg, out / CONFIG_FILE, resume, load_finetune_config, "fine-tuning")
     if resume and (out / EVALUATION_FILE).is_file():
         return FinetuneResult(out / MODEL_FILE, pd.read_csv(out / LOG_FILE),
                               json.loads((out / EVALUATION_FILE).read_text()), cfg.hash)
