@@ -250,3 +250,11 @@ def test_resources_are_validated_not_hashed_and_reach_the_ray_tasks():
         parse_config({**base, "resources": {"cpus": 0}})
     with pytest.raises(InputError, match="unknown key 'gpu'"):
         parse_config({**base, "resources": {"gpu": 1}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_device_this_machine_lacks_is_a_clear_error_before_anything_is_written(tmp_path):
+    for device, message in (("gpu", "unknown device 'gpu'. Did you mean 'cuda'"), ("cuda", "no cuda device")):
+        with pytest.raises(InputError, match=message):
+            run(parse_config(BASE), tmp_path / device, device=device)
+        assert not (tmp_path / device).exists()

@@ -129,3 +129,12 @@ def test_seed_outside_lightnings_range_is_a_config_error():
 
     with pytest.raises(InputError, match=r"seed: must be in \[0, 2\*\*32\)"):
         parse_train_config({"seed": 2**40, "model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits"}})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_training_on_a_missing_gpu_is_a_clear_error(tmp_path):
+    from xaibench.training import train
+
+    cfg = {"device": "cuda", "model": {"spec": "builtin:digits-cnn"}, "data": {"spec": "builtin:digits"}}
+    with pytest.raises(InputError, match="no cuda device on this machine"):
+        train(cfg, tmp_path / "t")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from xaibench.devices import resolve_device
 from xaibench.errors import InputError
 from xaibench.runner import layout
 from xaibench.runner.config import RunConfig, load_config
@@ -208,6 +209,7 @@ def run(
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     cfg = cfg.with_device(device)
+    resolve_device(cfg.device)  # a device this machine lacks is an error before anything else
     out = Path(out)
     if resume and overwrite:
         raise InputError("resume and overwrite exclude each other: resume finishes the run in the directory, "

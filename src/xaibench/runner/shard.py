@@ -83,7 +83,9 @@ class Context:
         from xaibench.models import model_hash
 
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        from xaibench.devices import resolve_device
+
+        self.device = resolve_device(cfg.device)
         mkw = {k: cfg.model[k] for k in ("weights", "num_classes") if cfg.model.get(k) is not None}
         model = load_model(cfg.model["spec"], seed=cfg.seed, **mkw)
         self.model: nn.Module = model.to(self.device).eval()

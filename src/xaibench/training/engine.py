@@ -372,7 +372,11 @@ def weights_path(out: Path, epoch: int) -> Path:
 
 
 def _accelerator(device: str) -> tuple[str, Any]:
-    """Lightning (accelerator, device indices or None) of a config's device string."""
+    """Lightning (accelerator, device indices or None) of a config's device string; a device this
+    machine lacks is an `InputError` listing the available ones."""
+    from xaibench.devices import resolve_device
+
+    resolve_device(device.replace("gpu", "cuda"))
     if device == "auto":
         return "auto", None
     if device == "cpu":
