@@ -112,15 +112,17 @@ def run_demo(out: str | Path = "runs/demo", n: int | None = None, device: str | 
 
 def _print_summary(result: DemoResult, results: dict[str, pd.DataFrame]) -> None:
     from xaibench.reliability import summarize
+    from xaibench.report.summary import best_per_metric, control_methods
 
     pd.set_option("display.width", 160)
     for which, df in results.items():
-        rel = summarize(df)
-        top = rel.means[rel.means["rank"] == 1][["metric", "method", "mean"]]
-        alpha = rel.alpha.set_index("metric")["alpha"]
-        print(f"\n[{which}] best method per metric (Krippendorff's alpha of the metric):")
-        for r in top.itertuples(index=False):
-            print(f"  {r.metric:<28} {r.method:<22} {r.mean:8.3f}   alpha {alpha.get(r.metric, float('nan')):.2f}")
+        best = best_per_metric(summarize(df), control_methods(df))
+        print(f"\n[{which}] best method per metric, controls excluded (Krippendorff's alpha of the metric; "
+              f"* = reliable enough to rank by):")
+        for r in best.itertuples(index=False):
+            note = f"   (control {', '.join(r.beaten_by)} scores better)" if r.beaten_by else ""
+            print(f"  {r.metric:<29} {r.best or 'none':<22} {r.mean:8.3f}   alpha {r.alpha:.2f}"
+                  f"{' *' if r.reliable else '  '}{note}")
     summary = result.alignment_summary()
     print("\nHuman alignment with each mask (mean over methods; higher is more aligned)")
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
