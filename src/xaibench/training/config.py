@@ -46,7 +46,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
@@ -105,24 +105,46 @@ _DATA: dict[str, tuple[tuple[type, ...], Any]] = {
     "image_size": ((int,), None),
     "n": ((int,), None),
 }
-# Keys that do not change the trained weights (left out of the hash).
-_UNHASHED = ("device", "num_workers")
-
-
 @dataclass(frozen=True)
-class TrainConfig:
-    """A validated training configuration; `raw` is the canonical dict (the TOML written beside the model).
+class CanonicalConfig:
+    """A validated config held as its canonical dict `raw` (what JSON gives back, so hashes survive
+    a round trip through the TOML written beside the output).
 
-    Top-level keys read as attributes (``cfg.epochs``), tables as dicts (``cfg.model["spec"]``).
+    Top-level keys read as attributes (``cfg.epochs``), tables as dicts (``cfg.model["spec"]``);
+    `hash` leaves out the keys in `UNHASHED` (those that do not change the result).
     """
 
     raw: dict[str, Any]
+    UNHASHED: ClassVar[tuple[str, ...]] = ("device",)
 
     def __getattr__(self, key: str) -> Any:
         raw = self.__dict__.get("raw", {})
         if key in raw:
             return raw[key]
         raise AttributeError(key)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the canonical config without the `UNHASHED` keys."""
+        return config_hash({k: v for k, v in self.raw.items() if k not in self.UNHASHED})
+
+    def to_toml(self) -> str:
+        """The canonical config as TOML (None values are left out: they are the defaults)."""
+        def line(key: str, value: Any) -> str:
+            text = json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
+            return f"{key} = {text}"
+
+        top = [line(k, v) for k, v in self.raw.items() if not isinstance(v, dict) and v is not None]
+        tables = [f"\n[{name}]\n" + "\n".join(line(k, v) for k, v in table.items() if v is not None)
+                  for name, table in self.raw.items() if isinstance(table, dict)]
+        return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
+
+
+@dataclass(frozen=True)
+class TrainConfig(CanonicalConfig):
+    """A validated training configuration (see `CanonicalConfig`)."""
+
+    UNHASHED: ClassVar[tuple[str, ...]] = ("device", "num_workers")  # do not change the trained weights
 
     @property
     def parts(self) -> frozenset[str]:
@@ -136,22 +158,6 @@ class TrainConfig:
             return 1.0, 0.0
         i = self.raw["interpolation"]
         return 2.0 - 0.1 * i, 0.1 * i
-
-    @property
-    def hash(self) -> str:
-        """sha256 of the canonical config without the keys that do not change the weights."""
-        return config_hash({k: v for k, v in self.raw.items() if k not in _UNHASHED})
-
-    def to_toml(self) -> str:
-        """The canonical config as TOML (None values are left out: they are the defaults)."""
-        def line(key: str, value: Any) -> str:
-            text = json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
-            return f"{key} = {text}"
-
-        top = [line(k, v) for k, v in self.raw.items() if not isinstance(v, dict) and v is not None]
-        tables = [f"\n[{name}]\n" + "\n".join(line(k, v) for k, v in table.items() if v is not None)
-                  for name, table in self.raw.items() if isinstance(table, dict)]
-        return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:

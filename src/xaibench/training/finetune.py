@@ -63,8 +63,9 @@ from xaibench.explainers import explainer
 from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
-from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
+from xaibench.runner.config import REQUIRED, _section, load_toml
 from xaibench.runner.shard import derive_seed
+from xaibench.training.config import CanonicalConfig
 from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, check_out, split_data
 
 CONFIG_FILE = "finetune.toml"
@@ -114,34 +115,11 @@ _EVALUATION: dict[str, tuple[tuple[type, ...], Any]] = {
     "bootstrap": ((int,), 1000),
     "gallery": ((int,), 8),
 }
-_UNHASHED = ("device",)
-
-
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """A validated fine-tuning config; `raw` is the canonical dict (written as ``finetune.toml``)."""
+class FinetuneConfig(CanonicalConfig):
+    """A validated fine-tuning config (see `CanonicalConfig`), written as ``finetune.toml``."""
 
-    raw: dict[str, Any]
     label_permutation = False  # what `split_data` reads
-
-    def __getattr__(self, key: str) -> Any:
-        raw = self.__dict__.get("raw", {})
-        if key in raw:
-            return raw[key]
-        raise AttributeError(key)
-
-    @property
-    def hash(self) -> str:
-        return config_hash({k: v for k, v in self.raw.items() if k not in _UNHASHED})
-
-    def to_toml(self) -> str:
-        def value(v: Any) -> str:
-            return json.dumps(v) if isinstance(v, (str, bool)) else repr(v)
-
-        top = [f"{k} = {value(v)}" for k, v in self.raw.items() if not isinstance(v, dict) and v is not None]
-        tables = [f"\n[{name}]\n" + "\n".join(f"{k} = {value(v)}" for k, v in table.items() if v is not None)
-                  for name, table in self.raw.items() if isinstance(table, dict)]
-        return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
 @dataclass(frozen=True)
