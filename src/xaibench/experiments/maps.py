@@ -165,11 +165,10 @@ def _load(spec: str, device: str) -> torch.nn.Module:
     return load_model(spec, device=device).eval()
 
 
-@torch.no_grad()
-def _i1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+def _i1(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     from xaibench.maps import i1
 
-    return i1(torch.softmax(model(images).double(), dim=1), labels).cpu().numpy()
+    return i1(torch.softmax(logits.double(), dim=1), labels).cpu().numpy()
 
 
 def _maps_path(root: Path, model: str, method: str) -> Path:
@@ -201,22 +200,22 @@ def _step_clean(ctx: StepContext) -> None:
         model = _load(spec, ctx.cfg.device)
         for rows_, images, labels in _batches(ctx.cfg, ctx.cfg.device):
             with torch.no_grad():
-                pred = model(images).argmax(1)
+                logits = model(images)
             rows.append(pd.DataFrame({"model": label, "image": np.arange(rows_.start, rows_.stop),
-                                      "label": labels.cpu().numpy(), "i1": _i1(model, images, labels),
-                                      "correct": (pred == labels).cpu().numpy()}))
+                                      "label": labels.cpu().numpy(), "i1": _i1(logits, labels),
+                                      "correct": (logits.argmax(1) == labels).cpu().numpy()}))
     ctx.write_table("i1_clean", pd.concat(rows, ignore_index=True))
 
 
 def _step_maps(ctx: StepContext) -> None:
-    from xaibench.explainers import explainer
+    from xaibench.explainers import METHODS, explainer
     from xaibench.runner.config import _entries
 
     for label, spec in _models(ctx).items():
         model = _load(spec, ctx.cfg.device)
         for method, _, name, params in _entries(ctx.cfg["methods"], "methods", "method"):
-            if "seed" in params or "seed" in _method_params(name):
-                params = {"seed": ctx.seed("maps", label, method), **params}
+            if "seed" in METHODS.get(name).params and "seed" not in params:
+                params = {**params, "seed": ctx.seed("maps", label, method)}
             explain = explainer(name, model, **params)
             parts = []
             for _, images, labels in _batches(ctx.cfg, ctx.cfg.device):
@@ -224,12 +223,6 @@ def _step_maps(ctx: StepContext) -> None:
             path = ctx.folder / label / f"{method}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(torch.cat(parts), path)
-
-
-def _method_params(name: str) -> dict[str, Any]:
-    from xaibench.explainers import METHODS
-
-    return dict(METHODS.get(name).params)
 
 
 def _step_emis(ctx: StepContext) -> None:
@@ -248,9 +241,11 @@ def _step_emis(ctx: StepContext) -> None:
                 for p in percentiles:
                     masked = emi(images, batch_maps, p, fill=fill)
                     for target, model in loaded.items():
+                        with torch.no_grad():
+                            logits = model(masked)
                         rows.append(pd.DataFrame({
                             "source": source, "method": method, "percentile": float(p), "model": target,
-                            "image": np.arange(rows_.start, rows_.stop), "i1": _i1(model, masked, labels),
+                            "image": np.arange(rows_.start, rows_.stop), "i1": _i1(logits, labels),
                         }))
     ctx.write_table("i1_emi", pd.concat(rows, ignore_index=True))
 
