@@ -410,7 +410,8 @@ def _report(exp: ExperimentDir) -> list[Any]:
         for obs, part in emi_table.groupby("observer"):
             fig, ax = plt.subplots(figsize=(6.5, 3.6))
             best = ranking[(ranking["observer"] == obs) & ranking["best"]]["model"]
-            shown = part[part["model"] == best.iloc[0]] if len(best) else part
+            # the best model's curves; without one (undefined consistency) the first model's, never a mix
+            shown = part[part["model"] == (best.iloc[0] if len(best) else part["model"].iloc[0])]
             for method, rows in shown.groupby("method"):
                 rows = rows.sort_values("percentile")
                 ax.plot(100 - rows["percentile"], rows["consistency"], marker="o", label=method)

@@ -35,7 +35,7 @@ def _vectors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"behaviour vectors differ in length: {x.size} and {y.size} images")
     keep = np.isfinite(x) & np.isfinite(y)
     if keep.sum() < 3:
-        raise InputError("a correlation across images needs at least 3 images with finite values")
+        raise InputError(f"a correlation needs at least 3 pairs with finite values, got {int(keep.sum())}")
     return x[keep], y[keep]
 
 
