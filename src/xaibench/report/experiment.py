@@ -6,40 +6,22 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
-
-import pandas as pd
 
 from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
 from xaibench.experiments.base import Block
 from xaibench.report.html import CSS
+from xaibench.report.html import _table as html_table
 from xaibench.report.plots import to_data_uri
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return "NaN"
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
 
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
 
 
 def _table(block: Table) -> str:
-    frame: pd.DataFrame = block.frame.drop(columns=[c for c in PROVENANCE if c in block.frame.columns])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for i, row in enumerate(frame.itertuples(index=False)):
-        cells = []
-        for column, value in zip(frame.columns, row):
-            cls = block.highlight.get((i, column))
-            cells.append(f'<td class="{cls}">{_cell(value)}</td>' if cls else f"<td>{_cell(value)}</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
+    """The run report's table, without the provenance columns (shown once, at the end)."""
+    frame = block.frame.drop(columns=[c for c in PROVENANCE if c in block.frame.columns])
     caption = f'<p class="note">{html.escape(block.caption)}</p>' if block.caption else ""
-    return f'{caption}<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    return caption + html_table(frame, dict(block.highlight))
 
 
 def render_block(block: Block) -> str:
