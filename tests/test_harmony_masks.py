@@ -122,6 +122,10 @@ def test_auth_csrf_and_validation(masks_home):
     csrf = CSRF_RE.search(html).group(1)
     assert c.post("/masks/1/", {"mask": "data:image/png;base64,!!!", "csrfmiddlewaretoken": csrf}).status_code == 400
     assert c.get("/masks/99/").status_code == 404
+    # hostile box JSON (deeply nested, too long, nested within the length bound): a clear 400, never a 500
+    for boxes in ("[" * 50000 + "]" * 50000, "[" + "[0, 0, 1, 1], " * 2000 + "[0, 0, 1, 1]]", "[" * 3000 + "]" * 3000):
+        r = c.post("/masks/1/", {"mask": data_url(rect(0, 0, 4, 4)), "boxes": boxes, "csrfmiddlewaretoken": csrf})
+        assert r.status_code == 400 and b"boxes must be a JSON list" in r.content, boxes[:20]
 
 
 def test_save_replace_and_isolation(masks_home):

@@ -285,6 +285,33 @@ def test_success_clears_the_account_counter_and_admin_login_is_throttled(study):
     assert r.status_code == 200 and "Too many failed logins" in r.content.decode()
 
 
+def test_concurrent_wrong_passwords_get_exactly_the_limit_through(study):
+    """60 logins at once naming one account (from 60 addresses): exactly the account's limit (5)
+    get their password checked, on SQLite and (in the PostgreSQL pass) on PostgreSQL."""
+    import threading
+
+    from django.db import connection
+    from django.test import Client
+
+    annotator("thr_burst")
+    barrier, codes = threading.Barrier(60), []
+
+    def attempt(i: int) -> None:
+        try:
+            barrier.wait()
+            r = post_login(Client(), "thr_burst", f"wrong {i}", addr=f"10.6.{i // 250}.{i % 250}")
+            codes.append(r.status_code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200] * 5 + [429] * 55  # 200: password checked (and wrong); 429: refused
+
+
 def test_client_address_behind_a_trusted_proxy(study):
     from django.test import RequestFactory, override_settings
 
@@ -303,13 +330,15 @@ def test_add_annotator_runs_the_password_validators(study, monkeypatch):
 
     from xaibench.errors import InputError
 
-    for password, message in (("password", "too common"), ("abc123", "too short")):
+    for name, password, message in (("weak", "password", "too common"), ("weak", "abc123", "too short"),
+                                    ("weakling", "weakling", "too similar to the username"),
+                                    ("weak", "8246139075", "entirely numeric")):
         monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
-        with pytest.raises(InputError, match=f"password refused for 'weak': .*{message}"):
-            cli("add-annotator", "weak", "--password-stdin")
+        with pytest.raises(InputError, match=f"password refused for '{name}': .*{message}"):
+            cli("add-annotator", name, "--password-stdin")
     with pytest.raises(InputError, match="reserved for imported legacy annotators"):
         cli("add-annotator", "legacy.annotator_1")
-    assert not get_user_model().objects.filter(username__in=["weak", "legacy.annotator_1"]).exists()
+    assert not get_user_model().objects.filter(username__in=["weak", "weakling", "legacy.annotator_1"]).exists()
 
 
 # ---------------------------------------------------------------- static files, response time, order

@@ -13,8 +13,9 @@ from xaibench.harmony import throttle
 
 
 class ThrottledLoginMixin:
-    """Refuses a throttled login before the password is checked; counts failures, clears the
-    account's counter on success. ``throttled`` tells the view to answer 429."""
+    """Counts the attempt first (atomically) and refuses it before the password is checked when a
+    limit is reached; clears the account's counter on success. ``throttled`` tells the view to
+    answer 429."""
 
     throttled = False
 
@@ -22,7 +23,7 @@ class ThrottledLoginMixin:
         username = self.cleaned_data.get("username")
         if not username:
             return super().clean()  # the required-field error; no password is checked
-        wait = throttle.retry_after(self.request, username)
+        wait = throttle.reserve(self.request, username)
         if wait is not None:
             self.throttled = True
             minutes = math.ceil(wait / 60)
@@ -30,12 +31,8 @@ class ThrottledLoginMixin:
                 f"Too many failed logins for this account or from this address. Try again in {minutes} minute(s).",
                 code="throttled",
             )
-        try:
-            cleaned = super().clean()
-        except ValidationError:
-            throttle.record_failure(self.request, username)
-            raise
-        throttle.record_success(username, self.request)
+        cleaned = super().clean()  # a wrong password raises: its attempt stays counted
+        throttle.record_success(self.request, username)
         return cleaned
 
 

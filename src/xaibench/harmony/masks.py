@@ -39,6 +39,7 @@ from xaibench.errors import InputError
 FORMAT = "xaibench-harmony-masks"
 VERSION = 1
 MAX_BOXES = 100
+MAX_BOX_CHARS = 64  # "[x0, y0, x1, y1], " with generous spacing
 MAX_IMAGES = 100_000
 DATA_URL = "data:image/png;base64,"
 
@@ -134,10 +135,15 @@ def parse_mask(data_url: str, width: int, height: int) -> np.ndarray:
 
 
 def parse_boxes(text: str, width: int, height: int) -> list[list[int]]:
-    """Boxes ``[[x0, y0, x1, y1], ...]`` (ints, 0 <= x0 < x1 <= width, likewise y) from JSON."""
+    """Boxes ``[[x0, y0, x1, y1], ...]`` (ints, 0 <= x0 < x1 <= width, likewise y) from JSON.
+
+    Text longer than ``MAX_BOXES`` boxes can take, or nested too deeply for the parser, is refused
+    before or while parsing (``InputError``), never a server error."""
+    if len(text or "") > MAX_BOXES * MAX_BOX_CHARS:
+        raise InputError(f"boxes must be a JSON list of at most {MAX_BOXES} boxes")
     try:
         boxes = json.loads(text or "[]")
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InputError("boxes must be a JSON list") from None
     if not isinstance(boxes, list) or len(boxes) > MAX_BOXES:
         raise InputError(f"boxes must be a JSON list of at most {MAX_BOXES} boxes")

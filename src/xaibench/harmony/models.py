@@ -167,3 +167,14 @@ class MaskAnnotation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.annotator}: {self.image}"
+
+
+class LoginAttempt(models.Model):
+    """A failed-login counter (``xaibench.harmony.throttle``): attempts under ``key`` until ``expires``."""
+
+    key = models.CharField(max_length=96, unique=True)
+    count = models.PositiveIntegerField(default=0)
+    expires = models.FloatField(db_index=True, help_text="UNIX time at which the window ends")
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count}"

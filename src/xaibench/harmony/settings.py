@@ -130,16 +130,8 @@ def _databases() -> dict:
 DATABASES = _databases()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# The failed-login counters (xaibench.harmony.throttle) live in the database, so that every worker
-# and machine sees the same counts; the table is created by the app's migrations.
-# MAX_ENTRIES is high so that a flood of made-up user names cannot evict the counters of real ones.
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
-        "LOCATION": "harmony_cache",
-        "OPTIONS": {"MAX_ENTRIES": 1_000_000},
-    }
-}
+# Failed-login counters (xaibench.harmony.throttle) are rows of the study database (LoginAttempt),
+# counted atomically, so every worker and machine sees the same counts.
 HARMONY_LOGIN_FAILURES_PER_ACCOUNT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_ACCOUNT", "5"))
 HARMONY_LOGIN_FAILURES_PER_CLIENT = int(os.environ.get("HARMONY_LOGIN_FAILURES_PER_CLIENT", "20"))
 HARMONY_LOGIN_WINDOW_S = int(os.environ.get("HARMONY_LOGIN_WINDOW_S", "900"))
@@ -148,7 +140,9 @@ HARMONY_TRUSTED_PROXIES = env_list("HARMONY_TRUSTED_PROXIES", [])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 # e.g. a fast hasher for throw-away test databases: HARMONY_PASSWORD_HASHERS=django.contrib.auth.hashers.MD5PasswordHasher
