@@ -382,3 +382,19 @@ def test_database_url_and_home(tmp_path):
     env["DATABASE_URL"] = "postgres://u:p@db.example.org:5432/harmony"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     assert out[:3] == ["django.db.backends.postgresql", "harmony", "None"]
+
+
+@pytest.mark.parametrize("url, names", [
+    ("postgresql://someone:secret@127.0.0.1:1/harmony", ["postgresql://someone@127.0.0.1:1/harmony", "refused"]),
+    ("sqlite:////nonexistent-folder/db.sqlite3", ["SQLite database /nonexistent-folder/db.sqlite3", "unable to open"]),
+])
+@pytest.mark.parametrize("action", [["export", "--out", "labels.csv"], ["manage", "migrate"]])
+def test_unusable_database_is_one_line_naming_it(tmp_path, url, names, action):
+    env = {**os.environ, "XAIBENCH_HARMONY_HOME": str(tmp_path / "h"), "DATABASE_URL": url}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    r = subprocess.run([sys.executable, "-m", "xaibench.cli", "harmony", *action], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("xaibench: error: cannot use the ") and all(n in lines[0] for n in names), lines
+    assert "secret" not in r.stderr and "Traceback" not in r.stderr

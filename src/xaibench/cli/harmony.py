@@ -85,6 +85,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("args", nargs=argparse.REMAINDER)
     q.set_defaults(func=handle_manage)
 
+    for q in sub.choices.values():
+        q.set_defaults(func=_database_errors(q.get_default("func")))
+
+
+def _database_errors(handle):
+    """``handle`` with a database that cannot be reached or used (server down, missing role or
+    database, unreadable file) reported in one line that names it, instead of a driver traceback."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return handle(args)
+        except Exception as err:
+            from django.db import utils
+
+            if not isinstance(err, (utils.OperationalError, utils.InterfaceError)):
+                raise
+            from xaibench.errors import InputError
+            from xaibench.harmony import database_name
+
+            cause = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+            raise InputError(f"cannot use the {database_name()} ({cause}); check DATABASE_URL "
+                             "(or XAIBENCH_HARMONY_HOME) and that the server is running") from None
+
+    return guarded
+
 
 def _ready() -> None:
     from xaibench.harmony import ensure_database

@@ -39,3 +39,18 @@ def ensure_database(verbosity: int = 0) -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=verbosity)
+
+
+def database_name() -> str:
+    """The configured database as a user would name it, without its password: the SQLite file, or
+    ``ENGINE://USER@HOST:PORT/NAME``."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    engine = db["ENGINE"].rsplit(".", 1)[-1]
+    if engine == "sqlite3":
+        return f"SQLite database {db['NAME']}"
+    user = f"{db['USER']}@" if db.get("USER") else ""
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"{engine}://{user}{db.get('HOST') or 'localhost'}{port}/{db['NAME']}"
+
