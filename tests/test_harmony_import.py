@@ -221,3 +221,47 @@ def test_legacy_annotators_never_merge_into_live_accounts(tmp_path, capsys):
         cli("import-legacy", str(bad))
     cli("import-legacy", str(bad), "--skip-invalid")
     assert "4 labels read, 1 invalid row(s) skipped" in capsys.readouterr().out
+
+
+def test_legacy_data_never_enters_a_live_study(tmp_path):
+    """A live condition with the same names as an imported one: the import neither merges its
+    examples into the live condition nor attaches legacy labels to live examples, and live
+    annotators (existing or added later) never get imported cards."""
+    import json
+    import re
+
+    from xaibench.harmony.sample import make_sample_dataset
+    from xaibench.harmony.testing import make_annotator, use_home
+
+    use_home(tmp_path / "home")
+    from django.test import Client
+
+    from xaibench.harmony.legacy import import_legacy
+    from xaibench.harmony.models import Assignment, Condition, Example, Label
+
+    root = make_sample_dataset(tmp_path / "live", conditions=1, examples=2, size=24)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["conditions"][0].update(dataset="ImageNet", metric="MiniMetric", model="VGG", method="GradCamAttributor")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    cli("load", str(root))
+    alice = make_annotator("alice", dataset="ImageNet")
+    live = Condition.objects.get()
+    before = list(live.examples.values_list("id", "key", "prediction", "image").order_by("id"))
+
+    counts = import_legacy(mini_legacy(tmp_path / "study.sqlite3"))
+    assert counts["conditions"] == 1 and counts["labels_created"] == 4
+    legacy = Condition.objects.get(legacy=True)
+    assert legacy.pk != live.pk and not Condition.objects.get(pk=live.pk).legacy
+    assert list(live.examples.values_list("id", "key", "prediction", "image").order_by("id")) == before
+    assert not Label.objects.filter(example__condition=live).exists()
+    assert Label.objects.filter(example__condition=legacy).count() == 4
+    cli("load", str(root))  # loading the live study again touches nothing imported
+    assert Example.objects.filter(condition=legacy).count() == 2 and live.examples.count() == 2
+
+    client = Client()
+    client.force_login(alice)
+    home = client.get("/").content.decode()
+    assert "injected" not in home and "dhole" not in home and len(re.findall(r'href="/card/\d+/', home)) >= 1
+    assert not Assignment.objects.filter(annotator=alice, condition=legacy).exists()
+    cli("add-annotator", "bob")
+    assert set(Assignment.objects.filter(annotator__username="bob").values_list("condition_id", flat=True)) == {live.pk}

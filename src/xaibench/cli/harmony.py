@@ -167,7 +167,7 @@ def handle_add_annotator(args: argparse.Namespace) -> int:
             user.save()
             n = 0
         else:
-            n = assign_conditions(user, list(Condition.objects.all()))
+            n = assign_conditions(user, list(Condition.objects.filter(legacy=False)))
     role = "staff account" if args.staff else f"annotator with {n} condition(s)"
     print(f"created {role}: {name}")
     if generated:

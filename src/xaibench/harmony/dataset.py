@@ -345,7 +345,7 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
                            "finetuned_model": cspec.models.get("finetuned_model", ""),
                            "metric_name": cspec.metric_name, "method_name": cspec.method_name}
             condition, created = Condition.objects.get_or_create(
-                dataset=cspec.dataset, metric=cspec.metric, model=cspec.model, method=cspec.method,
+                dataset=cspec.dataset, metric=cspec.metric, model=cspec.model, method=cspec.method, legacy=False,
                 defaults={"study": manifest.name, **metric_data},
             )
             counts["conditions_created"] += int(created)

@@ -9,7 +9,9 @@ damaged) database, and every row: no NULL, BLOB or non-UTF-8 value, no empty nam
 than the column it goes to, no label whose user or example is missing, no unknown choice. Rows with
 problems stop the import with a report (``skip_invalid`` imports the others and counts them).
 Legacy annotators become inactive accounts without a password, named ``legacy.<name>``: they can
-never log in and never merge into a live account.
+never log in and never merge into a live account. Legacy conditions are marked ``legacy``: they never
+merge into a live condition of the same names (nor a live one into them), are never assigned to a
+live annotator, and their labels stay on their own examples.
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ def import_legacy(path: str | Path, skip_invalid: bool = False) -> dict[str, int
             ident = (dataset, metric, model, method)
             if ident not in conditions:
                 conditions[ident], _ = Condition.objects.get_or_create(
-                    dataset=dataset, metric=metric, model=model, method=method, defaults={"study": STUDY}
+                    dataset=dataset, metric=metric, model=model, method=method, legacy=True, defaults={"study": STUDY}
                 )
         counts["conditions"] = len(conditions)
         existing = {(e.condition_id, e.key): e for e in Example.objects.filter(condition__in=conditions.values())}

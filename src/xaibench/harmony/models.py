@@ -16,6 +16,7 @@ class Condition(models.Model):
     model = models.CharField(max_length=128)
     method = models.CharField(max_length=128)
     study = models.CharField(max_length=128, blank=True, default="", help_text="name of the study data set")
+    legacy = models.BooleanField(default=False, help_text="imported from a published study's database; never shown")
     # what is needed to score the maps after the study (never shown to annotators); empty when unknown
     original_model = models.CharField(max_length=1024, blank=True, default="", help_text="load_model spec")
     finetuned_model = models.CharField(max_length=1024, blank=True, default="", help_text="load_model spec")
@@ -26,7 +27,9 @@ class Condition(models.Model):
     class Meta:
         ordering = ["metric", "model", "method", "dataset"]
         constraints = [
-            models.UniqueConstraint(fields=["dataset", "metric", "model", "method"], name="harmony_condition_unique")
+            # an imported condition never merges into a live one of the same names (nor the reverse)
+            models.UniqueConstraint(fields=["dataset", "metric", "model", "method", "legacy"],
+                                    name="harmony_condition_unique_live_or_legacy")
         ]
 
     def __str__(self) -> str:

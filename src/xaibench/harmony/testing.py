@@ -76,7 +76,7 @@ def make_annotator(name: str, password: str = "correct horse 1", dataset: str = 
     from xaibench.harmony.models import Condition
 
     user = get_user_model().objects.create_user(username=name, password=password)
-    assign_conditions(user, list(Condition.objects.filter(dataset=dataset)))
+    assign_conditions(user, list(Condition.objects.filter(dataset=dataset, legacy=False)))
     return user
 
 

@@ -37,7 +37,8 @@ class LoginView(auth_views.LoginView):
 
 
 def _assignments(user) -> list[Assignment]:
-    return list(Assignment.objects.filter(annotator=user).select_related("condition").order_by("position", "id"))
+    assignments = Assignment.objects.filter(annotator=user, condition__legacy=False)  # imported data is never shown
+    return list(assignments.select_related("condition").order_by("position", "id"))
 
 
 def _assignment(user, card: int) -> Assignment:
