@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -200,3 +201,38 @@ def test_missing_ray_extra_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r"pip install 'xaibench\[ray\]'"):
         import_ray()
+
+
+DRIVER = """
+import os, sys, time
+from xaibench.runner.ray_executor import start_local_cluster
+start_local_cluster(num_cpus=1)
+import ray
+@ray.remote
+def pid():
+    return os.getpid()
+ray.get(pid.remote())  # a worker, as a run would have
+print(os.getpid(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_local_cluster_does_not_outlive_a_killed_driver(tmp_path):
+    from xaibench.runner.reaper import _alive, _descendants
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, start_new_session=True)
+    try:
+        assert int(driver.stdout.readline()) == driver.pid
+        time.sleep(3)  # the agents are up
+        cluster = _descendants(driver.pid)
+        assert len(cluster) >= 4  # gcs, raylet, agents, worker, ...
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        deadline = time.time() + 60
+        while time.time() < deadline and any(_alive(p, s) for p, s in cluster.items()):
+            time.sleep(0.5)
+        assert not [p for p, s in cluster.items() if _alive(p, s)]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)

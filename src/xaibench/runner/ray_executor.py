@@ -13,6 +13,10 @@ at the same path (one machine, or shared storage on a cluster; docs/distributed.
   `run` does) is called on the driver with the same arguments: workers send them through a Ray
   queue. (A retried shard reports its steps again.)
 - Errors raised by a shard (`XaibenchError`) reach the driver as themselves.
+- A local cluster (no ``address``) shares the driver's fate: if the driver is killed, a watcher
+  kills the cluster's processes (`xaibench.runner.reaper`). An existing cluster (``address``) is
+  not ours: a killed driver's job ends there and Ray stops its tasks and workers, while the
+  cluster's own processes keep running, as they should.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from xaibench.errors import InputError, XaibenchError
+from xaibench.runner.reaper import watch
 from xaibench.runner.shard import ShardSpec, ShardSummary
 
 
@@ -32,6 +37,15 @@ def import_ray() -> Any:
     except ImportError as err:
         raise InputError("--executor ray needs the ray package (pip install 'xaibench[ray]')") from err
     return ray
+
+
+def start_local_cluster(num_cpus: int | None = None) -> None:
+    """``ray.init`` of a local cluster that does not outlive this process: ``ray.shutdown()`` stops it
+    when the run ends, and a watcher (`xaibench.runner.reaper`) kills what is left of it if this
+    process is killed."""
+    ray = import_ray()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    watch()
 
 
 def _run_shard(fn: Callable[..., ShardSummary], spec: ShardSpec, queue: Any) -> ShardSummary:
@@ -90,11 +104,13 @@ class RayExecutor:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
-            try:
-                ray.init(address=self.address, num_cpus=self.num_cpus if self.address is None else None,
-                         include_dashboard=False, log_to_driver=False)
-            except ConnectionError as err:
-                raise InputError(f"cannot connect to the Ray cluster at {self.address!r}: {err}") from None
+            if self.address is None:
+                start_local_cluster(self.num_cpus)
+            else:
+                try:
+                    ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+                except ConnectionError as err:
+                    raise InputError(f"cannot connect to the Ray cluster at {self.address!r}: {err}") from None
         try:
             yield from self._map(ray, fn, specs)
         finally:
