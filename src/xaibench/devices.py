@@ -7,10 +7,10 @@ Anything else must name a device torch knows *and* this machine has: ``--device 
 
 from __future__ import annotations
 
-import difflib
 
 import torch
 
+from xaibench.config import suggest
 from xaibench.errors import InputError
 
 # Device types a user may name (torch knows more, e.g. "meta", which never runs a model).
@@ -51,8 +51,8 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     text = str(spec).strip()
     kind = text.split(":", 1)[0].lower()
     if kind not in DEVICE_TYPES:
-        guess = _ALIASES.get(kind) or next(iter(difflib.get_close_matches(kind, DEVICE_TYPES, n=1, cutoff=0.5)), None)
-        hint = f" Did you mean {guess!r}?" if guess else ""
+        alias = _ALIASES.get(kind)
+        hint = f" Did you mean {alias!r}?" if alias else suggest(kind, DEVICE_TYPES, n=1)
         raise InputError(f"unknown device {text!r}.{hint} Available on this machine: {available} (or 'auto').")
     try:
         device = torch.device(text.lower())

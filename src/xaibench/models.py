@@ -15,7 +15,6 @@ See docs/models-data.md.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import os
@@ -29,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from xaibench.config import suggest  # noqa: E402
 from xaibench.errors import InputError, UnknownNameError, WeightsUnavailableError  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -175,9 +175,7 @@ def _builtin(name: str) -> nn.Module:
 
 
 def _suggest(name: str, known: list[str], what: str) -> UnknownNameError:
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return UnknownNameError(f"unknown {what} {name!r}.{hint}")
+    return UnknownNameError(f"unknown {what} {name!r}.{suggest(name, known, n=5)}")
 
 
 def _torchvision_net(name: str, num_classes: int | None, pretrained: bool = False) -> nn.Module:
@@ -467,8 +465,7 @@ def load_model(spec: str, num_classes: int | None = None, weights: str | None = 
         raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
     scheme, _, name = spec.partition(":")
     if scheme not in SCHEMES:
-        close = difflib.get_close_matches(scheme, SCHEMES, n=2, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c + ':') for c in close)}?" if close else ""
+        hint = suggest(scheme, SCHEMES, n=2, cutoff=0.4, form="{}:")
         raise UnknownNameError(f"unknown model kind {scheme + ':'!r} in {spec!r}.{hint} Known: "
                                + ", ".join(s + ":" for s in SCHEMES))
     if not name:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from xaibench.config import suggest
 from xaibench.errors import UnknownNameError
 
 T = TypeVar("T")
@@ -40,10 +40,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         key = self._key(name)
         if key not in self._entries:
-            close = difflib.get_close_matches(key, list(self._entries), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownNameError(
-                f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._entries))}."
+                f"unknown {self.kind} {name!r}.{suggest(key, self._entries)} Known: {', '.join(sorted(self._entries))}."
             )
         return self._entries[key]
 

@@ -27,7 +27,6 @@ the `METRICS` registry (names in CamelCase: ``PointingGame``, ``RelevanceMassAcc
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, ClassVar
 
@@ -36,6 +35,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from xaibench.config import suggest
 from xaibench.errors import InputError
 from xaibench.metrics import METRICS
 from xaibench.metrics.base import VOCABULARY
@@ -82,8 +82,7 @@ class ExplanationMetric(Metric):
         allowed = [n for n in inspect.signature(entry.fn).parameters if n not in VOCABULARY]
         for key in params:
             if key not in allowed:
-                close = difflib.get_close_matches(key, allowed + list(TORCHMETRICS_KWARGS), n=3, cutoff=0.5)
-                hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+                hint = suggest(key, allowed + list(TORCHMETRICS_KWARGS))
                 raise InputError(
                     f"{type(self).__name__}: unknown parameter {key!r}.{hint} "
                     f"Metric {self.metric_name!r} takes: {', '.join(allowed) or 'none'}."

@@ -16,9 +16,9 @@ See docs/models-data.md for layouts, masks and errors.
 
 from __future__ import annotations
 
-import difflib
 import os
 
+from xaibench.config import suggest
 from xaibench.data.base import Batch, ImageDataset, Sample, collate
 from xaibench.errors import InputError, UnknownNameError
 
@@ -54,8 +54,7 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
         from xaibench.data.digits import DigitsDataset
 
         if rest not in BUILTIN:
-            close = difflib.get_close_matches(rest, BUILTIN, n=3, cutoff=0.4)
-            hint = f" Did you mean {', '.join(repr('builtin:' + c) for c in close)}?" if close else ""
+            hint = suggest(rest, BUILTIN, cutoff=0.4, form="builtin:{}")
             raise UnknownNameError(
                 f"unknown built-in data set {spec!r}.{hint} Known: {', '.join('builtin:' + b for b in BUILTIN)}."
             )
@@ -74,8 +73,7 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
 
         return FolderDataset(spec, split=split, image_size=image_size, on_error=on_error, spec=f"folder:{spec}")
     if sep and len(scheme) > 1:
-        close = difflib.get_close_matches(scheme, SCHEMES, n=2, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c + ':') for c in close)}?" if close else ""
+        hint = suggest(scheme, SCHEMES, n=2, cutoff=0.4, form="{}:")
         raise UnknownNameError(f"unknown data set kind {scheme + ':'!r} in {spec!r}.{hint} "
                                f"Known: builtin:<name>, folder:<root>, imagenet:<root>, or a folder path.")
     raise InputError(

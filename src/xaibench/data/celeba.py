@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from xaibench.config import suggest
 from xaibench.data.base import ImageDataset, Sample, make_sample, resize_crop_image, resize_crop_mask
 from xaibench.errors import InputError
 
@@ -75,11 +76,7 @@ def parse_spec(rest: str, default: str = "Smiling") -> tuple[str, str]:
 
 def check_attribute(attribute: str, known: list[str], path: Path) -> None:
     if attribute not in known:
-        import difflib
-
-        close = difflib.get_close_matches(attribute, known, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InputError(f"{path} has no attribute {attribute!r}.{hint} Known: {', '.join(known)}")
+        raise InputError(f"{path} has no attribute {attribute!r}.{suggest(attribute, known)} Known: {', '.join(known)}")
 
 
 class CelebADataset(ImageDataset):

@@ -52,9 +52,9 @@ from typing import Any
 
 import pandas as pd
 
+from xaibench.config import REQUIRED, config_hash, load_toml, section
 from xaibench.errors import InputError
 from xaibench.runner import layout
-from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
 from xaibench.runner.shard import derive_seed
 
 MANIFEST = "experiment.json"
@@ -160,7 +160,7 @@ class Recipe:
     def parse(self, raw: Mapping[str, Any], where: str = "config") -> ExperimentConfig:
         """Validate `raw` against the common keys and the recipe's schema (nested tables are kept)."""
         schema = {**COMMON, **self.schema}
-        cfg = ExperimentConfig(self.name, _section("", dict(raw), schema))
+        cfg = ExperimentConfig(self.name, section("", dict(raw), schema))
         if self.validate is not None:
             self.validate(cfg)
         return cfg

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from xaibench.config import section
 from xaibench.errors import InputError
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
@@ -38,7 +39,6 @@ from xaibench.experiments.base import (
     Table,
     Text,
 )
-from xaibench.runner.config import _section
 
 DATA = {
     "spec": ((str,), REQUIRED),
@@ -55,11 +55,11 @@ SUBSETS = "subsets.json"
 
 
 def _data(cfg: ExperimentConfig) -> dict[str, Any]:
-    return _section("[data].", cfg["data"], DATA)
+    return section("[data].", cfg["data"], DATA)
 
 
 def _sizes(cfg: ExperimentConfig, part: str) -> dict[str, int]:
-    return _section(f"[sizes.{part}].", cfg["sizes"].get(part, {}), SIZES)
+    return section(f"[sizes.{part}].", cfg["sizes"].get(part, {}), SIZES)
 
 
 def _train_config(cfg: ExperimentConfig, subsets: str, setting: str) -> dict[str, Any]:

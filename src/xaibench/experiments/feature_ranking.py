@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from xaibench.config import section
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
     REQUIRED,
@@ -31,13 +32,12 @@ from xaibench.experiments.base import (
     Table,
     Text,
 )
-from xaibench.runner.config import _section
 
 DATA = {**al.DATA, "regions": ((list,), REQUIRED)}
 
 
 def _runs(cfg: ExperimentConfig) -> list[al.Run]:
-    data = _section("[data].", cfg["data"], DATA)
+    data = section("[data].", cfg["data"], DATA)
     regions = data.pop("regions")
     return al.model_runs(cfg, data, regions)
 
@@ -45,7 +45,7 @@ def _runs(cfg: ExperimentConfig) -> list[al.Run]:
 def validate(cfg: ExperimentConfig) -> None:
     al.check_saliency(cfg["saliency"])
     al.check_models(cfg["models"])
-    regions = _section("[data].", cfg["data"], DATA)["regions"]
+    regions = section("[data].", cfg["data"], DATA)["regions"]
     al.check_names(regions, "[data].regions")
     for run in _runs(cfg):
         al.validate_benchmark(run.config)

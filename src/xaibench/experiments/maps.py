@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.config import entries, lookup
 from xaibench.errors import InputError
 from xaibench.experiments.base import REQUIRED, ExperimentConfig, ExperimentDir, Figure, Recipe, Step, StepContext, Table, Text
 
@@ -67,7 +68,6 @@ DEFAULT_PERCENTILES = [50, 60, 65, 70, 75, 80, 85, 90, 95, 97, 98, 99]
 
 def _validate(cfg: ExperimentConfig) -> None:
     from xaibench.explainers import METHODS
-    from xaibench.runner.config import _entries, _lookup
 
     for p in (*cfg["percentiles"], cfg["proxy_percentile"]):
         if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 100:
@@ -80,8 +80,8 @@ def _validate(cfg: ExperimentConfig) -> None:
     for label, table in models.items():
         if not isinstance(table, dict) or len({"spec", "train"} & set(table)) != 1 or set(table) - {"spec", "train"}:
             raise InputError(f"config [models.{label}]: give exactly one of 'spec' (a model spec) or 'train' (a table)")
-    for label, where, name, params in _entries(cfg["methods"], "methods", "method"):
-        _lookup(where, METHODS, name)
+    for label, where, name, params in entries(cfg["methods"], "methods", "method"):
+        lookup(where, METHODS, name)
     if cfg["emi_source"] and cfg["emi_source"] not in models:
         raise InputError(f"config emi_source = {cfg['emi_source']!r} is not a model label ({', '.join(models)})")
     fill = cfg["fill"]
@@ -209,11 +209,10 @@ def _step_clean(ctx: StepContext) -> None:
 
 def _step_maps(ctx: StepContext) -> None:
     from xaibench.explainers import METHODS, explainer
-    from xaibench.runner.config import _entries
 
     for label, spec in _models(ctx).items():
         model = _load(spec, ctx.cfg.device)
-        for method, _, name, params in _entries(ctx.cfg["methods"], "methods", "method"):
+        for method, _, name, params in entries(ctx.cfg["methods"], "methods", "method"):
             if "seed" in METHODS.get(name).params and "seed" not in params:
                 params = {**params, "seed": ctx.seed("maps", label, method)}
             explain = explainer(name, model, **params)

@@ -14,6 +14,7 @@ built-in digit CNNs.
 from __future__ import annotations
 
 
+from xaibench.config import section
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
     REQUIRED,
@@ -27,13 +28,12 @@ from xaibench.experiments.base import (
     Table,
     Text,
 )
-from xaibench.runner.config import _section
 
 DATA = {**al.DATA, "mask": ((str,), REQUIRED)}
 
 
 def _runs(cfg: ExperimentConfig) -> list[al.Run]:
-    data = _section("[data].", cfg["data"], DATA)
+    data = section("[data].", cfg["data"], DATA)
     mask = data.pop("mask")
     return al.model_runs(cfg, data, [mask])
 

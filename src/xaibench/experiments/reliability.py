@@ -45,7 +45,6 @@ two models are compared on the benchmark images for the true label (Spearman and
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,6 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.config import section, suggest
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.experiments.base import (
     REQUIRED,
@@ -76,7 +76,6 @@ from xaibench.reliability import (
     minimum_benchmark_size,
     per_image_ranks,
 )
-from xaibench.runner.config import _section
 
 GROUPS: dict[str, list[str]] = {
     "cam": ["cam", "gradcam", "gradcam_plus_plus", "scorecam"],
@@ -102,10 +101,8 @@ BENCHMARK: dict[str, tuple[tuple[type, ...], Any]] = {
 # --- config ----------------------------------------------------------------------------------
 
 
-def _suggest(kind: str, value: str, known: list[str]) -> UnknownNameError:
-    close = difflib.get_close_matches(value, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return UnknownNameError(f"config {kind}: unknown {value!r}.{hint} Known: {', '.join(known)}.")
+def _unknown(kind: str, value: str, known: list[str]) -> UnknownNameError:
+    return UnknownNameError(f"config {kind}: unknown {value!r}.{suggest(value, known)} Known: {', '.join(known)}.")
 
 
 def settings(cfg: ExperimentConfig) -> list[str]:
@@ -119,7 +116,7 @@ def settings(cfg: ExperimentConfig) -> list[str]:
         parts = frozenset(p.strip() for p in value.lower().split("+"))
         name = next((n for n, known in SETTINGS.items() if parts == known or parts == {n}), None)
         if name is None:
-            raise _suggest("settings", value, list(SETTINGS))
+            raise _unknown("settings", value, list(SETTINGS))
         if name in out:
             raise InputError(f"config settings: {value!r} is listed twice")
         out.append(name)
@@ -140,12 +137,12 @@ def metrics(cfg: ExperimentConfig) -> list[str]:
     chosen = list(cfg["metrics"])
     for m in chosen:
         if m not in METRICS:
-            raise _suggest("metrics", str(m), list(METRICS))
+            raise _unknown("metrics", str(m), list(METRICS))
     return chosen
 
 
 def benchmark(cfg: ExperimentConfig) -> dict[str, Any]:
-    table = _section("[benchmark].", cfg["benchmark"], BENCHMARK)
+    table = section("[benchmark].", cfg["benchmark"], BENCHMARK)
     train_data = cfg["train"].get("data", {})
     table["spec"] = table["spec"] or train_data.get("spec")
     if table["image_size"] is None:
@@ -249,7 +246,7 @@ def validate(cfg: ExperimentConfig) -> None:
             raise UnknownNameError(f"config groups: {err}") from None
     for method in cfg["methods"]:
         if method not in listed:
-            raise _suggest("[methods]", method, sorted(listed))
+            raise _unknown("[methods]", method, sorted(listed))
     for group in groups(cfg):
         parse_config({"seed": cfg.seed, **run_config(cfg, cfg["train"]["model"]["spec"], group, (32, 8, 8))})
     bench = benchmark(cfg)

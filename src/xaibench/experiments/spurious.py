@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 
+from xaibench.config import section
 from xaibench.errors import InputError
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
@@ -30,13 +31,12 @@ from xaibench.experiments.base import (
     Table,
     Text,
 )
-from xaibench.runner.config import _section
 
 DATA = {**{k: v for k, v in al.DATA.items() if k != "split"}, "masks": ((list,), ["digit", "square"])}
 
 
 def _data(cfg: ExperimentConfig) -> dict[str, Any]:
-    return _section("[data].", cfg["data"], DATA)
+    return section("[data].", cfg["data"], DATA)
 
 
 def _runs(cfg: ExperimentConfig) -> list[al.Run]:

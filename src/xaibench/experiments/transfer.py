@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from xaibench.config import section
 from xaibench.errors import InputError
 from xaibench.experiments import _alignment as al
 from xaibench.experiments.base import (
@@ -38,7 +39,6 @@ from xaibench.experiments.base import (
     Table,
     Text,
 )
-from xaibench.runner.config import _section
 
 SOURCE = {**al.DATA, "mask": ((str,), REQUIRED)}
 TARGET = {
@@ -67,8 +67,8 @@ def validate(cfg: ExperimentConfig) -> None:
     from xaibench.training import parse_train_config
 
     al.check_saliency(cfg["saliency"])
-    source = _section("[source].", cfg["source"], SOURCE)
-    target = _section("[target].", cfg["target"], TARGET)
+    source = section("[source].", cfg["source"], SOURCE)
+    target = section("[target].", cfg["target"], TARGET)
     if target["shots"] < 1:
         raise InputError(f"config [target].shots: must be >= 1, got {target['shots']}")
     models = cfg["models"]
@@ -102,7 +102,7 @@ def train_models(ctx: StepContext) -> None:
 
 
 def evaluate(ctx: StepContext) -> None:
-    source = _section("[source].", ctx.cfg["source"], SOURCE)
+    source = section("[source].", ctx.cfg["source"], SOURCE)
     mask = source.pop("mask")
     ctx.write_table("alignment_images", al.run_all(ctx, [
         al.Run(label, {"model": label}, al.benchmark_config(_model(ctx.cfg, label, ctx.root), source, [mask],
@@ -153,7 +153,7 @@ def transfer(ctx: StepContext) -> None:
     from xaibench import load_model
     from xaibench.data import load_dataset
 
-    target = _section("[target].", ctx.cfg["target"], TARGET)
+    target = section("[target].", ctx.cfg["target"], TARGET)
     kwargs = {"image_size": target["image_size"]} if target["image_size"] is not None else {}
     dataset = load_dataset(target["spec"], split=target["split"], **kwargs)
     device = torch.device(ctx.cfg.device)

@@ -8,11 +8,11 @@ parameters and output resolution. See docs/explainers.md.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from torch import nn
 
+from xaibench.config import suggest
 from xaibench.errors import InputError
 from xaibench.explainers import baselines, cam, gradient  # noqa: F401  (registration)
 from xaibench.explainers import classifier_cam, perturbative, sampling  # noqa: F401  (registration)
@@ -37,9 +37,8 @@ def explainer(name: str, model: nn.Module, differentiable: bool = False, **param
     known = list(info.params)
     for key in params:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise InputError(f"method {info.name!r} has no parameter {key!r}.{hint} Known: {', '.join(known)}.")
+            raise InputError(f"method {info.name!r} has no parameter {key!r}.{suggest(key, known)} "
+                             f"Known: {', '.join(known)}.")
     return cls(model, **params)
 
 

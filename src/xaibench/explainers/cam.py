@@ -16,13 +16,13 @@ Override with ``layer="layer4"``: a name from the network's ``named_modules()``;
 
 from __future__ import annotations
 
-import difflib
 
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop
 from torch import Tensor, nn
 
+from xaibench.config import suggest
 from xaibench.errors import InputError
 from xaibench.explainers.base import (
     Explainer,
@@ -66,9 +66,7 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     """The layer called `name` in the user's network (`network`); an unknown name lists the closest."""
     modules = dict(network(model).named_modules())
     if name not in modules or not name:
-        close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise InputError(f"the model has no layer {name!r}.{hint}")
+        raise InputError(f"the model has no layer {name!r}.{suggest(name, [n for n in modules if n], n=5, cutoff=0.4)}")
     return modules[name]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from xaibench.config import suggest
 from xaibench.errors import InputError
 
 FORMAT = "xaibench-harmony-study"
@@ -83,7 +84,8 @@ def _check_keys(obj: object, allowed: set[str], required: set[str], where: str) 
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - allowed)
     if unknown:
-        raise InputError(f"{where}: unknown key(s) {_short(', '.join(map(repr, unknown)))}; allowed: {', '.join(sorted(allowed))}")
+        raise InputError(f"{where}: unknown key(s) {_short(', '.join(map(repr, unknown)))}.{suggest(unknown[0], allowed)} "
+                         f"Allowed: {', '.join(sorted(allowed))}.")
     missing = sorted(required - set(obj))
     if missing:
         raise InputError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from xaibench.config import read_toml, unknown_key
 from xaibench.errors import InputError
 from xaibench.harmony.dataset import FORMAT, VERSION, read_manifest
 
@@ -186,12 +186,7 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
     """A make-study TOML config as keyword arguments of `create_harmony_dataset` (``file:`` paths
     relative to the config's folder); unknown keys are refused by name."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"study config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: invalid TOML: {err}") from None
+    raw = read_toml(path, "study config")
     top = {"name", "seed", "device", "data", "split", "n", "examples", "mask", "size", "conditions"}
     cond_keys = {f.name for f in StudyCondition.__dataclass_fields__.values()}
     _known(raw, top, str(path))
@@ -214,10 +209,6 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
 
 
 def _known(table: dict, allowed: set[str], where: str) -> None:
-    import difflib
-
     for key in table:
         if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise InputError(f"{where}: unknown key {key!r}.{hint} Allowed: {', '.join(sorted(allowed))}.")
+            raise unknown_key(where, key, allowed)

@@ -37,24 +37,18 @@ randomises the top-level blocks, ``layers = "blocks"``); they are written into t
 from __future__ import annotations
 
 import copy
-import difflib
-import hashlib
-import inspect
 import json
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from xaibench.errors import InputError, UnknownNameError
+from xaibench.config import REQUIRED, Schema, check_params, config_hash, entries, load_toml, lookup, section
+from xaibench.errors import InputError
 
-T = TypeVar("T")
 TARGET_POLICIES = ("predicted", "label")
 
-# key -> (accepted types, default); REQUIRED marks a key without default.
-REQUIRED = object()
-_TOP: dict[str, tuple[tuple[type, ...], Any]] = {
+_TOP: Schema = {
     "name": ((str,), ""),
     "seed": ((int,), 0),
     "device": ((str,), "cpu"),
@@ -68,19 +62,18 @@ _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "methods": ((dict,), REQUIRED),
     "metrics": ((dict,), REQUIRED),
 }
-_MODEL: dict[str, tuple[tuple[type, ...], Any]] = {
+_MODEL: Schema = {
     "spec": ((str,), REQUIRED),
     "weights": ((str,), None),
     "num_classes": ((int,), None),
 }
 # Resources of one shard task for distributed executors (Ray); like the device, not part of the hash.
-_RESOURCES: dict[str, tuple[tuple[type, ...], Any]] = {
+_RESOURCES: Schema = {
     "cpus": ((float,), 1.0),
     "gpus": ((float,), None),  # None: one GPU per task when the device is CUDA, else none
     "memory": ((int,), None),  # bytes
 }
-NOT_HASHED = ("device", "resources")
-_DATA: dict[str, tuple[tuple[type, ...], Any]] = {
+_DATA: Schema = {
     "spec": ((str,), REQUIRED),
     "split": ((str,), "test"),
     "n": ((int,), None),
@@ -149,150 +142,17 @@ class RunConfig:
         return parse_config(raw)
 
 
-def config_hash(raw: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of a validated config, without ``device`` and ``resources``
-    (where a run executes does not change its results)."""
-    body = {k: v for k, v in raw.items() if k not in NOT_HASHED}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def load_toml(path: str | Path, parse: Callable[[dict[str, Any]], T], what: str = "config") -> T:
-    """``parse`` of the TOML file `path`: the one reader of every config file (runs, training,
-    experiments); read and validation errors name the file (`what` names the kind)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
-    except FileNotFoundError:
-        raise InputError(f"{what} file not found: {path}") from None
-    except tomllib.TOMLDecodeError as err:
-        raise InputError(f"{path}: invalid TOML: {err}") from None
-    try:
-        return parse(raw)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"{path}: {err}") from None
-    except InputError as err:
-        raise InputError(f"{path}: {err}") from None
-
-
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a benchmark config file (TOML)."""
     return load_toml(path, parse_config)
 
 
-def _type_name(types: tuple[type, ...]) -> str:
-    return " or ".join("table" if t is dict else t.__name__ for t in types)
-
-
-def _is_instance(value: Any, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and bool not in types:
-        return False  # TOML booleans are not integers
-    if float in types and isinstance(value, int) and not isinstance(value, bool):
-        return True
-    return isinstance(value, types)
-
-
-def _unknown_key(where: str, key: str, known: list[str]) -> InputError:
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    place = f"config {where.rstrip('.')}" if where else "config"
-    return InputError(f"{place}: unknown key {key!r}.{hint} Allowed: {', '.join(sorted(known))}.")
-
-
-def _section(where: str, table: Mapping[str, Any], schema: dict[str, tuple[tuple[type, ...], Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in schema:
-            raise _unknown_key(where, key, list(schema))
-    for key, (types, default) in schema.items():
-        if key not in table:
-            if default is REQUIRED:
-                raise InputError(f"config {where}: missing required key {key!r}")
-            out[key] = default
-            continue
-        value = table[key]
-        if value is None and default is None:
-            out[key] = None
-            continue
-        if not _is_instance(value, types):
-            raise InputError(
-                f"config {where}{key}: expected {_type_name(types)}, got {type(value).__name__} {value!r}"
-            )
-        out[key] = value
-    return out
-
-
-def _check_param(where: str, name: str, value: Any, default: Any) -> None:
-    """A parameter must have the type of its default (ints are accepted where floats are)."""
-    if default is inspect.Parameter.empty or default is None or value is None:
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list))
-    else:
-        return
-    if not ok:
-        raise InputError(
-            f"config {where}.{name}: expected {type(default).__name__} (like the default {default!r}), "
-            f"got {type(value).__name__} {value!r}"
-        )
-
-
-def _check_params(where: str, fn: Any, params: Mapping[str, Any], skip: tuple[str, ...]) -> None:
-    """Check `params` against the keyword parameters of `fn` (names and default types)."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
-        allowed = None
-    else:
-        allowed = [n for n in sig.parameters if n not in skip]
-    for name, value in params.items():
-        if allowed is not None and name not in allowed:
-            raise _unknown_key(where, name, allowed)
-        if name in sig.parameters:
-            _check_param(where, name, value, sig.parameters[name].default)
-
-
-def _lookup(where: str, registry: Any, name: str) -> Any:
-    try:
-        return registry.get(name)
-    except UnknownNameError as err:
-        raise UnknownNameError(f"config {where}: {err}") from None
-
-
-def _method_factory(entry: Any) -> Any:
+def method_factory(entry: Any) -> Any:
     """The callable whose signature lists a method's parameters (class, factory or function)."""
     for attr in ("factory", "cls", "fn"):
         if hasattr(entry, attr):
             return getattr(entry, attr)
     return entry
-
-
-def _entries(section: Mapping[str, Any], kind: str, name_key: str) -> list[tuple[str, str, str, dict[str, Any]]]:
-    """(label, where, registry name, parameters) of each ``[<kind>.<label>]`` table."""
-    if not section:
-        raise InputError(f"config [{kind}]: at least one {name_key} is required")
-    out = []
-    for label, table in section.items():
-        where = f"[{kind}.{label}]"
-        if not isinstance(table, dict):
-            raise InputError(f"config {where}: expected a table, got {type(table).__name__} {table!r}")
-        params = dict(table)
-        name = params.pop(name_key, label)
-        if not isinstance(name, str):
-            raise InputError(f"config {where}.{name_key}: expected str, got {type(name).__name__}")
-        out.append((label, where, name, params))
-    return out
 
 
 def parse_config(raw: Mapping[str, Any]) -> RunConfig:
@@ -306,14 +166,14 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
 
     if not isinstance(raw, Mapping):
         raise InputError(f"config must be a table, got {type(raw).__name__}")
-    top = _section("", raw, _TOP)
+    top = section("", raw, _TOP)
     if top["target"] not in TARGET_POLICIES:
         raise InputError(f"config target: must be one of {TARGET_POLICIES}, got {top['target']!r}")
     for key in ("shard_size", "explain_batch", "max_batch"):
         if top[key] < 1:
             raise InputError(f"config {key}: must be >= 1, got {top[key]}")
-    model = _section("[model].", top["model"], _MODEL)
-    data = _section("[data].", top["data"], _DATA)
+    model = section("[model].", top["model"], _MODEL)
+    data = section("[data].", top["data"], _DATA)
     if data["n"] is not None and data["n"] < 1:
         raise InputError(f"config [data].n: must be >= 1, got {data['n']}")
     if data["seed"] is None:
@@ -322,7 +182,7 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
         raise InputError(f"config [data].on_error: must be one of {ON_ERROR}, got {data['on_error']!r}")
     if data["image_size"] is not None and data["image_size"] < 1:
         raise InputError(f"config [data].image_size: must be >= 1, got {data['image_size']}")
-    resources = _section("[resources].", top["resources"] or {}, _RESOURCES)
+    resources = section("[resources].", top["resources"] or {}, _RESOURCES)
     for key, low in (("cpus", 0.0), ("gpus", 0.0), ("memory", 0)):
         value = resources[key]
         if value is not None and (value < low or (key != "gpus" and value == low)):
@@ -330,23 +190,23 @@ def parse_config(raw: Mapping[str, Any]) -> RunConfig:
 
     methods: list[MethodSpec] = []
     canon_methods: dict[str, Any] = {}
-    for label, where, name, params in _entries(top["methods"], "methods", "method"):
-        entry = _lookup(where, METHODS, name)
-        _check_params(where, _method_factory(entry), params, skip=("model", "self"))
+    for label, where, name, params in entries(top["methods"], "methods", "method"):
+        entry = lookup(where, METHODS, name)
+        check_params(where, method_factory(entry), params, skip=("model", "self"))
         methods.append(MethodSpec(label, name, params))
         canon_methods[label] = {"method": name, **params}
 
     metrics: list[MetricSpec] = []
     canon_metrics: dict[str, Any] = {}
-    for label, where, name, params in _entries(top["metrics"], "metrics", "metric"):
+    for label, where, name, params in entries(top["metrics"], "metrics", "metric"):
         mask = params.pop("mask", None)
-        entry = _lookup(where, METRICS, name)
+        entry = lookup(where, METRICS, name)
         if mask is not None:
             if not isinstance(mask, str):
                 raise InputError(f"config {where}.mask: expected str, got {type(mask).__name__}")
             if "masks" not in entry.info.requires:
                 raise InputError(f"config {where}.mask: metric {name!r} does not use human masks")
-        _check_params(where, entry.fn, params, skip=VOCABULARY)
+        check_params(where, entry.fn, params, skip=VOCABULARY)
         params = {**RUNNER_DEFAULTS.get(entry.info.name, {}), **params}
         metrics.append(MetricSpec(label, name, mask, params))
         canon_metrics[label] = {"metric": name, "mask": mask, **params}

@@ -149,10 +149,10 @@ def method_cost(method: str, params: Mapping[str, Any] | None = None, *,
                 image_size: tuple[int, int] | None = None) -> Cost:
     """Passes per image of explaining with `method` (registry name) and `params`."""
     from xaibench.explainers import METHODS
-    from xaibench.runner.config import _method_factory
+    from xaibench.runner.config import method_factory
 
     entry = METHODS.get(method)
-    env = {**_params(_method_factory(entry), params or {}), **_sizes(image_size)}
+    env = {**_params(method_factory(entry), params or {}), **_sizes(image_size)}
     return evaluate_cost(entry.cost, env)
 
 

@@ -173,10 +173,10 @@ def get_context(cfg: RunConfig, fresh: bool = False) -> Context:
 @functools.lru_cache(maxsize=None)
 def _accepts_seed(method: str) -> bool:
     from xaibench.explainers import METHODS
-    from xaibench.runner.config import _method_factory
+    from xaibench.runner.config import method_factory
 
     try:
-        return "seed" in inspect.signature(_method_factory(METHODS.get(method))).parameters
+        return "seed" in inspect.signature(method_factory(METHODS.get(method))).parameters
     except (TypeError, ValueError):
         return False
 

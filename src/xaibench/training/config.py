@@ -41,15 +41,14 @@ Layout (every key except ``[model] spec`` and ``[data] spec`` is optional)::
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from xaibench.config import REQUIRED, CanonicalConfig, Schema, load_toml, section, suggest
 from xaibench.errors import InputError, UnknownNameError
-from xaibench.runner.config import REQUIRED, _section, config_hash, load_toml
 
 # Setting name -> the set of parts: FL (adaptive focal loss), FP (faithfulness perturbations), AP (adversarial).
 SETTINGS: dict[str, frozenset[str]] = {
@@ -67,7 +66,7 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 SELECTIONS = ("accuracy+ece", "accuracy", "last")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")  # Lightning's names
 
-_TOP: dict[str, tuple[tuple[type, ...], Any]] = {
+_TOP: Schema = {
     "seed": ((int,), 0),
     "device": ((str,), "auto"),
     "devices": ((int,), 1),
@@ -93,51 +92,18 @@ _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "model": ((dict,), REQUIRED),
     "data": ((dict,), REQUIRED),
 }
-_MODEL: dict[str, tuple[tuple[type, ...], Any]] = {
+_MODEL: Schema = {
     "spec": ((str,), REQUIRED),
     "num_classes": ((int,), None),
     "weights": ((str,), None),
 }
-_DATA: dict[str, tuple[tuple[type, ...], Any]] = {
+_DATA: Schema = {
     "spec": ((str,), REQUIRED),
     "split": ((str,), "train"),
     "val_fraction": ((float,), 0.1),
     "image_size": ((int,), None),
     "n": ((int,), None),
 }
-@dataclass(frozen=True)
-class CanonicalConfig:
-    """A validated config held as its canonical dict `raw` (what JSON gives back, so hashes survive
-    a round trip through the TOML written beside the output).
-
-    Top-level keys read as attributes (``cfg.epochs``), tables as dicts (``cfg.model["spec"]``);
-    `hash` leaves out the keys in `UNHASHED` (those that do not change the result).
-    """
-
-    raw: dict[str, Any]
-    UNHASHED: ClassVar[tuple[str, ...]] = ("device",)
-
-    def __getattr__(self, key: str) -> Any:
-        raw = self.__dict__.get("raw", {})
-        if key in raw:
-            return raw[key]
-        raise AttributeError(key)
-
-    @property
-    def hash(self) -> str:
-        """sha256 of the canonical config without the `UNHASHED` keys."""
-        return config_hash({k: v for k, v in self.raw.items() if k not in self.UNHASHED})
-
-    def to_toml(self) -> str:
-        """The canonical config as TOML (None values are left out: they are the defaults)."""
-        def line(key: str, value: Any) -> str:
-            text = json.dumps(value) if isinstance(value, (str, bool)) else repr(value)
-            return f"{key} = {text}"
-
-        top = [line(k, v) for k, v in self.raw.items() if not isinstance(v, dict) and v is not None]
-        tables = [f"\n[{name}]\n" + "\n".join(line(k, v) for k, v in table.items() if v is not None)
-                  for name, table in self.raw.items() if isinstance(table, dict)]
-        return "\n".join(top) + "\n" + "\n".join(tables) + "\n"
 
 
 @dataclass(frozen=True)
@@ -162,9 +128,8 @@ class TrainConfig(CanonicalConfig):
 
 def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
     if value not in allowed:
-        close = difflib.get_close_matches(value, list(allowed), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"config {key}: unknown value {value!r}.{hint} Allowed: {', '.join(allowed)}.")
+        raise UnknownNameError(f"config {key}: unknown value {value!r}.{suggest(value, allowed)} "
+                               f"Allowed: {', '.join(allowed)}.")
 
 
 def _setting(value: str) -> str:
@@ -182,7 +147,7 @@ def _positive(where: str, value: int | float, minimum: float = 1) -> None:
         raise InputError(f"config {where}: must be >= {minimum}, got {value}")
 
 
-def _floats(table: dict[str, Any], schema: dict[str, tuple[tuple[type, ...], Any]]) -> dict[str, Any]:
+def _floats(table: dict[str, Any], schema: Schema) -> dict[str, Any]:
     """Integers given for float keys become floats (``lr = 1`` and ``lr = 1.0`` hash alike)."""
     return {k: float(v) if schema[k][0] == (float,) and v is not None else v for k, v in table.items()}
 
@@ -191,9 +156,9 @@ def parse_train_config(raw: Mapping[str, Any]) -> TrainConfig:
     """Validate a config dict (as read from TOML); errors name the key and suggest close names."""
     if not isinstance(raw, Mapping):
         raise InputError(f"config must be a table, got {type(raw).__name__}")
-    top = _floats(_section("", raw, _TOP), _TOP)
-    top["model"] = _section("[model].", top["model"], _MODEL)
-    top["data"] = _floats(_section("[data].", top["data"], _DATA), _DATA)
+    top = _floats(section("", raw, _TOP), _TOP)
+    top["model"] = section("[model].", top["model"], _MODEL)
+    top["data"] = _floats(section("[data].", top["data"], _DATA), _DATA)
     top["setting"] = _setting(top["setting"])
     _choice("optimizer", top["optimizer"], OPTIMIZERS)
     _choice("schedule", top["schedule"], SCHEDULES)

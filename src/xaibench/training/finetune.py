@@ -37,7 +37,6 @@ where it stopped, so it repeats the uninterrupted run (bitwise on the CPU).
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import time
@@ -58,14 +57,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xaibench.checks import perturbed_inputs
 from xaibench.data import load_dataset
-from xaibench.errors import InputError, UnknownNameError
+from xaibench.config import REQUIRED, CanonicalConfig, Schema, load_toml, lookup, section, suggest
+from xaibench.errors import InputError
 from xaibench.explainers import explainer
 from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
-from xaibench.runner.config import REQUIRED, _section, load_toml
 from xaibench.runner.shard import derive_seed
-from xaibench.training.config import CanonicalConfig
 from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, check_out, split_data
 
 CONFIG_FILE = "finetune.toml"
@@ -80,7 +78,7 @@ WEIGHTS = {"focus": 0.01, "relevance_mass_accuracy": 0.05, "road": 0.1, "irof": 
 LEARNING_RATES = {"relevance_mass_accuracy": 3e-6}
 DEFAULT_LR = 3e-5
 
-_TOP: dict[str, tuple[tuple[type, ...], Any]] = {
+_TOP: Schema = {
     "seed": ((int,), 0),
     "device": ((str,), "auto"),
     "metric": ((str,), REQUIRED),
@@ -101,8 +99,8 @@ _TOP: dict[str, tuple[tuple[type, ...], Any]] = {
     "data": ((dict,), REQUIRED),
     "evaluation": ((dict,), None),
 }
-_MODEL: dict[str, tuple[tuple[type, ...], Any]] = {"spec": ((str,), REQUIRED)}
-_DATA: dict[str, tuple[tuple[type, ...], Any]] = {
+_MODEL: Schema = {"spec": ((str,), REQUIRED)}
+_DATA: Schema = {
     "spec": ((str,), REQUIRED),
     "split": ((str,), "train"),
     "val_fraction": ((float,), 0.1),
@@ -111,7 +109,7 @@ _DATA: dict[str, tuple[tuple[type, ...], Any]] = {
     "test_split": ((str,), "test"),
     "test_n": ((int,), None),
 }
-_EVALUATION: dict[str, tuple[tuple[type, ...], Any]] = {
+_EVALUATION: Schema = {
     "bootstrap": ((int,), 1000),
     "gallery": ((int,), 8),
 }
@@ -136,28 +134,22 @@ def parse_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
     """Validate a config dict; errors name the key and suggest close names."""
     if not isinstance(raw, Mapping):
         raise InputError(f"config must be a table, got {type(raw).__name__}")
-    top = _section("", raw, _TOP)
-    top["model"] = _section("[model].", top["model"], _MODEL)
-    top["data"] = _section("[data].", top["data"], _DATA)
-    top["evaluation"] = _section("[evaluation].", top["evaluation"] or {}, _EVALUATION)
+    top = section("", raw, _TOP)
+    top["model"] = section("[model].", top["model"], _MODEL)
+    top["data"] = section("[data].", top["data"], _DATA)
+    top["evaluation"] = section("[evaluation].", top["evaluation"] or {}, _EVALUATION)
     top["method_params"] = dict(top["method_params"] or {})
     top["metric_params"] = dict(top["metric_params"] or {})
     for key in ("lr", "weight", "clip", "agreement_min"):
         if top[key] is not None:
             top[key] = float(top[key])
     top["data"]["val_fraction"] = float(top["data"]["val_fraction"])
-    try:
-        metric = LEARNABLE.get(top["metric"])
-    except UnknownNameError as err:
-        raise UnknownNameError(f"config metric: {err}") from None
+    metric = lookup("metric", LEARNABLE, top["metric"])
     top["metric"] = metric.name
     from xaibench.explainers import METHODS
     from xaibench.explainers.differentiable import DIFFERENTIABLE
 
-    try:
-        top["method"] = METHODS.get(top["method"]).name
-    except UnknownNameError as err:
-        raise UnknownNameError(f"config method: {err}") from None
+    top["method"] = lookup("method", METHODS, top["method"]).name
     if top["method"] not in DIFFERENTIABLE:
         raise InputError(f"config method: {top['method']!r} has no differentiable mode; the fine-tuner supports "
                          f"{', '.join(DIFFERENTIABLE)}")
@@ -217,8 +209,7 @@ def mask_name(cfg: FinetuneConfig, metric: LearnableMetric, sample: Any) -> str 
     else:
         name = next(iter(sample.masks))
     if name not in sample.masks:
-        close = difflib.get_close_matches(name, list(sample.masks), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = suggest(name, sample.masks, cutoff=0.4)
         raise InputError(f"config mask: data set {cfg.data['spec']!r} has no mask {name!r}.{hint} "
                          f"Masks: {', '.join(sample.masks)}.")
     return name
