@@ -295,7 +295,7 @@ def test_reliability_diagram():
 def test_training_step_loss_is_the_papers_weighting(setting):
     import copy
 
-    from xaibench.runner.shard import derive_seed
+    from xaibench.seeding import derive_seed
     from xaibench.training.engine import GomezModule
 
     cfg = parse_train_config({**BASE, "setting": setting, "interpolation": 4, "seed": 5})

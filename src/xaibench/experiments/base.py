@@ -55,7 +55,7 @@ import pandas as pd
 from xaibench.config import REQUIRED, config_hash, load_toml, section
 from xaibench.errors import InputError
 from xaibench.runner import layout
-from xaibench.runner.shard import derive_seed
+from xaibench.seeding import derive_seed
 
 MANIFEST = "experiment.json"
 COMMON: dict[str, tuple[tuple[type, ...], Any]] = {

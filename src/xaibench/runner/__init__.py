@@ -9,7 +9,8 @@ from __future__ import annotations
 from xaibench.runner.bench import plan, run
 from xaibench.runner.config import MethodSpec, MetricSpec, RunConfig, config_hash, load_config, parse_config
 from xaibench.runner.executor import Executor, LocalExecutor
-from xaibench.runner.shard import ShardSpec, ShardSummary, compute_shard, derive_seed, execute_shard
+from xaibench.runner.shard import ShardSpec, ShardSummary, compute_shard, execute_shard
+from xaibench.seeding import derive_seed
 
 __all__ = [
     "Executor",

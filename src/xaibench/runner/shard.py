@@ -15,7 +15,6 @@ shard's files and its commit record (sizes and sha256) before the results file, 
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.runner import layout
 from xaibench.runner.config import RunConfig, parse_config
+from xaibench.seeding import derive_seed
 
 Progress = Callable[[int, str, "str | None", bool], None]
 """``progress(shard, method, metric, finished)``: a step of a shard starts (``finished=False``) or
@@ -56,12 +56,6 @@ class ShardSummary:
     index: int
     rows: int
     seconds: float
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A seed in [0, 2**60) determined by the run seed and `parts` (shard index, method, metric)."""
-    text = ":".join(str(p) for p in (seed, *parts))
-    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
 def select_positions(n_total: int, n: int | None, seed: int) -> list[int]:

@@ -45,7 +45,7 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 from xaibench.data import load_dataset
 from xaibench.errors import InputError
 from xaibench.models import architecture, load_model, save_model
-from xaibench.runner.shard import derive_seed
+from xaibench.seeding import derive_seed
 from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, top_label
 from xaibench.training.config import TrainConfig, as_train_config, load_train_config
 from xaibench.training.losses import adaptive_focal_loss

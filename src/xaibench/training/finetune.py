@@ -56,14 +56,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from xaibench.checks import perturbed_inputs
-from xaibench.data import load_dataset
 from xaibench.config import REQUIRED, CanonicalConfig, Schema, load_toml, lookup, section, suggest
+from xaibench.data import load_dataset
 from xaibench.errors import InputError
 from xaibench.explainers import explainer
 from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
-from xaibench.runner.shard import derive_seed
+from xaibench.seeding import derive_seed
 from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, check_out, split_data
 
 CONFIG_FILE = "finetune.toml"
