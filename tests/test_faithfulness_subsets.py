@@ -12,7 +12,7 @@ import torch
 
 import xaibench.metrics as M
 from xaibench.errors import InputError
-from xaibench.metrics._subset_engine import pearson_rows, spearman_rows
+from xaibench.stats import pearson_rows, spearman_rows
 
 from conftest import TinyCNN
 

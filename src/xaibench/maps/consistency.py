@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata, spearmanr
+import torch
+from scipy.stats import spearmanr
 
 from xaibench.errors import InputError
+from xaibench.stats import spearman_rows
 
 
 def _vectors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,14 +39,6 @@ def _vectors(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if keep.sum() < 3:
         raise InputError(f"a correlation needs at least 3 pairs with finite values, got {int(keep.sum())}")
     return x[keep], y[keep]
-
-
-def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (a * b).sum(1) / den, np.nan)
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ def bootstrap_spearman(x: np.ndarray, y: np.ndarray, *, n_boot: int = 5000, leve
     x, y = _vectors(x, y)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    rho = _rowwise_pearson(rankdata(x[idx], axis=1), rankdata(y[idx], axis=1))
+    rho = spearman_rows(torch.from_numpy(x[idx]), torch.from_numpy(y[idx])).numpy()
     tail = (100.0 - level) / 2
     return Estimate(float(np.nanmean(rho)), float(np.nanpercentile(rho, tail)),
                     float(np.nanpercentile(rho, 100 - tail)), level)

@@ -147,31 +147,3 @@ def ranks_desc(values: Tensor) -> Tensor:
     order = values.argsort(dim=1, descending=True, stable=True)
     positions = torch.arange(values.shape[1], device=values.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
-
-
-def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
-    """Pearson correlation of each row pair of [B, K] tensors (float64); NaN for a constant row."""
-    a = a.double() - a.double().mean(dim=1, keepdim=True)
-    b = b.double() - b.double().mean(dim=1, keepdim=True)
-    denom = a.norm(dim=1) * b.norm(dim=1)
-    constant = denom == 0
-    return torch.where(constant, torch.nan, (a * b).sum(dim=1) / denom.where(~constant, 1.0))
-
-
-def average_ranks(x: Tensor) -> Tensor:
-    """Ranks (1-based) along dim 1 with ties given their average rank (as scipy's rankdata)."""
-    values, order = x.sort(dim=1, stable=True)
-    n = x.shape[1]
-    new_group = torch.ones_like(values, dtype=torch.bool)
-    new_group[:, 1:] = values[:, 1:] != values[:, :-1]
-    group = new_group.long().cumsum(dim=1) - 1  # group id per sorted position, per row
-    positions = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).expand_as(values)
-    sums = torch.zeros_like(positions).scatter_add_(1, group, positions)
-    counts = torch.zeros_like(positions).scatter_add_(1, group, torch.ones_like(positions))
-    sorted_ranks = (sums / counts.clamp_min(1)).gather(1, group)
-    return torch.empty_like(sorted_ranks).scatter_(1, order, sorted_ranks)
-
-
-def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman correlation of each row pair of [B, K] tensors; NaN for a constant row."""
-    return pearson_rows(average_ranks(a.double()), average_ranks(b.double()))

@@ -30,14 +30,13 @@ from xaibench.metrics._subset_engine import (
     block_size,
     check_count,
     check_positive,
-    pearson_rows,
     perturbed_scores,
     random_subsets,
     ranks_desc,
-    spearman_rows,
     validate,
 )
 from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.stats import pearson_rows, spearman_rows
 from xaibench.perturbation.forward import class_scores
 from xaibench.seeding import make_generator
 

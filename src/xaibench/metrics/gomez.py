@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.baselines import fill
-from xaibench.perturbation.curves import pearson_rows, trapezoid
+from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import (
     perturbation_curves,
     prepare,
@@ -46,6 +46,7 @@ from xaibench.perturbation.engine import (
 )
 from xaibench.perturbation.images import soft_mask
 from xaibench.seeding import make_generator
+from xaibench.stats import pearson_rows
 
 _REQ = ("model", "inputs", "attributions", "targets")
 _GOMEZ = (

@@ -39,7 +39,7 @@ from torch import Tensor
 from xaibench.checks import check_maps, check_masks
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
-from xaibench.metrics.similarity import _average_ranks
+from xaibench.stats import average_ranks
 
 EMPTY_MASK = "empty mask"
 NO_POSITIVE = "no positive relevance in the map"
@@ -338,6 +338,6 @@ def auc(attributions: Tensor, masks: Tensor) -> MetricResult:
     flat, inside = maps.flatten(1), masks.flatten(1)
     n_pos = inside.sum(dim=1).double()
     n_neg = inside.shape[1] - n_pos
-    rank_sum = (_average_ranks(flat) * inside).sum(dim=1)
+    rank_sum = (average_ranks(flat) * inside).sum(dim=1)
     score = (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg).clamp(min=1)
     return finish(auc.info, score, {}, (n_pos == 0, EMPTY_MASK), (n_neg == 0, "mask covers the whole image"))

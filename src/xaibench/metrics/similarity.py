@@ -17,12 +17,12 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from xaibench.errors import InputError, WeightsUnavailableError
+from xaibench.stats import average_ranks, pearson_rows, spearman_rows
 
 __all__ = ["cosine", "kendall", "l1", "l2", "lpips", "pearson", "spearman", "ssim", "top_k_intersection"]
 
@@ -79,69 +79,14 @@ def cosine(a: Tensor, b: Tensor) -> Tensor:
     return ((x * y).sum(dim=1) / torch.where(denom > 0, denom, torch.nan)).float()
 
 
-def _pearson_flat(x: Tensor, y: Tensor) -> Tensor:
-    xc, yc = x - x.mean(dim=1, keepdim=True), y - y.mean(dim=1, keepdim=True)
-    denom = xc.norm(dim=1) * yc.norm(dim=1)
-    r = (xc * yc).sum(dim=1) / torch.where(denom > 0, denom, torch.nan)
-    return r.clamp(-1.0, 1.0)
-
-
 def pearson(a: Tensor, b: Tensor) -> Tensor:
     """Pearson correlation per image (as ``scipy.stats.pearsonr``); NaN when a map is constant."""
-    return _pearson_flat(*_pair(a, b)).float()
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    """Ranks 1..N per row, ties sharing their average rank (``scipy.stats.rankdata`` 'average').
-
-    One sort; each run of equal sorted values spans positions [first, last] and gets
-    ``(first + last + 2) / 2``. On CPU the work runs in NumPy (its sort is about 2x faster than
-    ``torch.sort`` there; ties are averaged, so the sort need not be stable); elsewhere a running
-    max / reversed running min over the runs (no ``searchsorted``).
-    """
-    if x.device.type == "cpu":
-        return torch.from_numpy(_average_ranks_np(x.detach().double().numpy()))
-    s, order = x.sort(dim=1)
-    n = x.shape[1]
-    pos = torch.arange(n, device=x.device).expand_as(s)
-    starts = torch.ones_like(s, dtype=torch.bool)
-    starts[:, 1:] = s[:, 1:] != s[:, :-1]
-    ends = torch.ones_like(starts)
-    ends[:, :-1] = starts[:, 1:]
-    first = torch.where(starts, pos, 0).cummax(dim=1).values
-    last = torch.where(ends, pos, n - 1).flip(1).cummin(dim=1).values.flip(1)
-    ranks = (first + last + 2).double() / 2
-    return torch.empty_like(ranks).scatter_(1, order, ranks)
-
-
-def _average_ranks_np(x: np.ndarray) -> np.ndarray:
-    b, n = x.shape
-    out = np.empty((b, n), dtype=np.float64)
-    if n == 0:
-        return out
-    order = np.argsort(x, axis=1)
-    s = np.take_along_axis(x, order, axis=1)
-    starts = np.empty((b, n), dtype=bool)
-    starts[:, 0] = True
-    np.not_equal(s[:, 1:], s[:, :-1], out=starts[:, 1:])
-    if starts.all():  # no ties: rank = sorted position + 1
-        ranks = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (b, n))
-    else:
-        first = np.flatnonzero(starts)  # flat position of each run's first element (runs never span rows)
-        last = np.empty_like(first)
-        last[:-1] = first[1:] - 1
-        last[-1] = b * n - 1
-        # mean flat position + 1 of each run, repeated over the run, minus the row's offset
-        ranks = np.repeat((first + last + 2) / 2, last - first + 1).reshape(b, n)
-        ranks -= np.arange(0, b * n, n, dtype=np.float64)[:, None]
-    np.put_along_axis(out, order, ranks, axis=1)
-    return out
+    return pearson_rows(*_pair(a, b)).float()
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Spearman rank correlation per image (as ``scipy.stats.spearmanr``: Pearson of average ranks)."""
-    x, y = _pair(a, b)
-    return _pearson_flat(_average_ranks(x), _average_ranks(y)).float()
+    return spearman_rows(*_pair(a, b)).float()
 
 
 def against(similarity: Callable[[Tensor, Tensor], Tensor], a: Tensor) -> Callable[[Tensor], Tensor]:
@@ -154,14 +99,14 @@ def against(similarity: Callable[[Tensor, Tensor], Tensor], a: Tensor) -> Callab
         return lambda b: similarity(a, b)
     _check("a", a)
     x = a.detach().flatten(1).double()
-    x = _average_ranks(x) if similarity is spearman else x
+    x = average_ranks(x) if similarity is spearman else x
 
     def compare(b: Tensor) -> Tensor:
         _check("b", b)
         if a.shape != b.shape:
             raise InputError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
         y = b.detach().to(a.device).flatten(1).double()
-        return _pearson_flat(x, _average_ranks(y) if similarity is spearman else y).float()
+        return pearson_rows(x, average_ranks(y) if similarity is spearman else y).float()
 
     return compare
 
