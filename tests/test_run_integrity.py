@@ -114,8 +114,8 @@ def test_clean_up_keeps_temporary_files_of_live_writers(copy_of):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        live_tmp = copy_of / "shards" / f".shard-00000.parquet.{layout._HOST_TAG}-{sleeper.pid}.ab12.tmp"
-        dead_tmp = copy_of / "shards" / f".shard-00001.parquet.{layout._HOST_TAG}-{dead.pid}.cd34.tmp"
+        live_tmp = copy_of / "shards" / f".shard-00000.parquet.{layout.HOST_TAG}-{sleeper.pid}.ab12.tmp"
+        dead_tmp = copy_of / "shards" / f".shard-00001.parquet.{layout.HOST_TAG}-{dead.pid}.cd34.tmp"
         live_tmp.write_bytes(b"being written")
         dead_tmp.write_bytes(b"left over")
         _quiet_run(_cfg(), copy_of, resume=True)

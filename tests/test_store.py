@@ -9,6 +9,7 @@ import torch
 
 import xaibench
 from xaibench.errors import InputError
+from xaibench import files
 from xaibench.runner import layout
 from xaibench.store import load_curves, load_images, load_manifest, load_maps, load_results
 
@@ -88,7 +89,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        layout._atomic(tmp_path / "a.json", boom)
+        files.write_atomic(tmp_path / "a.json", boom)
     assert list(tmp_path.iterdir()) == []
 
 

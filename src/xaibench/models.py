@@ -30,6 +30,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from xaibench.config import suggest  # noqa: E402
 from xaibench.errors import InputError, UnknownNameError, WeightsUnavailableError  # noqa: E402
+from xaibench.files import write_atomic  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -151,17 +152,6 @@ def cache_dir() -> Path:
     """Where trained built-in models are cached: ``$XAIBENCH_CACHE_DIR`` or ``~/.cache/xaibench``."""
     env = os.environ.get("XAIBENCH_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "xaibench"
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _builtin(name: str) -> nn.Module:
@@ -412,7 +402,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, spec: str, num_classes
             num_classes = linears[-1].out_features
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     out = Path(path)
-    _atomic_save({"spec": spec, "num_classes": int(num_classes), "state_dict": state}, out)
+    write_atomic(out, lambda p: torch.save({"spec": spec, "num_classes": int(num_classes), "state_dict": state}, p))
     return out
 
 

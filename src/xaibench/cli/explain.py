@@ -108,6 +108,7 @@ def handle(args: argparse.Namespace) -> int:
     from xaibench.devices import resolve_device
     from xaibench.errors import InputError
     from xaibench.explainers import METHODS
+    from xaibench.files import write_atomic
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -135,11 +136,12 @@ def handle(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(getattr(dataset, "classes", []) or [])
-    torch.save({
+    saved = {
         "maps": maps, "ids": list(batch.ids), "targets": targets.cpu(), "labels": batch.labels.long().cpu(),
         "classes": classes, "target_policy": args.target, "model": args.model, "data": args.data,
         "image_size": args.image_size, "split": args.split, "seed": args.seed,
-    }, out / "maps.pt")
+    }
+    write_atomic(out / "maps.pt", lambda p: torch.save(saved, p))
     explained = "explained" if args.target == "label" else "predicted"
     titles = [f"{i}\ntrue: {_class_name(classes, int(y))}\n{explained}: {_class_name(classes, int(t))}"
               for i, y, t in zip(batch.ids, batch.labels.tolist(), targets.tolist())]

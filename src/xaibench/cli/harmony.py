@@ -242,11 +242,10 @@ def handle_analyze(args: argparse.Namespace) -> int:
                   f"drawn by two or more annotators: mean pairwise IoU of the masks {m['mean_mask_iou']:.3f}, "
                   f"of the boxes {m['mean_box_iou']:.3f}")
     if args.html:
-        from pathlib import Path
-
+        from xaibench.files import write_text
         from xaibench.harmony.analysis import format_html
 
-        Path(args.html).write_text(format_html(result), encoding="utf-8")
+        write_text(args.html, format_html(result))
         print(f"HTML written to {args.html}", file=sys.stderr)
     return 0
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from xaibench.data.base import ImageDataset, Sample
 from xaibench.errors import InputError
+from xaibench.files import write_text
 
 
 def write_subsets(path: str | Path, spec: str, splits: Mapping[str, tuple[str, Sequence[int]]]) -> Path:
@@ -26,8 +27,7 @@ def write_subsets(path: str | Path, spec: str, splits: Mapping[str, tuple[str, S
     path = Path(path)
     body = {"spec": spec,
             "splits": {n: {"split": s, "indices": [int(i) for i in idx]} for n, (s, idx) in splits.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=1))
+    write_text(path, json.dumps(body, indent=1))
     return path
 
 

@@ -59,6 +59,7 @@ import torch
 from xaibench.config import entries, lookup
 from xaibench.errors import InputError
 from xaibench.experiments.base import REQUIRED, ExperimentConfig, ExperimentDir, Figure, Recipe, Step, StepContext, Table, Text
+from xaibench.files import write_atomic, write_text
 
 DEFAULT_PERCENTILES = [50, 60, 65, 70, 75, 80, 85, 90, 95, 97, 98, 99]
 
@@ -190,7 +191,7 @@ def _step_models(ctx: StepContext) -> None:
         # outside the step's folder, so an interrupted training resumes from its checkpoint
         result = train(raw, ctx.root.resolve() / "models" / label, resume=True, progress=False)
         specs[label] = f"file:{result.model_path}"
-    (ctx.folder / "models.json").write_text(json.dumps(specs, indent=1))
+    write_text(ctx.folder / "models.json", json.dumps(specs, indent=1))
     ctx.write_table("models", pd.DataFrame({"model": list(specs), "spec": list(specs.values())}))
 
 
@@ -220,8 +221,8 @@ def _step_maps(ctx: StepContext) -> None:
             for _, images, labels in _batches(ctx.cfg, ctx.cfg.device):
                 parts.append(explain(images, labels).detach().to("cpu", torch.float16))
             path = ctx.folder / label / f"{method}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(torch.cat(parts), path)
+            maps = torch.cat(parts)
+            write_atomic(path, lambda p: torch.save(maps, p))
 
 
 def _step_emis(ctx: StepContext) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from xaibench.config import read_toml, unknown_key
 from xaibench.errors import InputError
+from xaibench.files import write_text
 from xaibench.harmony.dataset import FORMAT, VERSION, read_manifest
 
 
@@ -135,7 +136,7 @@ def create_harmony_dataset(conditions: list[StudyCondition], data: str, out: str
                 **specs, "examples": items,
             })
         manifest = {"format": FORMAT, "version": VERSION, "name": name or out.name, "conditions": manifest_conditions}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        write_text(out / "manifest.json", json.dumps(manifest, indent=2))
         read_manifest(out)  # what `harmony load` will check
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
 from xaibench.experiments.base import Block
+from xaibench.files import write_text
 from xaibench.report.html import CSS
 from xaibench.report.html import _table as html_table
 from xaibench.report.plots import to_data_uri
@@ -61,5 +62,5 @@ def build_experiment_report(out: str | Path) -> Path:
 <pre>{html.escape(json.dumps(provenance, indent=1, sort_keys=True))}</pre>
 </main></body></html>"""
     path = Path(out) / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page)
     return path

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xaibench.files import write_text
 from xaibench.report import plots
 from xaibench.report.curves import curve_panels
 from xaibench.report.summary import (
@@ -542,9 +543,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
         f"<nav>{nav}</nav>{body}</main></body></html>"
     )
     path = out / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, page)
     return path
 
 

@@ -11,9 +11,9 @@
     DIR/maps/<method>/shard-00000.pt      cached attribution maps, reused on resume
     DIR/report.html                       written by `xaibench report`
 
-Every file is written to a temporary file in its folder, named ``.<name>.<host>-<pid>.<random>.tmp``
-(dots of the host name as ``_``, so a clean-up can tell whose it is), then renamed into place;
-created files get the mode the umask allows (``0o666 & ~umask``), as ``open`` gives.
+Every file is written atomically (`xaibench.files`: a temporary file in its folder, named
+``.<name>.<host>-<pid>.<random>.tmp``, renamed into place), so a clean-up can tell whose a left-over
+temporary file is.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import secrets
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,11 +32,10 @@ import pandas as pd
 import torch
 
 from xaibench.errors import InputError
+from xaibench.files import HOST, HOST_TAG, write_atomic, write_temp, write_text
 
 MANIFEST = "run.json"
 LOCK = "run.lock"
-_HOST = socket.gethostname()
-_HOST_TAG = _HOST.replace(".", "_")  # a host name as it appears in temporary file names
 
 
 def shard_name(index: int) -> str:
@@ -64,47 +62,11 @@ def maps_path(out: Path, method: str, index: int) -> Path:
     return out / "maps" / method / f"{shard_name(index)}.pt"
 
 
-# --- atomic writes ------------------------------------------------------------------------------
-
-
-def _temp(path: Path) -> Path:
-    """A new, empty temporary file next to `path` whose name names this host and process."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = path.parent / f".{path.name}.{_HOST_TAG}-{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode from the umask
-            return tmp
-        except FileExistsError:
-            continue
-
-
-def write_temp(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through `write(tmp)` into a temporary file next to `path`; returns it (not yet in place)."""
-    tmp = _temp(path)
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through `write(tmp)` into a temporary file next to `path`, then rename it into place.
-
-    A reader (or a resumed run) sees either no file or the complete file, never a partial one.
-    """
-    tmp = write_temp(path, write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# --- writes ------------------------------------------------------------------------------------
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: p.write_text(json.dumps(obj, indent=1, sort_keys=True)))
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def parquet_writer(df: pd.DataFrame) -> Callable[[Path], None]:
@@ -112,18 +74,18 @@ def parquet_writer(df: pd.DataFrame) -> Callable[[Path], None]:
 
 
 def write_parquet(path: Path, df: pd.DataFrame) -> None:
-    _atomic(path, parquet_writer(df))
+    write_atomic(path, parquet_writer(df))
 
 
 def write_torch(path: Path, obj: Any) -> None:
-    _atomic(path, lambda p: torch.save(obj, p))
+    write_atomic(path, lambda p: torch.save(obj, p))
 
 
 def temp_owner_alive(tmp: Path) -> bool:
     """Whether the process named in a temporary file's name (this host only) still runs."""
     host_pid = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 3 else ""
     host, _, pid = host_pid.rpartition("-")
-    return host == _HOST_TAG and pid.isdigit() and _alive(int(pid), None)
+    return host == HOST_TAG and pid.isdigit() and _alive(int(pid), None)
 
 
 def remove_stale_temps(out: Path) -> int:
@@ -279,7 +241,7 @@ def run_lock(out: Path) -> Iterator[dict[str, Any]]:
     """
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
-    me = {"host": _HOST, "pid": os.getpid(), "process_start": _process_start(os.getpid()),
+    me = {"host": HOST, "pid": os.getpid(), "process_start": _process_start(os.getpid()),
           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": secrets.token_hex(8)}
     for _ in range(20):
         if _create(path, json.dumps(me)):
@@ -288,12 +250,12 @@ def run_lock(out: Path) -> Iterator[dict[str, Any]]:
         if holder is None:  # vanished, or being written on a filesystem without link(): look again
             time.sleep(0.05)
             continue
-        if holder.get("host") == _HOST and not _alive(int(holder.get("pid", -1)), holder.get("process_start")):
+        if holder.get("host") == HOST and not _alive(int(holder.get("pid", -1)), holder.get("process_start")):
             with _guard(out):
                 if _read_holder(path) == holder:
                     path.unlink(missing_ok=True)  # stale: its process is dead
             continue
-        where = "" if holder.get("host") == _HOST else (
+        where = "" if holder.get("host") == HOST else (
             f"; if that process no longer runs, delete {path} "
             "(a lock held on another host cannot be checked from here)")
         raise InputError(f"{out} is being written by {_describe(holder)}; wait for it to finish or stop it{where}")

@@ -44,6 +44,7 @@ from torchmetrics.aggregation import CatMetric, MeanMetric
 
 from xaibench.data import load_dataset
 from xaibench.errors import InputError
+from xaibench.files import write_atomic
 from xaibench.models import architecture, load_model, save_model
 from xaibench.seeding import derive_seed
 from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, top_label
@@ -311,15 +312,6 @@ class GomezModule(pl.LightningModule):
 # --- callbacks --------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class EpochRecorder(Callback):
     """Appends each epoch's row to the log (``log.csv``) and keeps the weights of the epochs the
     selection rule may still pick (``checkpoints/epoch-NNNN.pt``). Its state (the rows) is part of
@@ -343,12 +335,12 @@ class EpochRecorder(Callback):
         if not trainer.is_global_zero:
             return
         log = self.table()
-        _atomic_write(self.out / LOG_FILE, lambda p: log.to_csv(p, index=False))
+        write_atomic(self.out / LOG_FILE, lambda p: log.to_csv(p, index=False))
         if self.keep:
             keep = set(top_epochs(log, self.keep))
             if row["epoch"] in keep:
                 state = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
-                _atomic_write(weights_path(self.out, row["epoch"]), lambda p: torch.save(state, p))
+                write_atomic(weights_path(self.out, row["epoch"]), lambda p: torch.save(state, p))
             for old in (self.out / CHECKPOINTS).glob("epoch-*.pt"):
                 if int(old.stem.split("-")[1]) not in keep:
                     old.unlink(missing_ok=True)
@@ -466,7 +458,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
                              "steps: train longer or on more images, use a smaller batch or a longer warmup")
         if _rank() == 0:  # only once the data, the model and its feature map are known to work
             (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-            _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
+            write_atomic(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
         module = GomezModule(model, cfg, train_set, val_set, layer)
         recorder = EpochRecorder(out, cfg.selection, cfg.epochs, cfg.patience)
         callbacks: list[Callback] = [recorder, ModelCheckpoint(
@@ -492,5 +484,5 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
             module.model.load_state_dict(torch.load(weights_path(out, best), map_location="cpu", weights_only=True))
         log["selected"] = log["epoch"] == best
         save_model(module.model, out / MODEL_FILE, spec=_arch_spec(cfg.model["spec"]))
-        _atomic_write(out / LOG_FILE, lambda p: log.to_csv(p, index=False))
+        write_atomic(out / LOG_FILE, lambda p: log.to_csv(p, index=False))
     return TrainResult(out / MODEL_FILE, log, best, cfg.hash)

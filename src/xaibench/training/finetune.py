@@ -59,12 +59,13 @@ from xaibench.checks import perturbed_inputs
 from xaibench.config import REQUIRED, CanonicalConfig, Schema, load_toml, lookup, section, suggest
 from xaibench.data import load_dataset
 from xaibench.errors import InputError
+from xaibench.files import write_atomic
 from xaibench.explainers import explainer
 from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
 from xaibench.seeding import derive_seed
-from xaibench.training.engine import _accelerator, _arch_spec, _atomic_write, _isolated, check_out, split_data
+from xaibench.training.engine import _accelerator, _arch_spec, _isolated, check_out, split_data
 
 CONFIG_FILE = "finetune.toml"
 LOG_FILE = "log.csv"
@@ -372,7 +373,7 @@ class ValidationLog(Callback):
             return
         row = {**pl_module.summary, "seconds": time.perf_counter() - self._start}
         self.rows = [r for r in self.rows if r["step"] != row["step"]] + [row]
-        _atomic_write(self.out / LOG_FILE, lambda p: self.table().to_csv(p, index=False))
+        write_atomic(self.out / LOG_FILE, lambda p: self.table().to_csv(p, index=False))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: HarmonyModule) -> None:
         self._start = time.perf_counter() - (self.rows[-1]["seconds"] if self.rows else 0.0)
@@ -498,7 +499,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         module = HarmonyModule(learn, orig, cfg, metric, train_set, val_set)
         _probe(module, train_set)
         (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
+        write_atomic(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
         log = ValidationLog(out)
         best = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="best", monitor="val_select", mode="max",
                                save_top_k=1, save_last=True, enable_version_counter=False)
@@ -519,12 +520,12 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         selected = _select(module, best, table, cfg)
         table["selected"] = table["step"] == selected
         save_model(module.learn, out / MODEL_FILE, spec=_arch_spec(cfg.model["spec"]))
-        _atomic_write(out / LOG_FILE, lambda p: table.to_csv(p, index=False))
+        write_atomic(out / LOG_FILE, lambda p: table.to_csv(p, index=False))
         test = held_out(cfg, mask)
         result = evaluate(module.learn, module.orig, cfg, metric, test, device)
         result["selected_step"] = selected
         gallery(module.learn, module.orig, cfg, metric, test, out / GALLERY_FILE, device)
-        _atomic_write(out / EVALUATION_FILE, lambda p: p.write_text(json.dumps(result, indent=2)))
+        write_atomic(out / EVALUATION_FILE, lambda p: p.write_text(json.dumps(result, indent=2)))
     return FinetuneResult(out / MODEL_FILE, table, result, cfg.hash)
 
 
