@@ -7,8 +7,8 @@ Anything else must name a device torch knows *and* this machine has: ``--device 
 
 from __future__ import annotations
 
-
 import torch
+from torch import nn
 
 from xaibench.config import suggest
 from xaibench.errors import InputError
@@ -69,3 +69,12 @@ def resolve_device(spec: str | torch.device | None = None) -> torch.device:
 
 
 __all__ = ["DEVICE_TYPES", "available_devices", "resolve_device"]
+
+
+def model_device(model: nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
+    """Device of the model's first parameter or buffer (`fallback` for a model with neither)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device(fallback)

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from xaibench.config import suggest  # noqa: E402
+from xaibench.devices import model_device  # noqa: E402
 from xaibench.errors import InputError, UnknownNameError, WeightsUnavailableError  # noqa: E402
 from xaibench.files import write_atomic  # noqa: E402
 
@@ -104,7 +105,7 @@ def as_classifier(net: nn.Module, *, mean: tuple[float, ...] | None = None, std:
     `input_shape` returns something other than a tensor. Plain tensor-returning models come back as is."""
     if mean is not None or std is not None:
         return Normalized(net, mean or (0.0, 0.0, 0.0), std or (1.0, 1.0, 1.0))
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    device = model_device(net)
     was_training = net.training
     net.eval()
     try:

@@ -100,7 +100,6 @@ class ExplanationMetric(Metric):
         self.bootstrap = int(bootstrap)
         self.level = float(level)
         self.seed = int(seed)
-        self._takes_seed = "seed" in inspect.signature(entry.fn).parameters
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("undefined", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -139,24 +138,21 @@ class ExplanationMetric(Metric):
         missing = [w for w in requires if given[w] is None and not (needs_method and w in ("attributions", "explainer"))]
         if missing:
             raise InputError(f"{type(self).__name__}.update: metric {self.metric_name!r} needs {', '.join(missing)}")
-        kwargs = {w: given[w] for w in requires}
-        if self._takes_seed and "seed" not in self.params:
-            kwargs["seed"] = self.seed
         if "explainer" in requires or needs_method:
             # Explanations need gradients, also inside a validation loop's inference mode.
             with torch.inference_mode(False), torch.enable_grad():
-                kwargs = {k: _usable(v) for k, v in kwargs.items()}
+                given = {k: _usable(v) for k, v in given.items()}
                 if needs_method:
                     from xaibench import explainer as make_explainer
 
                     made = make_explainer(self.method, model, **self.method_params)
                     if "explainer" in requires and explainer is None:
-                        kwargs["explainer"] = made
+                        given["explainer"] = made
                     if "attributions" in requires and attributions is None:
-                        kwargs["attributions"] = made(_usable(inputs), _usable(targets)).detach()
-                result = self.entry.fn(**kwargs, **self.params)
+                        given["attributions"] = made(given["inputs"], given["targets"]).detach()
+                result = self.entry.score(given, self.params, seed=self.seed)
         else:
-            result = self.entry.fn(**kwargs, **self.params)
+            result = self.entry.score(given, self.params, seed=self.seed)
         scores = result.scores.detach().to(self.total.device, torch.float64).flatten()
         nan = torch.isnan(scores)
         n_nan = nan.sum()

@@ -55,12 +55,13 @@ def explain_images(model: nn.Module, images: Tensor, targets: Tensor, methods: S
     from tqdm import tqdm
 
     from xaibench.checks import check_maps
+    from xaibench.devices import model_device
     from xaibench.explainers import METHODS, explainer
     from xaibench.errors import InputError
 
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     out: dict[str, Tensor] = {}
     chunks = range(0, images.shape[0], batch_size)
     with tqdm(total=len(methods) * len(chunks), desc="explain", disable=None) as bar:

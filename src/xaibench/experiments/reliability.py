@@ -55,6 +55,7 @@ import pandas as pd
 import torch
 
 from xaibench.config import section, suggest
+from xaibench.devices import model_device
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.experiments.base import (
     REQUIRED,
@@ -335,7 +336,7 @@ def feature_grid(model: torch.nn.Module, image: torch.Tensor) -> tuple[int, int,
     """(input side, h, w) of the model's CAM layer for one image [C, H, W]."""
     from xaibench.explainers.cam import find_layer, get_module
 
-    x = image[None].to(next(model.parameters()).device)
+    x = image[None].to(model_device(model))
     store: list[torch.Tensor] = []
     hook = get_module(model, find_layer(model, x)).register_forward_hook(lambda _m, _i, out: store.append(out))
     try:

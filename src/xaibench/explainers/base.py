@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.checks import check_images, check_targets
+from xaibench.devices import model_device
 from xaibench.errors import InputError
 from xaibench.models import unwrap
 from xaibench.registry import Registry
@@ -165,11 +166,6 @@ def record_forward(model: nn.Module, inputs: Tensor, select: Callable[[nn.Module
         for h in hooks:
             h.remove()
     return seen
-
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 class Explainer:

@@ -161,6 +161,8 @@ def score_maps(name: str, original: np.ndarray, finetuned: np.ndarray, masks: np
     False and ``targets`` of -1 count as missing) or where the metric leaves the score undefined."""
     import torch
 
+    from xaibench.devices import model_device
+
     metric = scorable_metric(name)
     needs = set(metric.info.requires)
     n = len(original)
@@ -173,7 +175,7 @@ def score_maps(name: str, original: np.ndarray, finetuned: np.ndarray, masks: np
         ok &= masks.reshape(n, -1).any(axis=1)
     if needs & {"targets", "labels"}:
         ok &= np.asarray(targets) >= 0
-    device = next(models[0].parameters()).device if "model" in needs else torch.device("cpu")
+    device = model_device(models[0]) if "model" in needs else torch.device("cpu")
     kwargs: dict = {}
     if "masks" in needs:
         kwargs["masks"] = torch.from_numpy(np.ascontiguousarray(masks[ok])).to(device)
@@ -187,8 +189,8 @@ def score_maps(name: str, original: np.ndarray, finetuned: np.ndarray, masks: np
         if ok.any():
             if "model" in needs:
                 kwargs["model"] = models[side]
-            attributions = torch.from_numpy(np.ascontiguousarray(maps[ok], dtype=np.float32)).to(device)
-            scores[ok] = metric(attributions=attributions, **kwargs).scores.double().cpu().numpy()
+            kwargs["attributions"] = torch.from_numpy(np.ascontiguousarray(maps[ok], dtype=np.float32)).to(device)
+            scores[ok] = metric.score(kwargs).scores.double().cpu().numpy()
         out.append(scores)
     return out[0], out[1]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from xaibench.devices import model_device
 from xaibench.errors import InputError, WeightsUnavailableError
 
 EPS = 1e-8
@@ -106,7 +107,7 @@ def lpips_similarity(a: Tensor, b: Tensor, *, model: nn.Module | None = None,
         peak = m.abs().flatten(1).amax(1).view(-1, 1, 1, 1)
         return (m / (peak + EPS)).clamp(-1, 1)
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         d = model(prep(a).to(device), prep(b).to(device)).flatten().double().clamp(min=0)
     return (1.0 / (1.0 + d.sqrt() + EPS)).cpu()

@@ -12,18 +12,22 @@ can call any metric by name:
 - ``labels``: true classes [B]
 
 Everything else is a parameter with a default. ``MetricInfo.requires`` lists the vocabulary
-words a metric takes.
+words a metric takes; `Metric.score` calls a registered metric by name with them (and with
+``seed`` and ``max_batch`` where it takes them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from xaibench.errors import InputError
 from xaibench.registry import Registry
 
 VOCABULARY = ("model", "inputs", "attributions", "targets", "masks", "explainer", "labels")
@@ -102,6 +106,34 @@ class Metric:
 
     def __call__(self, **kwargs: Any) -> MetricResult:
         return self.fn(**kwargs)
+
+    def takes(self, name: str) -> bool:
+        """Whether the function has a parameter `name`."""
+        return name in _parameters(self.fn)
+
+    def score(self, words: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
+              seed: int | None = None, max_batch: int | None = None) -> MetricResult:
+        """The metric called by name: the vocabulary words it requires, taken from `words` (others
+        are ignored), `seed` and `max_batch` where the function takes them and `params` does not set
+        them, then its own `params`. The one way the runner, the streaming classes and the
+        metric-human agreement call a registered metric."""
+        params = dict(params or {})
+        missing = [w for w in self.info.requires if words.get(w) is None]
+        if missing:
+            raise InputError(f"metric {self.info.name!r} needs {', '.join(missing)}")
+        kwargs = {w: words[w] for w in self.info.requires}
+        for key, value in (("seed", seed), ("max_batch", max_batch)):
+            if value is not None and key not in params and self.takes(key):
+                kwargs[key] = value
+        return self.fn(**kwargs, **params)
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
 
 
 METRICS: Registry[Metric] = Registry("metric")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.checks import check_images, check_map_size, check_maps, check_targets
+from xaibench.devices import model_device
 from xaibench.errors import InputError
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.forward import class_scores
@@ -75,15 +76,6 @@ class Ranking:
     ranks: Tensor
     num_features: Tensor
     sorted_scores: Tensor
-
-
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """Device of the model's first parameter or buffer (`fallback` for parameter-free models)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return fallback
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
+from xaibench.files import write_temp
 from xaibench.runner import layout
 from xaibench.runner.config import RunConfig, parse_config
 from xaibench.seeding import derive_seed
@@ -171,13 +172,6 @@ def _accepts_seed(method: str) -> bool:
 
     try:
         return "seed" in inspect.signature(method_factory(METHODS.get(method))).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _metric_accepts(fn: Callable[..., Any], name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -333,16 +327,10 @@ def compute_shard(
                 if mask_name is None or mask_name not in batch.masks:
                     raise missing_mask_error(ctx, f"[metrics.{metric.label}]", spec.positions, mask_name)
                 words["masks"] = batch.masks[mask_name].to(ctx.device)
-            kwargs = {w: words[w] for w in info.requires}
-            if _metric_accepts(entry.fn, "seed") and "seed" not in metric.params:
-                kwargs["seed"] = seed
-            if _metric_accepts(entry.fn, "max_batch") and "max_batch" not in metric.params:
-                kwargs["max_batch"] = cfg.max_batch
-            kwargs.update(metric.params)
             torch.manual_seed(seed)  # metrics that draw from the global generator
             start = time.perf_counter()
             try:
-                result = entry.fn(**kwargs)
+                result = entry.score(words, metric.params, seed=seed, max_batch=cfg.max_batch)
                 if ctx.device.type == "cuda":
                     torch.cuda.synchronize(ctx.device)
             except InputError as err:
@@ -412,7 +400,7 @@ def commit_shard(spec: ShardSpec, rows: pd.DataFrame, curves: pd.DataFrame, gall
     layout.write_parquet(layout.curves_path(out, spec.index), curves)
     layout.write_torch(layout.images_path(out, spec.index), gallery)
     results = layout.results_path(out, spec.index)
-    tmp = layout.write_temp(results, layout.parquet_writer(rows))
+    tmp = write_temp(results, layout.parquet_writer(rows))
     try:
         files = [layout.curves_path(out, spec.index), layout.images_path(out, spec.index)]
         files += [layout.maps_path(out, m.label, spec.index) for m in cfg.methods]
