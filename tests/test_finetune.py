@@ -106,7 +106,9 @@ def test_interrupted_finetuning_resumes_from_its_last_checkpoint(tmp_path, monke
     assert result.log["selected"].sum() <= 1
     evaluation = json.loads((out / "evaluation.json").read_text())
     assert set(evaluation) >= {"original", "finetuned", "difference", "wilcoxon_p", "agreement", "accuracy_original"}
-    assert 0 <= evaluation["agreement"] <= 1 and (out / "gallery.png").is_file()
+    assert 0 <= evaluation["agreement"] <= 1 and (out / "gallery.pt").is_file()
+    shown = ft.load_gallery(out)
+    assert set(shown.maps) == {"original", "fine-tuned"} and shown.maps["original"].shape[0] == len(shown.titles)
     import xaibench
 
     model = xaibench.load_model(f"file:{out / 'model.pt'}", device="cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Fine-tune the model of a TOML config for a learnable metric (focus, relevance_mass_accuracy, "
         "road, irof, relative_input_stability) and a differentiable method, keeping the original's predictions "
         "(see docs/harmony.md). DIR receives model.pt (the spec file:DIR/model.pt), finetune.toml, log.csv, "
-        "evaluation.json (held-out before/after), gallery.png and checkpoints/ for --resume.",
+        "evaluation.json (held-out before/after), gallery.pt and gallery.png (original vs fine-tuned maps) and "
+        "checkpoints/ for --resume.",
     )
     p.add_argument("config", help="TOML fine-tuning config file")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from xaibench.training.finetune import finetune, load_finetune_config, parse_finetune_config
+    from xaibench.plotting import save_gallery
+    from xaibench.training.finetune import finetune, load_finetune_config, load_gallery, parse_finetune_config
 
     cfg = load_finetune_config(args.config)
     if args.device:
@@ -36,6 +39,9 @@ def handle(args: argparse.Namespace) -> int:
         words = ["xaibench", "finetune", args.config, "--out", args.out, "--resume"]
         print(f"xaibench: interrupted; continue the fine-tuning with:\n  {shlex.join(words)}", file=sys.stderr)
         return 130
+    shown = load_gallery(args.out)
+    if shown is not None:
+        save_gallery(shown.images, shown.maps, Path(args.out) / "gallery.png", masks=shown.masks, titles=shown.titles)
     e = result.evaluation
     print(f"model {result.model_path} (step {e['selected_step']}); held-out {e['metric']} with {e['method']}: "
           f"{e['original']['mean']:.4f} -> {e['finetuned']['mean']:.4f} (difference {e['difference']['mean']:+.4f}, "

@@ -21,19 +21,13 @@ uninterrupted run exactly (bitwise on the CPU).
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import random
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -51,6 +45,7 @@ from xaibench.training.calibration import confidence_adaptive_error, confidence_
 from xaibench.training.config import TrainConfig, as_train_config, load_train_config
 from xaibench.training.losses import adaptive_focal_loss
 from xaibench.training.perturbations import draw_fp, feature_saliency, fp_images, pgd_attack
+from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator, rank
 from xaibench.training.selection import candidate_count, select_epoch, top_epochs
 
 LOG_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "ece", "adaece", "lr", "seconds", "selected")
@@ -129,15 +124,6 @@ def split_data(cfg: TrainConfig) -> tuple[LabelledImages, LabelledImages | None,
 
 
 # --- the model ------------------------------------------------------------------------------------
-
-
-def _arch_spec(spec: str) -> str:
-    """The architecture spec stored in the model file (a ``file:`` model's own)."""
-    scheme, _, rest = spec.partition(":")
-    if scheme != "file":
-        return spec
-    obj = torch.load(Path(rest).expanduser(), map_location="cpu", weights_only=True)
-    return str(obj["spec"])
 
 
 def initial_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -363,62 +349,6 @@ def weights_path(out: Path, epoch: int) -> Path:
 # --- train ------------------------------------------------------------------------------------------
 
 
-def _accelerator(device: str) -> tuple[str, Any]:
-    """Lightning (accelerator, device indices or None) of a config's device string; a device this
-    machine lacks is an `InputError` listing the available ones."""
-    from xaibench.devices import resolve_device
-
-    resolve_device(device.replace("gpu", "cuda"))
-    if device == "auto":
-        return "auto", None
-    if device == "cpu":
-        return "cpu", None
-    index = device.partition(":")[2]  # "cuda", "gpu", "cuda:<index>" (validated by the config)
-    return "gpu", [int(index)] if index else None
-
-
-def _rank() -> int:
-    """This process's rank under a DDP launcher (0 outside one)."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-
-
-@contextlib.contextmanager
-def _isolated(quiet: bool) -> Iterator[None]:
-    """Leave the caller's global RNG states, deterministic-algorithm flags and logging as they were."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    logger = logging.getLogger("lightning.pytorch")
-    level = logger.level
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|isinstance\(treespec, LeafSpec\)|exists and is not empty).*")
-        if quiet:
-            logger.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
-            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-
-
-def check_out(cfg: Any, existing: Path, resume: bool, load: Callable[[Path], Any], what: str = "training") -> None:
-    """Refuse to write into the folder of `existing` (a run's config file, read back with `load`)
-    unless resuming, and refuse to resume a run of another config."""
-    out = existing.parent
-    if not existing.is_file():
-        return
-    if not resume:
-        raise InputError(f"{out} already holds a {what} run; pass --resume (resume=True) to finish it, or "
-                         "choose another output directory")
-    before = load(existing)
-    if before.hash != cfg.hash:
-        raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
-                         f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
-
-
 def _result(cfg: TrainConfig, out: Path) -> TrainResult:
     log = pd.read_csv(out / LOG_FILE)
     selected = log.loc[log["selected"].astype(bool), "epoch"]
@@ -437,14 +367,14 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
     """
     cfg = as_train_config(config)
     out = Path(out_dir)
-    if _rank() == 0:
+    if rank() == 0:
         check_out(cfg, out / CONFIG_FILE, resume, load_train_config)
     if resume and (out / MODEL_FILE).is_file() and (out / LOG_FILE).is_file():
         log = pd.read_csv(out / LOG_FILE)
         if "selected" in log and log["selected"].any():
             return _result(cfg, out)
-    accelerator, device_ids = _accelerator(cfg.device)
-    with _isolated(quiet=not progress):
+    accelerator, device_ids = lightning_accelerator(cfg.device)
+    with isolated(quiet=not progress):
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         train_set, val_set, num_classes = split_data(cfg)
         model = initial_model(cfg, num_classes)
@@ -456,7 +386,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         if cfg.schedule == "onecycle" and cfg.warmup * steps <= 1:  # torch's OneCycleLR divides by warmup x steps - 1
             raise InputError(f"config schedule = 'onecycle' needs warmup x steps > 1, got {cfg.warmup} x {steps} "
                              "steps: train longer or on more images, use a smaller batch or a longer warmup")
-        if _rank() == 0:  # only once the data, the model and its feature map are known to work
+        if rank() == 0:  # only once the data, the model and its feature map are known to work
             (out / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
             write_atomic(out / CONFIG_FILE, lambda p: p.write_text(cfg.to_toml()))
         module = GomezModule(model, cfg, train_set, val_set, layer)
@@ -483,6 +413,6 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         if cfg.selection != "last":
             module.model.load_state_dict(torch.load(weights_path(out, best), map_location="cpu", weights_only=True))
         log["selected"] = log["epoch"] == best
-        save_model(module.model, out / MODEL_FILE, spec=_arch_spec(cfg.model["spec"]))
+        save_model(module.model, out / MODEL_FILE, spec=arch_spec(cfg.model["spec"]))
         write_atomic(out / LOG_FILE, lambda p: log.to_csv(p, index=False))
     return TrainResult(out / MODEL_FILE, log, best, cfg.hash)

@@ -8,7 +8,8 @@ for a fixed attribution method while the copy keeps the original's predictions.
 - ``model.pt``: the selected weights as a `save_model` file (``load_model("file:DIR/model.pt")``);
 - ``evaluation.json``: original vs fine-tuned on the held-out split (the metric's mean with a
   bootstrap CI, the paired difference with its CI and a Wilcoxon signed-rank p-value, agreement,
-  accuracy); ``gallery.png``: original vs fine-tuned maps on held-out images;
+  accuracy); ``gallery.pt``: original vs fine-tuned maps on held-out images as data (a `Gallery`,
+  drawn as ``gallery.png`` by ``xaibench finetune``);
 - ``checkpoints/``: ``last.ckpt`` (Lightning's full state, for ``resume``) and ``best.ckpt``.
 
 Objective per batch (HARMONY's): the fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)``
@@ -42,7 +43,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,14 @@ from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
 from xaibench.seeding import derive_seed
-from xaibench.training.engine import _accelerator, _arch_spec, _isolated, check_out, split_data
+from xaibench.training.engine import split_data
+from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator
 
 CONFIG_FILE = "finetune.toml"
 LOG_FILE = "log.csv"
 MODEL_FILE = "model.pt"
 EVALUATION_FILE = "evaluation.json"
-GALLERY_FILE = "gallery.png"
+GALLERY_FILE = "gallery.pt"
 CHECKPOINTS = "checkpoints"
 LOG_COLUMNS = ("step", "metric", "agreement", "seconds")
 # HARMONY's loss weights per metric, and its learning rates (3e-6 for the segmentation-mask metric)
@@ -438,14 +440,25 @@ def evaluate(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: Lea
     }
 
 
-def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
-            path: Path, device: torch.device) -> None:
-    """Original vs fine-tuned maps (HARMONY's figures): mosaics for HARMONY's Focus, images otherwise."""
-    from xaibench.plotting import save_gallery
+@dataclass(frozen=True)
+class Gallery:
+    """Original vs fine-tuned maps of held-out images (HARMONY's figures), as data for a figure:
+    images [N, C, H, W] in [0, 1], maps {"original", "fine-tuned"} -> [N, H, W], masks bool
+    [N, H, W] or None, one title per image (all on the CPU)."""
 
+    images: Tensor
+    maps: dict[str, Tensor]
+    masks: Tensor | None
+    titles: list[str]
+
+
+def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: LearnableMetric, data: Dataset,
+            device: torch.device) -> Gallery | None:
+    """The `Gallery` of `evaluation.gallery` images: mosaics for HARMONY's Focus, images otherwise
+    (None when the config asks for none)."""
     n = cfg.evaluation["gallery"]
     if n < 1:
-        return
+        return None
     group = 4 if cfg.metric == "focus" else 1  # four images per mosaic
     x, _, masks = next(iter(DataLoader(data, batch_size=min(group * n, len(data)) // group * group)))
     x, masks = x.to(device), masks.to(device)
@@ -456,8 +469,13 @@ def gallery(learn: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: Lear
         x, pred, masks = mosaic, cls, tile
     maps = {name: method_maps(cfg, model)(x, pred).cpu()
             for name, model in (("original", orig), ("fine-tuned", learn))}
-    save_gallery(x.cpu(), maps, path, masks=masks.cpu() if masks.any() else None,
-                 titles=[f"class {int(c)}" for c in pred])
+    return Gallery(x.cpu(), maps, masks.cpu() if masks.any() else None, [f"class {int(c)}" for c in pred])
+
+
+def load_gallery(out_dir: str | Path) -> Gallery | None:
+    """The `Gallery` a fine-tuning wrote to `out_dir` (None when it wrote none)."""
+    path = Path(out_dir) / GALLERY_FILE
+    return Gallery(**torch.load(path, weights_only=True)) if path.is_file() else None
 
 
 # --- finetune ----------------------------------------------------------------------------------------
@@ -485,8 +503,8 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         return FinetuneResult(out / MODEL_FILE, pd.read_csv(out / LOG_FILE),
                               json.loads((out / EVALUATION_FILE).read_text()), cfg.hash)
     metric = LEARNABLE.get(cfg.metric)(**cfg.metric_params)
-    accelerator, device_ids = _accelerator(cfg.device)
-    with _isolated(quiet=not progress), warnings.catch_warnings():
+    accelerator, device_ids = lightning_accelerator(cfg.device)
+    with isolated(quiet=not progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # on purpose, see HarmonyModule.train
         warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")  # EpochOrder continues it
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -519,12 +537,14 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         device = module.device
         selected = _select(module, best, table, cfg)
         table["selected"] = table["step"] == selected
-        save_model(module.learn, out / MODEL_FILE, spec=_arch_spec(cfg.model["spec"]))
+        save_model(module.learn, out / MODEL_FILE, spec=arch_spec(cfg.model["spec"]))
         write_atomic(out / LOG_FILE, lambda p: table.to_csv(p, index=False))
         test = held_out(cfg, mask)
         result = evaluate(module.learn, module.orig, cfg, metric, test, device)
         result["selected_step"] = selected
-        gallery(module.learn, module.orig, cfg, metric, test, out / GALLERY_FILE, device)
+        shown = gallery(module.learn, module.orig, cfg, metric, test, device)
+        if shown is not None:
+            write_atomic(out / GALLERY_FILE, lambda p: torch.save(asdict(shown), p))
         write_atomic(out / EVALUATION_FILE, lambda p: p.write_text(json.dumps(result, indent=2)))
     return FinetuneResult(out / MODEL_FILE, table, result, cfg.hash)
 

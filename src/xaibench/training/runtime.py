@@ -1,0 +1,84 @@
+"""What the trainer and the fine-tuner share around Lightning: the accelerator of a config's device,
+the process's rank, isolation of the caller's global state, the output folder's resume check and
+the architecture spec a model file stores."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xaibench.errors import InputError
+
+
+def arch_spec(spec: str) -> str:
+    """The architecture spec stored in the model file (a ``file:`` model's own)."""
+    scheme, _, rest = spec.partition(":")
+    if scheme != "file":
+        return spec
+    obj = torch.load(Path(rest).expanduser(), map_location="cpu", weights_only=True)
+    return str(obj["spec"])
+
+
+def lightning_accelerator(device: str) -> tuple[str, Any]:
+    """Lightning (accelerator, device indices or None) of a config's device string; a device this
+    machine lacks is an `InputError` listing the available ones."""
+    from xaibench.devices import resolve_device
+
+    resolve_device(device.replace("gpu", "cuda"))
+    if device == "auto":
+        return "auto", None
+    if device == "cpu":
+        return "cpu", None
+    index = device.partition(":")[2]  # "cuda", "gpu", "cuda:<index>" (validated by the config)
+    return "gpu", [int(index)] if index else None
+
+
+def rank() -> int:
+    """This process's rank under a DDP launcher (0 outside one)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def isolated(quiet: bool) -> Iterator[None]:
+    """Leave the caller's global RNG states, deterministic-algorithm flags and logging as they were."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    logger = logging.getLogger("lightning.pytorch")
+    level = logger.level
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(does not have many workers|isinstance\(treespec, LeafSpec\)|exists and is not empty).*")
+        if quiet:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def check_out(cfg: Any, existing: Path, resume: bool, load: Callable[[Path], Any], what: str = "training") -> None:
+    """Refuse to write into the folder of `existing` (a run's config file, read back with `load`)
+    unless resuming, and refuse to resume a run of another config."""
+    out = existing.parent
+    if not existing.is_file():
+        return
+    if not resume:
+        raise InputError(f"{out} already holds a {what} run; pass --resume (resume=True) to finish it, or "
+                         "choose another output directory")
+    before = load(existing)
+    if before.hash != cfg.hash:
+        raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
+                         f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
