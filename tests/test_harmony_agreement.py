@@ -148,7 +148,7 @@ def _study(root):
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     pytest.importorskip("django")
-    from xaibench.harmony.testing import cli, use_home
+    from harmony_testing import cli, use_home
 
     use_home(tmp_path_factory.mktemp("harmony-agreement-home"))
     cli("load", str(_study(tmp_path_factory.mktemp("agreement") / "study")))
@@ -202,7 +202,7 @@ def test_analyze_metrics_says_when_examples_carry_no_maps(loaded, capsys, tmp_pa
 def test_no_maps_at_all_is_said_clearly(tmp_path, capsys):
     pytest.importorskip("django")
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import cli, use_home
+    from harmony_testing import cli, use_home
 
     use_home(tmp_path / "home")
     cli("load", str(make_sample_dataset(tmp_path / "plain", conditions=1, examples=2, size=16)))
@@ -211,7 +211,7 @@ def test_no_maps_at_all_is_said_clearly(tmp_path, capsys):
 
 
 def test_published_study_carries_no_maps(legacy_db, tmp_path, capsys):
-    from xaibench.harmony.testing import cli, use_home
+    from harmony_testing import cli, use_home
 
     use_home(tmp_path / "home")
     cli("import-legacy", str(legacy_db))
@@ -229,7 +229,7 @@ def test_model_metrics_score_each_map_with_its_own_model(tmp_path):
     import torch
 
     from xaibench.harmony.agreement import study_scores
-    from xaibench.harmony.testing import cli, use_home
+    from harmony_testing import cli, use_home
     from xaibench.metrics import METRICS
     from xaibench.models import load_model, save_model
 

@@ -15,7 +15,7 @@ def server(tmp_path_factory, chromium):
 
     from xaibench.harmony.dataset import load_dataset
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-browser-home"))
     get_user_model().objects.create_user("browser_ann", password="browser password")

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from xaibench.harmony.legacy import LEGACY_PREFIX
-from xaibench.harmony.testing import cli
+from harmony_testing import cli
 
 pytest.importorskip("django")
 
@@ -25,7 +25,7 @@ PUBLISHED = {
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory, legacy_db):
-    from xaibench.harmony.testing import use_home
+    from harmony_testing import use_home
 
     use_home(tmp_path_factory.mktemp("harmony-import-home"))
     from xaibench.harmony.legacy import import_legacy
@@ -187,7 +187,7 @@ def test_import_reports_a_damaged_database(tmp_path):
 
 
 def test_legacy_annotators_never_merge_into_live_accounts(tmp_path, capsys):
-    from xaibench.harmony.testing import use_home
+    from harmony_testing import use_home
 
     use_home(tmp_path / "home")
     from django.contrib.auth import get_user_model

@@ -25,7 +25,7 @@ SIDES = ("left", "right", "neither")
 def server(tmp_path_factory):
     from xaibench.harmony.dataset import load_dataset
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-load-home"))
     data = make_sample_dataset(tmp_path_factory.mktemp("harmony-load-study"), conditions=CONDITIONS, examples=EXAMPLES, size=32)

@@ -46,7 +46,7 @@ def rect(x0, y0, x1, y1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def masks_home(tmp_path_factory):
-    from xaibench.harmony.testing import cli, use_home
+    from harmony_testing import cli, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-masks-home"))
     cli("load-masks", str(make_mask_dataset(tmp_path_factory.mktemp("masks") / "set")))
@@ -85,7 +85,7 @@ def draw(c, n, mask, boxes=(), status=302):
 
 
 def test_load_is_idempotent_and_validates(masks_home, tmp_path, capsys):
-    from xaibench.harmony.testing import cli
+    from harmony_testing import cli
 
     root = make_mask_dataset(tmp_path / "set")  # the same images and name
     cli("load-masks", str(root))
@@ -155,7 +155,7 @@ def test_export_round_trip_pointing_game_and_iou(masks_home, tmp_path, capsys):
     import torch
 
     from xaibench.data import load_dataset
-    from xaibench.harmony.testing import cli
+    from harmony_testing import cli
     from xaibench.metrics import METRICS
 
     out = tmp_path / "export"
@@ -240,7 +240,7 @@ def browser_server(tmp_path_factory, chromium):
     from django.contrib.auth import get_user_model
     from django.db import connections
 
-    from xaibench.harmony.testing import LiveServer, cli, use_home
+    from harmony_testing import LiveServer, cli, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-masks-browser"))
     cli("load-masks", str(make_mask_dataset(tmp_path_factory.mktemp("masks-browser") / "set")))

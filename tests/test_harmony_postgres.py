@@ -32,7 +32,7 @@ RESTART_ENV = "HARMONY_TEST_DATABASE_RESTART"  # JSON argv that restarts the tes
 
 @pytest.fixture(scope="module")
 def postgres():
-    from xaibench.harmony.testing import PostgresCluster
+    from harmony_testing import PostgresCluster
 
     bindir = PostgresCluster.find_bindir()
     _require(bindir is not None, "PostgreSQL server binaries (initdb, pg_ctl) not found; on Debian: apt-get install postgresql")
@@ -139,7 +139,7 @@ def test_database_restart_during_load_loses_no_acknowledged_label(tmp_path):
         pytest.skip("runs inside test_app_suites_on_postgresql, against the PostgreSQL server it starts")
     from xaibench.harmony.dataset import assign_conditions, load_dataset
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path / "home")
     load_dataset(make_sample_dataset(tmp_path / "study", conditions=CONDITIONS, examples=EXAMPLES, size=32))

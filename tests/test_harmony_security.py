@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from xaibench.harmony.testing import cli, make_annotator as annotator
+from harmony_testing import cli, make_annotator as annotator
 
 pytest.importorskip("django")
 
@@ -31,7 +31,7 @@ def answer_tokens(html: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import use_home
+    from harmony_testing import use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-security-home"))
     data = make_sample_dataset(tmp_path_factory.mktemp("harmony-security-study"), conditions=1, examples=8, size=32)

@@ -167,7 +167,7 @@ def _label_in_chromium(tmp_path, study, chromium):
     from playwright.sync_api import sync_playwright
 
     from xaibench.harmony.dataset import load_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path / "home")
     get_user_model().objects.create_user("study_ann", password="study password")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from xaibench.harmony.testing import cli, make_annotator
+from harmony_testing import cli, make_annotator
 
 pytest.importorskip("django")
 
@@ -25,7 +25,7 @@ CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import use_home
+    from harmony_testing import use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-web-home"))
     data = make_sample_dataset(tmp_path_factory.mktemp("harmony-web-study"), conditions=2, examples=3, size=48)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class XaibenchError(Exception):
     """Base class of all errors raised on purpose by xaibench."""
@@ -20,3 +23,16 @@ class UnknownNameError(XaibenchError, KeyError):
 
 class WeightsUnavailableError(XaibenchError, RuntimeError):
     """Pretrained weights (or a backbone) cannot be found locally and cannot be downloaded."""
+
+
+def exit_status(action: Callable[[], int | None]) -> int:
+    """Run a command-line action and return its exit status: an `XaibenchError` is printed as
+    ``xaibench: error: ...`` without a traceback (status 2), Ctrl-C as ``xaibench: interrupted`` (130)."""
+    try:
+        return int(action() or 0)
+    except XaibenchError as err:
+        print(f"xaibench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xaibench: interrupted", file=sys.stderr)
+        return 130

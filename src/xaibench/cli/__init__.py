@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 from xaibench import __version__
-from xaibench.errors import XaibenchError
+from xaibench.errors import exit_status
 
 COMMANDS = ("methods", "metrics", "explain", "plan", "run", "train", "finetune", "report", "reliability", "experiment", "demo", "harmony")
 
@@ -26,11 +25,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except XaibenchError as err:
-        print(f"xaibench: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xaibench: interrupted", file=sys.stderr)
-        return 130
+    return exit_status(lambda: args.func(args))
