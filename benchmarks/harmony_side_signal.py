@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from xaibench.harmony.testing import LiveServer, make_annotator, use_home
+    from tests.harmony_testing import LiveServer, make_annotator, use_home  # the test suite's scaffolding
 
     tmp = Path(tempfile.mkdtemp(prefix="harmony-side-signal-"))
     home = use_home(tmp / "home")

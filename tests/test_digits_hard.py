@@ -24,7 +24,7 @@ def test_same_digits_labels_and_split_as_builtin_digits() -> None:
 
 
 def test_generation_is_deterministic_and_masks_follow_the_transformed_digit() -> None:
-    grey, _, splits = dh._digits()
+    grey, _, splits = dh.digits_arrays()
     part = grey[torch.as_tensor(splits["test"][:50])]
     a, b = dh._make(part, "test"), dh._make(part, "test")
     for x, y in zip(a, b):

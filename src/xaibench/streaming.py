@@ -143,7 +143,7 @@ class ExplanationMetric(Metric):
             with torch.inference_mode(False), torch.enable_grad():
                 given = {k: _usable(v) for k, v in given.items()}
                 if needs_method:
-                    from xaibench import explainer as make_explainer
+                    from xaibench.explainers import explainer as make_explainer
 
                     made = make_explainer(self.method, model, **self.method_params)
                     if "explainer" in requires and explainer is None:

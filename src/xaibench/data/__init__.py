@@ -47,7 +47,7 @@ def load_dataset(spec: str, split: str = "test", image_size: int | None = None,
     if sep:  # published layouts (CelebA, CelebAMask-HQ, CIFAR-100), subsets, alignment stand-ins
         from xaibench.data.layouts import extra_dataset
 
-        extra = extra_dataset(scheme, rest, split, image_size)
+        extra = extra_dataset(scheme, rest, split, image_size, load_dataset)
         if extra is not None:
             return extra
     if scheme == "builtin" and sep:

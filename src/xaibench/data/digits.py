@@ -60,7 +60,7 @@ SPLITS = {
 
 
 @functools.lru_cache(maxsize=1)
-def _digits() -> tuple[Tensor, Tensor, dict[str, np.ndarray]]:
+def digits_arrays() -> tuple[Tensor, Tensor, dict[str, np.ndarray]]:
     """(grey images float32 [N, 32, 32] in [0, 1], labels long [N], split name -> indices)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -95,7 +95,7 @@ class DigitsDataset(ImageDataset):
         self.mask_names = ("digit", "square")
         self.default_mask = "digit"
         self.image_size = image_size
-        grey, labels, splits = _digits()
+        grey, labels, splits = digits_arrays()
         idx = torch.as_tensor(splits["train" if split == "train" else "test"])
         self.indices = idx
         self.labels = labels[idx]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xaibench.data.base import ImageDataset, Sample, make_sample, resize_crop_image, resize_crop_mask
-from xaibench.data.digits import CLASSES, SIZE, STROKE_THRESHOLD, _digits
+from xaibench.data.digits import CLASSES, SIZE, STROKE_THRESHOLD, digits_arrays
 from xaibench.errors import InputError
 
 SEED = 0
@@ -88,7 +88,7 @@ def _make(grey: Tensor, split: str) -> tuple[Tensor, Tensor, Tensor]:
 @functools.lru_cache(maxsize=2)
 def _split(split: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(sklearn indices, labels, images [N, H, W], digit masks, clutter masks) of `split`."""
-    grey, labels, splits = _digits()
+    grey, labels, splits = digits_arrays()
     idx = torch.as_tensor(splits[split])
     return (idx, labels[idx], *_make(grey[idx], split))
 

@@ -12,13 +12,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xaibench.data.base import ImageDataset
 
 SCHEMES = ("celeba", "celebamask-hq", "cifar100", "subset")
 
 
-def extra_dataset(scheme: str, rest: str, split: str, image_size: int | None) -> ImageDataset | None:
-    """The data set of ``scheme:rest`` if this module knows it, else None."""
+def extra_dataset(scheme: str, rest: str, split: str, image_size: int | None,
+                  load: Callable[..., ImageDataset]) -> ImageDataset | None:
+    """The data set of ``scheme:rest`` if this module knows it, else None; `load` (``load_dataset``)
+    reads the data set a subset file names."""
     if scheme == "builtin":
         from xaibench.data.standins import NAMES, StandIn
 
@@ -38,5 +42,5 @@ def extra_dataset(scheme: str, rest: str, split: str, image_size: int | None) ->
     if scheme == "subset":
         from xaibench.data.subset import SubsetDataset
 
-        return SubsetDataset(rest, split, image_size)
+        return SubsetDataset(rest, split, image_size, load)
     return None

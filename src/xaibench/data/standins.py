@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from xaibench.data.base import ImageDataset, Sample, make_sample, resize_crop_image, resize_crop_mask
-from xaibench.data.digits import SIZE, STROKE_THRESHOLD, DigitsDataset, _digits, square_mask
+from xaibench.data.digits import SIZE, STROKE_THRESHOLD, DigitsDataset, digits_arrays, square_mask
 from xaibench.errors import InputError
 
 FRAME = 3
@@ -57,7 +57,7 @@ class StandIn(ImageDataset):
         self.default_mask = self.mask_names[0]
 
     def _tint(self, name: str) -> None:
-        grey, labels, splits = _digits()
+        grey, labels, splits = digits_arrays()
         idx = torch.as_tensor(splits[self.split])
         gen = torch.Generator().manual_seed(TINT_SEED + SPLITS.index(self.split))
         tint = torch.randint(0, 2, (len(idx),), generator=gen)

@@ -12,7 +12,7 @@ Samples are those of the underlying data set (same ids, labels and masks), in th
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -34,9 +34,7 @@ def write_subsets(path: str | Path, spec: str, splits: Mapping[str, tuple[str, S
 class SubsetDataset(ImageDataset):
     """``subset:<file.json>``, split = the name of one subset in the file."""
 
-    def __init__(self, file: str, split: str = "test", image_size: int | None = None) -> None:
-        from xaibench.data import load_dataset
-
+    def __init__(self, file: str, split: str, image_size: int | None, load: Callable[..., ImageDataset]) -> None:
         path = Path(file).expanduser()
         if not path.is_file():
             raise InputError(f"missing subset file {path}")
@@ -47,7 +45,7 @@ class SubsetDataset(ImageDataset):
             raise InputError(f"{path} is not a subset file (needs 'spec' and 'splits'): {err}") from None
         if split not in splits:
             raise InputError(f"{path} has no subset {split!r}; known: {', '.join(splits)}")
-        self.base = load_dataset(spec, split=splits[split]["split"], image_size=image_size)
+        self.base = load(spec, split=splits[split]["split"], image_size=image_size)
         self.positions = [int(i) for i in splits[split]["indices"]]
         bad = [i for i in self.positions if not 0 <= i < len(self.base)]
         if bad:

@@ -161,7 +161,7 @@ def _models(exp: ExperimentDir | StepContext) -> dict[str, str]:
 
 
 def _load(spec: str, device: str) -> torch.nn.Module:
-    from xaibench import load_model
+    from xaibench.models import load_model
 
     return load_model(spec, device=device).eval()
 

@@ -297,7 +297,7 @@ def _trained(exp: ExperimentDir, label: str) -> dict[str, Any]:
 
 
 def _load(path: str, device: str) -> torch.nn.Module:
-    from xaibench import load_model
+    from xaibench.models import load_model
 
     return load_model(f"file:{path}").to(device).eval()
 

@@ -150,7 +150,7 @@ def few_shot_accuracy(features: torch.Tensor, labels: torch.Tensor, train: torch
 
 
 def transfer(ctx: StepContext) -> None:
-    from xaibench import load_model
+    from xaibench.models import load_model
     from xaibench.data import load_dataset
 
     target = section("[target].", ctx.cfg["target"], TARGET)

@@ -51,12 +51,12 @@ def seeded_global_rng(gen: torch.Generator, device: torch.device) -> Iterator[No
         np.random.set_state(np_state)
 
 
-def _rows(max_batch: int, batch: int) -> int:
+def expansions_per_image(max_batch: int, batch: int) -> int:
     """Expansions per image that keep batch * expansions <= max_batch (at least 1)."""
     return max(1, max_batch // batch)
 
 
-def _positive(name: str, value: int) -> int:
+def positive_int(name: str, value: int) -> int:
     if not isinstance(value, int) or value < 1:
         raise InputError(f"{name} must be a positive int, got {value!r}")
     return value
@@ -101,7 +101,7 @@ class IntegratedGradientsExplainer(Explainer):
                  method: str = "gausslegendre", reduce: str | None = None, sign: str | None = None,
                  max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.steps = _positive("steps", steps)
+        self.steps = positive_int("steps", steps)
         self.baseline = float(baseline)
         self.method = method
         self.params.update(steps=steps, baseline=baseline, method=method)
@@ -133,7 +133,7 @@ class SmoothGradExplainer(Explainer):
                  seed: int | torch.Generator | None = 0, reduce: str | None = None,
                  sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_samples = _positive("n_samples", n_samples)
+        self.n_samples = positive_int("n_samples", n_samples)
         self.noise = float(noise)
         self.generator = make_generator(seed)
         self.params.update(n_samples=n_samples, noise=noise, seed=seed if isinstance(seed, int) else None)
@@ -143,7 +143,7 @@ class SmoothGradExplainer(Explainer):
         with seeded_global_rng(self.generator, inputs.device):
             return nt.attribute(
                 inputs, nt_type=self.nt_type, nt_samples=self.n_samples, stdevs=self.noise,
-                nt_samples_batch_size=_rows(self.max_batch, inputs.shape[0]), target=targets, abs=False,
+                nt_samples_batch_size=expansions_per_image(self.max_batch, inputs.shape[0]), target=targets, abs=False,
             )
 
 
@@ -254,7 +254,7 @@ class GradientShapExplainer(Explainer):
                  seed: int | torch.Generator | None = 0, reduce: str | None = None,
                  sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_samples = _positive("n_samples", n_samples)
+        self.n_samples = positive_int("n_samples", n_samples)
         self.noise = float(noise)
         self.generator = make_generator(seed)
         self.params.update(n_samples=n_samples, noise=noise, seed=seed if isinstance(seed, int) else None)
@@ -262,7 +262,7 @@ class GradientShapExplainer(Explainer):
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         gs = GradientShap(self.model)
         baselines = torch.stack([torch.zeros_like(inputs[0]), torch.ones_like(inputs[0])])
-        chunk = _rows(self.max_batch, inputs.shape[0])
+        chunk = expansions_per_image(self.max_batch, inputs.shape[0])
         total = torch.zeros_like(inputs)
         with seeded_global_rng(self.generator, inputs.device):
             for start in range(0, self.n_samples, chunk):
@@ -290,8 +290,8 @@ class OcclusionExplainer(Explainer):
     def __init__(self, model: nn.Module, *, window: int = 16, stride: int = 8, baseline: float = 0.0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.window = _positive("window", window)
-        self.stride = _positive("stride", stride)
+        self.window = positive_int("window", window)
+        self.stride = positive_int("stride", stride)
         self.baseline = float(baseline)
         self.params.update(window=window, stride=stride, baseline=baseline)
 
@@ -301,7 +301,7 @@ class OcclusionExplainer(Explainer):
         return Occlusion(self.model).attribute(
             inputs, sliding_window_shapes=(c, wh, ww), strides=(c, self.stride, self.stride),
             baselines=self.baseline, target=targets,
-            perturbations_per_eval=_rows(self.max_batch, inputs.shape[0]),
+            perturbations_per_eval=expansions_per_image(self.max_batch, inputs.shape[0]),
         )
 
 
@@ -321,7 +321,7 @@ class FeatureAblationExplainer(Explainer):
     def __init__(self, model: nn.Module, *, patch: int = 8, baseline: float = 0.0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.patch = _positive("patch", patch)
+        self.patch = positive_int("patch", patch)
         self.baseline = float(baseline)
         self.params.update(patch=patch, baseline=baseline)
 
@@ -332,5 +332,5 @@ class FeatureAblationExplainer(Explainer):
         mask = rows[:, None] * ((w + self.patch - 1) // self.patch) + cols[None, :]
         return FeatureAblation(self.model).attribute(
             inputs, baselines=self.baseline, target=targets, feature_mask=mask[None, None],
-            perturbations_per_eval=_rows(self.max_batch, inputs.shape[0]),
+            perturbations_per_eval=expansions_per_image(self.max_batch, inputs.shape[0]),
         )

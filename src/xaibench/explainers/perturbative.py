@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.explainers.base import Explainer, register
-from xaibench.explainers.gradient import _positive, _rows, seeded_global_rng
+from xaibench.explainers.gradient import positive_int, expansions_per_image, seeded_global_rng
 from xaibench.seeding import make_generator
 
 
@@ -59,8 +59,8 @@ class RISEExplainer(Explainer):
                  seed: int | torch.Generator | None = 0, reduce: str | None = None, sign: str | None = None,
                  max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_masks = _positive("n_masks", n_masks)
-        self.grid = _positive("grid", grid)
+        self.n_masks = positive_int("n_masks", n_masks)
+        self.grid = positive_int("grid", grid)
         if not 0.0 < float(p) <= 1.0:
             raise InputError(f"p must be in (0, 1], got {p!r}")
         self.p = float(p)
@@ -76,7 +76,7 @@ class RISEExplainer(Explainer):
         cells = torch.tensor([math.ceil(h / self.grid), math.ceil(w / self.grid)], device=gen.device)
         offsets = (torch.rand(self.n_masks, 2, generator=gen, device=gen.device) * cells).long()
         grids, offsets = grids.to(inputs.device), offsets.to(inputs.device)
-        chunk = _rows(self.max_batch, b)
+        chunk = expansions_per_image(self.max_batch, b)
         total = torch.zeros(b, h, w, device=inputs.device)
         with torch.no_grad():
             for start in range(0, self.n_masks, chunk):
@@ -101,7 +101,7 @@ class FeaturePermutationExplainer(Explainer):
     def __init__(self, model: nn.Module, *, patch: int = 8, seed: int | torch.Generator | None = 0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.patch = _positive("patch", patch)
+        self.patch = positive_int("patch", patch)
         self.generator = make_generator(seed)
         self.params.update(patch=patch, seed=seed if isinstance(seed, int) else None)
 
@@ -116,5 +116,5 @@ class FeaturePermutationExplainer(Explainer):
         with seeded_global_rng(self.generator, inputs.device):
             return FeaturePermutation(self.model).attribute(
                 inputs, target=targets, feature_mask=mask[None, None],
-                perturbations_per_eval=_rows(self.max_batch, inputs.shape[0]),
+                perturbations_per_eval=expansions_per_image(self.max_batch, inputs.shape[0]),
             )

@@ -293,7 +293,7 @@ def study_scores(names: list[str], device: str | None = None) -> tuple[pd.DataFr
 
 def format_agreement(result: dict) -> str:
     """Plain-text tables of ``agreement``'s result (per condition, pooled per metric, ranking)."""
-    from xaibench.harmony.analysis import _fmt
+    from xaibench.harmony.analysis import format_value
 
     head = (f"{'examples':>8} {'human F/O/N/none':>16} {'metric F/O/tie/undef':>20} {'agree/n':>9} {'rate':>6} "
             f"{'CI':>13} {'p':>8} {'alpha':>6} {'+metric':>7}")
@@ -301,10 +301,10 @@ def format_agreement(result: dict) -> str:
     def row(name: str, r: dict, width: int) -> str:
         human = "/".join(str(r[f"human_{c}"]) for c in (*CATEGORIES, "none"))
         metric = "/".join(str(r[f"metric_{v}"]) for v in VERDICTS)
-        ci = f"{_fmt(r['ci_low'], '.3f')}-{_fmt(r['ci_high'], '.3f')}"
+        ci = f"{format_value(r['ci_low'], '.3f')}-{format_value(r['ci_high'], '.3f')}"
         return (f"{name:<{width}} {r['examples']:>8} {human:>16} {metric:>20} {str(r['agree']) + '/' + str(r['compared']):>9} "
-                f"{_fmt(r['rate'], '6.3f')} {ci:>13} {_fmt(r['p_value'], '8.2g')} {_fmt(r['alpha_humans'], '6.3f')} "
-                f"{_fmt(r['alpha_with_metric'], '7.3f')}")
+                f"{format_value(r['rate'], '6.3f')} {ci:>13} {format_value(r['p_value'], '8.2g')} {format_value(r['alpha_humans'], '6.3f')} "
+                f"{format_value(r['alpha_with_metric'], '7.3f')}")
 
     lines = ["Metric-human agreement: the metric's verdict (which map it scores better) vs the annotators' "
              "majority; rate over examples where both decided (F fine-tuned, O original, N neither, none: no majority"

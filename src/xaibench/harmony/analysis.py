@@ -215,7 +215,7 @@ def analyze(labels: pd.DataFrame, confidence: float = 0.95) -> dict:
     return result
 
 
-def _fmt(value, spec: str) -> str:
+def format_value(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         width = "".join(ch for ch in spec.split(".")[0] if ch.isdigit())
         return "-".rjust(int(width) if width else 1)
@@ -228,11 +228,11 @@ def format_report(result: dict) -> str:
     head = f"{'fine-tuned':>10} {'original':>9} {'neither':>8} {'n':>6} {'pref':>6} {'95% CI':>13} {'p':>9} {'kappa':>6} {'alpha':>6}"
 
     def row(name: str, r: dict, width: int) -> str:
-        ci = f"{_fmt(r['ci_low'], '.3f')}-{_fmt(r['ci_high'], '.3f')}"
+        ci = f"{format_value(r['ci_low'], '.3f')}-{format_value(r['ci_high'], '.3f')}"
         return (
-            f"{name:<{width}} {_fmt(r['pct_finetuned'], '9.1f')}% {_fmt(r['pct_original'], '8.1f')}% "
-            f"{_fmt(r['pct_neither'], '7.1f')}% {r['n']:>6} {_fmt(r['preference'], '6.3f')} {ci:>13} "
-            f"{_fmt(r['p_value'], '9.2g')} {_fmt(r.get('fleiss_kappa'), '6.3f')} {_fmt(r.get('krippendorff_alpha'), '6.3f')}"
+            f"{name:<{width}} {format_value(r['pct_finetuned'], '9.1f')}% {format_value(r['pct_original'], '8.1f')}% "
+            f"{format_value(r['pct_neither'], '7.1f')}% {r['n']:>6} {format_value(r['preference'], '6.3f')} {ci:>13} "
+            f"{format_value(r['p_value'], '9.2g')} {format_value(r.get('fleiss_kappa'), '6.3f')} {format_value(r.get('krippendorff_alpha'), '6.3f')}"
         )
 
     if result["conditions"]:
@@ -247,7 +247,7 @@ def format_report(result: dict) -> str:
         lines += ["", "Per annotator (kappa/alpha: -; majority = agreement with the other annotators' majority)"]
         lines += [f"{'annotator':<{width}} {head} {'majority':>8} {'median ms':>9}"]
         for a in result["annotators"]:
-            lines.append(f"{row(a['annotator'], a, width)} {_fmt(a['majority_agreement'], '8.3f')} {_fmt(a['median_response_ms'], '9.0f')}")
+            lines.append(f"{row(a['annotator'], a, width)} {format_value(a['majority_agreement'], '8.3f')} {format_value(a['median_response_ms'], '9.0f')}")
         lines += ["", row("overall", result["overall"], 8)]
     return "\n".join(lines)
 

@@ -79,7 +79,7 @@ class Manifest:
     conditions: list[ConditionSpec]
 
 
-def _check_keys(obj: object, allowed: set[str], required: set[str], where: str) -> dict:
+def check_keys(obj: object, allowed: set[str], required: set[str], where: str) -> dict:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     unknown = sorted(set(obj) - allowed)
@@ -92,7 +92,7 @@ def _check_keys(obj: object, allowed: set[str], required: set[str], where: str) 
     return obj
 
 
-def _text(obj: dict, key: str, where: str, required: bool = True) -> str:
+def text_field(obj: dict, key: str, where: str, required: bool = True) -> str:
     value = obj.get(key, "")
     if isinstance(value, int) and not isinstance(value, bool) and key == "id":
         value = str(value)
@@ -133,7 +133,7 @@ def _inside(root: Path, rel: object, where: str, kind: str = "PNG") -> tuple[Pat
     return path, resolved
 
 
-def _picture(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
+def picture_path(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, int]]:
     """The resolved path of a picture inside ``root`` (resolved) and its (width, height)."""
     path, resolved = _inside(root, rel, where)
     try:
@@ -174,7 +174,7 @@ def _map_array(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, in
 
 def _model_spec(root: Path, cond: dict, key: str, where: str) -> str:
     """A load_model spec; a ``file:`` path is relative to the folder and returned absolute."""
-    spec = _text(cond, key, where)
+    spec = text_field(cond, key, where)
     if spec.startswith("file:"):
         _, resolved = _inside(root, spec[len("file:"):], f"{where}.{key}", kind="model file")
         return f"file:{resolved}"
@@ -193,7 +193,7 @@ def _metric_data(root: Path, ex: dict, where: str) -> dict:
         raise InputError(f"{where}: original_map and finetuned_map differ in shape")
     mask = None
     if "mask" in ex:
-        mask, size = _picture(root, ex["mask"], f"{where}.mask")
+        mask, size = picture_path(root, ex["mask"], f"{where}.mask")
         if shapes and size not in shapes:
             (wm, hm), (w, h) = size, next(iter(shapes))
             raise InputError(f"{where}: the mask is {wm}x{hm} pixels but the maps are {w}x{h}; save the mask at the maps' size")
@@ -228,24 +228,24 @@ def read_manifest(directory: str | Path) -> Manifest:
     except (ValueError, RecursionError) as err:  # an integer of thousands of digits, nesting too deep
         raise InputError(f"{manifest_path}: cannot read the JSON ({_short(str(err))})") from None
     where = str(manifest_path)
-    _check_keys(data, TOP_KEYS, {"format", "version", "conditions"}, where)
+    check_keys(data, TOP_KEYS, {"format", "version", "conditions"}, where)
     if data["format"] != FORMAT:
         raise InputError(f"{where}: 'format' must be {FORMAT!r}, got {data['format']!r}")
     if data["version"] != VERSION:
         raise InputError(f"{where}: unsupported 'version' {data['version']!r} (this xaibench reads version {VERSION})")
-    name = _text(data, "name", where, required=False) or root.name[: MAX_TEXT["name"]]
-    _text(data, "description", where, required=False)
+    name = text_field(data, "name", where, required=False) or root.name[: MAX_TEXT["name"]]
+    text_field(data, "description", where, required=False)
     if not isinstance(data["conditions"], list) or not data["conditions"]:
         raise InputError(f"{where}: 'conditions' must be a non-empty list")
     conditions: list[ConditionSpec] = []
     seen_conditions: set[tuple[str, ...]] = set()
     for ci, cond in enumerate(data["conditions"]):
         cwhere = f"{where}: conditions[{ci}]"
-        _check_keys(cond, CONDITION_KEYS, CONDITION_REQUIRED, cwhere)
-        ident = tuple(_text(cond, k, cwhere) for k in ("dataset", "metric", "model", "method"))
-        _text(cond, "description", cwhere, required=False)
+        check_keys(cond, CONDITION_KEYS, CONDITION_REQUIRED, cwhere)
+        ident = tuple(text_field(cond, k, cwhere) for k in ("dataset", "metric", "model", "method"))
+        text_field(cond, "description", cwhere, required=False)
         models = {k: _model_spec(root, cond, k, cwhere) for k in CONDITION_MODEL_KEYS if k in cond}
-        names = {k: _text(cond, k, cwhere) for k in CONDITION_NAME_KEYS if k in cond}
+        names = {k: text_field(cond, k, cwhere) for k in CONDITION_NAME_KEYS if k in cond}
         if ident in seen_conditions:
             raise InputError(f"{cwhere}: duplicate condition {' / '.join(ident)}")
         seen_conditions.add(ident)
@@ -255,14 +255,14 @@ def read_manifest(directory: str | Path) -> Manifest:
         seen_keys: set[str] = set()
         for ei, ex in enumerate(cond["examples"]):
             ewhere = f"{cwhere}.examples[{ei}]"
-            _check_keys(ex, EXAMPLE_KEYS, EXAMPLE_REQUIRED, ewhere)
-            key = _text(ex, "id", ewhere)
+            check_keys(ex, EXAMPLE_KEYS, EXAMPLE_REQUIRED, ewhere)
+            key = text_field(ex, "id", ewhere)
             if key in seen_keys:
                 raise InputError(f"{ewhere}: duplicate example id {key!r}")
             seen_keys.add(key)
-            prediction = _text(ex, "prediction", ewhere)
-            label = _text(ex, "label", ewhere, required=False)
-            found = {p: _picture(root, ex[p], f"{ewhere}.{p}") for p in PICTURES}
+            prediction = text_field(ex, "prediction", ewhere)
+            label = text_field(ex, "label", ewhere, required=False)
+            found = {p: picture_path(root, ex[p], f"{ewhere}.{p}") for p in PICTURES}
             sizes = {p: size for p, (_, size) in found.items()}
             if sizes["original"] != sizes["finetuned"]:
                 (wo, ho), (wf, hf) = sizes["original"], sizes["finetuned"]
@@ -317,7 +317,7 @@ def pictures_of(espec: ExampleSpec) -> dict[str, bytes]:
     return {p: canonical_png(espec.pictures[p], compress=p == "image") for p in PICTURES}
 
 
-def _store_png(data: bytes, suffix: str = ".png") -> str:
+def store_png(data: bytes, suffix: str = ".png") -> str:
     """Store bytes (a PNG, or a .npy with ``suffix``) in media storage under their content hash
     (names reveal nothing); returns the name."""
     from django.core.files.base import ContentFile
@@ -354,7 +354,7 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
             if any(getattr(condition, k) != v for k, v in metric_data.items()):
                 Condition.objects.filter(pk=condition.pk).update(**metric_data)
             for position, espec in enumerate(cspec.examples):
-                stored = {p: _store_png(data) for p, data in pictures_of(espec).items()}
+                stored = {p: store_png(data) for p, data in pictures_of(espec).items()}
                 fields = {
                     "position": position,
                     "prediction": espec.prediction,
@@ -363,9 +363,9 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
                     "original_map": stored["original"],
                     "finetuned_map": stored["finetuned"],
                     "source_image": espec.relative["image"],
-                    "original_array": _store_png(espec.maps["original_map"].read_bytes(), ".npy") if espec.maps else "",
-                    "finetuned_array": _store_png(espec.maps["finetuned_map"].read_bytes(), ".npy") if espec.maps else "",
-                    "mask": _store_png(espec.mask.read_bytes()) if espec.mask else "",
+                    "original_array": store_png(espec.maps["original_map"].read_bytes(), ".npy") if espec.maps else "",
+                    "finetuned_array": store_png(espec.maps["finetuned_map"].read_bytes(), ".npy") if espec.maps else "",
+                    "mask": store_png(espec.mask.read_bytes()) if espec.mask else "",
                     "label_index": espec.label_index,
                 }
                 example = Example.objects.filter(condition=condition, key=espec.key).first()

@@ -47,7 +47,7 @@ DATA_URL = "data:image/png;base64,"
 def read_mask_manifest(directory: str | Path) -> tuple[Path, str, list[dict]]:
     """(folder, name, images) of a mask data set; each image {key, label, path, relative, size}.
     Every problem raises ``InputError`` naming its place."""
-    from xaibench.harmony.dataset import MAX_MANIFEST_BYTES, _check_keys, _picture, _text
+    from xaibench.harmony.dataset import MAX_MANIFEST_BYTES, check_keys, picture_path, text_field
 
     root = Path(directory).expanduser().resolve()
     path = root / "manifest.json"
@@ -60,24 +60,24 @@ def read_mask_manifest(directory: str | Path) -> tuple[Path, str, list[dict]]:
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise InputError(f"{path}: cannot read the JSON ({str(err)[:200]})") from None
     where = str(path)
-    _check_keys(data, {"format", "version", "name", "description", "images"}, {"format", "version", "images"}, where)
+    check_keys(data, {"format", "version", "name", "description", "images"}, {"format", "version", "images"}, where)
     if data["format"] != FORMAT:
         raise InputError(f"{where}: 'format' must be {FORMAT!r}, got {data['format']!r}")
     if data["version"] != VERSION:
         raise InputError(f"{where}: unsupported 'version' {data['version']!r} (this xaibench reads version {VERSION})")
-    name = _text(data, "name", where, required=False) or root.name[:128]
+    name = text_field(data, "name", where, required=False) or root.name[:128]
     if not isinstance(data["images"], list) or not 0 < len(data["images"]) <= MAX_IMAGES:
         raise InputError(f"{where}: 'images' must be a non-empty list of at most {MAX_IMAGES:,} images")
     images, seen = [], set()
     for i, item in enumerate(data["images"]):
         iwhere = f"{where}: images[{i}]"
-        _check_keys(item, {"id", "image", "label"}, {"id", "image"}, iwhere)
-        key = _text(item, "id", iwhere)
+        check_keys(item, {"id", "image", "label"}, {"id", "image"}, iwhere)
+        key = text_field(item, "id", iwhere)
         if key in seen:
             raise InputError(f"{iwhere}: duplicate image id {key!r}")
         seen.add(key)
-        resolved, size = _picture(root, item["image"], f"{iwhere}.image")
-        images.append({"key": key, "label": _text(item, "label", iwhere, required=False), "path": resolved,
+        resolved, size = picture_path(root, item["image"], f"{iwhere}.image")
+        images.append({"key": key, "label": text_field(item, "label", iwhere, required=False), "path": resolved,
                        "relative": str(item["image"]), "size": size})
     return root, name, images
 
@@ -86,7 +86,7 @@ def load_masks(directory: str | Path) -> dict[str, int]:
     """Store a mask data set (idempotent; pictures re-encoded as for the preference task). Counts."""
     from django.db import transaction
 
-    from xaibench.harmony.dataset import _store_png, canonical_png
+    from xaibench.harmony.dataset import store_png, canonical_png
     from xaibench.harmony.models import MaskImage
 
     _, name, images = read_mask_manifest(directory)
@@ -94,7 +94,7 @@ def load_masks(directory: str | Path) -> dict[str, int]:
     with transaction.atomic():
         for position, item in enumerate(images):
             width, height = item["size"]
-            fields = {"study": name, "label": item["label"], "image": _store_png(canonical_png(item["path"])),
+            fields = {"study": name, "label": item["label"], "image": store_png(canonical_png(item["path"])),
                       "width": width, "height": height, "position": position, "source_image": item["relative"]}
             image, created = MaskImage.objects.get_or_create(key=item["key"], defaults=fields)
             if created:
@@ -276,10 +276,10 @@ def save_annotation(user, image, mask: np.ndarray, boxes: list[list[int]]) -> No
     """Store (or replace) ``user``'s annotation of ``image`` (one row per pair, also under concurrency)."""
     from django.db import IntegrityError, transaction
 
-    from xaibench.harmony.dataset import _store_png
+    from xaibench.harmony.dataset import store_png
     from xaibench.harmony.models import MaskAnnotation
 
-    fields = {"mask": _store_png(mask_png(mask)), "boxes": boxes, "inside": int(mask.sum())}
+    fields = {"mask": store_png(mask_png(mask)), "boxes": boxes, "inside": int(mask.sum())}
     with transaction.atomic():
         row = MaskAnnotation.objects.select_for_update().filter(annotator=user, image=image).first()
         if row is None:

@@ -78,7 +78,7 @@ class Ranking:
     sorted_scores: Tensor
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InputError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -107,9 +107,9 @@ def rank_features(
     `segments` [B, H, W] (integer labels) are required for ``granularity="superpixel"``
     (`superpixel_segments` computes SLIC ones).
     """
-    _choice("order", order, ORDERS)
-    _choice("granularity", granularity, GRANULARITIES)
-    _choice("resample", resample, RESAMPLES)
+    check_choice("order", order, ORDERS)
+    check_choice("granularity", granularity, GRANULARITIES)
+    check_choice("resample", resample, RESAMPLES)
     check_map_size(attributions, size)
     b, h, w = attributions.shape
     big_h, big_w = size
@@ -214,7 +214,7 @@ _PER_IMAGE_MIN_STEPS = 8  # from this many steps per image, rows are built image
 _CONSTANT_BASELINES = {"black": 0.0, "white": 1.0}
 
 
-def _constant(baseline: str | Tensor | float, params: dict[str, Any] | None) -> float | None:
+def constant_baseline(baseline: str | Tensor | float, params: dict[str, Any] | None) -> float | None:
     """The value of a spatially constant baseline (black, white, a number), else None."""
     if isinstance(baseline, str):
         return _CONSTANT_BASELINES.get(baseline) if not params else None
@@ -225,7 +225,7 @@ def _constant(baseline: str | Tensor | float, params: dict[str, Any] | None) -> 
     return None
 
 
-def _shown(r: Tensor, lo: Tensor | None, hi: Tensor, mode: str) -> Tensor:
+def shown_mask(r: Tensor, lo: Tensor | None, hi: Tensor, mode: str) -> Tensor:
     """Where a row shows the image (True) rather than the baseline, from ranks `r` and per-row
     bounds ``[lo, hi)`` of the perturbed ranks (``lo=None``: cumulative, from rank 0)."""
     if mode == "delete":
@@ -262,8 +262,8 @@ def perturbation_curves(
     with at least `_PER_IMAGE_MIN_STEPS` steps the rows of each image are compared with its rank
     map by broadcasting (no per-row gathers of ranks, images or baselines).
     """
-    _choice("mode", mode, MODES)
-    _choice("output", output, OUTPUTS)
+    check_choice("mode", mode, MODES)
+    check_choice("output", output, OUTPUTS)
     if max_batch < 1:
         raise InputError(f"max_batch must be >= 1, got {max_batch}")
     if imputer is not None and mode != "delete":
@@ -276,7 +276,7 @@ def perturbation_curves(
     ranks = ranking.ranks.to(dev, rank_dtype)
     hi = counts.to(dev, rank_dtype)
     lo = None if cumulative else torch.cat([torch.zeros_like(hi[:, :1]), hi[:, :-1]], dim=1)
-    const = None if imputer is not None else _constant(baseline, baseline_params)
+    const = None if imputer is not None else constant_baseline(baseline, baseline_params)
     base: Tensor | None = None
     if const is None:
         if isinstance(baseline, str):
@@ -295,7 +295,7 @@ def perturbation_curves(
             for img in range(start // n_cols, (stop - 1) // n_cols + 1):
                 k0, k1 = max(start - img * n_cols, 0), min(stop - img * n_cols, n_cols)
                 rows = chunk[img * n_cols + k0 - start : img * n_cols + k1 - start]
-                shown = _shown(ranks[img], None if lo is None else lo[img, k0:k1, None, None],
+                shown = shown_mask(ranks[img], None if lo is None else lo[img, k0:k1, None, None],
                                hi[img, k0:k1, None, None], mode)[:, None]
                 if by_mul:
                     torch.mul(shown, x[img], out=rows)
@@ -306,7 +306,7 @@ def perturbation_curves(
         else:
             idx = torch.arange(start, stop, device=dev)
             ib, ki = idx // n_cols, idx % n_cols
-            shown = _shown(ranks[ib], None if lo is None else lo[ib, ki][:, None, None],
+            shown = shown_mask(ranks[ib], None if lo is None else lo[ib, ki][:, None, None],
                            hi[ib, ki][:, None, None], mode)[:, None]
             if imputer is not None:
                 assert base is not None

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from xaibench.errors import InputError
 from xaibench.perturbation.baselines import fill
-from xaibench.perturbation.engine import MODES, Ranking, _choice, _constant, _shown
+from xaibench.perturbation.engine import MODES, Ranking, check_choice, constant_baseline, shown_mask
 
 
 def step_images(
@@ -37,13 +37,13 @@ def step_images(
 ) -> Tensor:
     """Images [B, C, H, W]: `inputs` with the first ``k[b]`` features of `ranking` removed
     (``mode="delete"``, replaced by the baseline) or revealed on the baseline (``"insert"``)."""
-    _choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     if k.shape != (inputs.shape[0],):
         raise InputError(f"k must have shape [{inputs.shape[0]}], got {tuple(k.shape)}")
     x = inputs.detach()
     ranks = ranking.ranks.to(x.device)
-    shown = _shown(ranks, None, k.to(x.device, ranks.dtype)[:, None, None], mode)[:, None]
-    const = _constant(baseline, baseline_params)
+    shown = shown_mask(ranks, None, k.to(x.device, ranks.dtype)[:, None, None], mode)[:, None]
+    const = constant_baseline(baseline, baseline_params)
     if const == 0.0 and bool((x >= 0).all()):
         return x * shown
     base = fill(x, baseline, seed=seed, **(baseline_params or {})) if const is None else torch.full_like(x, const)

@@ -11,8 +11,7 @@ from pathlib import Path
 from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
 from xaibench.experiments.base import Block
 from xaibench.files import write_text
-from xaibench.report.html import CSS
-from xaibench.report.html import _table as html_table
+from xaibench.report.html import CSS, html_table
 from xaibench.report.plots import to_data_uri
 
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")

@@ -81,7 +81,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _table(df: pd.DataFrame, cls: dict[tuple[int, str], str] | None = None, table_id: str | None = None, *,
+def html_table(df: pd.DataFrame, cls: dict[tuple[int, str], str] | None = None, table_id: str | None = None, *,
            sticky: bool = False, raw: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
            row_cls: dict[int, str] | None = None) -> str:
     """An HTML table of `df`; cells escaped except the `raw` columns (already HTML). `cls` maps
@@ -171,7 +171,7 @@ def _alpha_table(alpha: pd.DataFrame) -> str:
     for i, a in enumerate(df["alpha"]):
         if np.isfinite(a):
             flags[(i, "alpha")] = "good" if a >= RELIABLE_ALPHA else "bad"
-    return _table(df.rename(columns={"low": "alpha low", "high": "alpha high"}), flags, table_id="alpha-table",
+    return html_table(df.rename(columns={"low": "alpha low", "high": "alpha high"}), flags, table_id="alpha-table",
                   sticky=True)
 
 
@@ -249,7 +249,7 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
             row["wall time (s)"] = float(timing.get(metric, np.nan))
         row["parameters as run"] = _params_text(p)
         metric_rows.append(row)
-    metric_table = _table(pd.DataFrame(metric_rows), table_id="metrics-table", sticky=True, raw=("metric",),
+    metric_table = html_table(pd.DataFrame(metric_rows), table_id="metrics-table", sticky=True, raw=("metric",),
                           wrap=("parameters as run",))
     if timing is not None:
         metric_table += ('<p class="note">Wall time: the metric\'s calls on every shard and method (explanations '
@@ -300,7 +300,7 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
             best_name = f"{best_name} = {twin}"
         rows.append({"metric": r.metric, "α": r.alpha, "best method": best_name,
                      "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]", "note": "; ".join(note)})
-    best_html = (_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
+    best_html = (html_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
                  '<p class="note">No reliable metric, so no best method is named.</p>')
     return (
         '<div class="summary" id="summary-box"><h3>What was run</h3>' + run
@@ -327,7 +327,7 @@ def _size_table(rel: Any) -> str:
         rows.append({"metric": r.metric, "top method (most first places)": r.top_method or "undefined",
                      "mean-score #1": by_mean, "min n": r.min_n, "of n": r.max_n,
                      "reducible": bool(r.reducible), "first-place rates": shown or (r.reason or "")})
-    return _table(pd.DataFrame(rows), flags, table_id="size-table", sticky=True, wrap=("first-place rates",))
+    return html_table(pd.DataFrame(rows), flags, table_id="size-table", sticky=True, wrap=("first-place rates",))
 
 
 def _gallery_choice(images: dict[str, Any], k: int) -> list[int]:
@@ -470,9 +470,9 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     sections.append(("pairwise", "Significant differences between methods",
                      f'<p class="note">{len(significant)} of {len(rel.pairwise)} method pairs differ significantly '
                      "after multiple-comparison correction (p_adj), per metric:</p>"
-                     + (_table(per_metric) if len(per_metric) else "")
+                     + (html_table(per_metric) if len(per_metric) else "")
                      + (f"<details><summary>All {len(significant)} significant pairs</summary>"
-                        + _table(significant[["metric", "method_a", "method_b", "diff", "p", "p_adj"]]) + "</details>"
+                        + html_table(significant[["metric", "method_a", "method_b", "diff", "p", "p_adj"]]) + "</details>"
                         if len(significant) else "")))
     sections.append(("agreement", "Agreement between metrics",
                      '<p class="note">Kendall tau between the method rankings of each pair of metrics '
@@ -499,7 +499,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
                      "threshold (0.5 unless set), fails where the lower bound is above it. A method whose maps "
                      "barely change does not depend on what the model learned; the controls show the two extremes "
                      "(random maps always change, edge maps never do).</p>"
-                     + (_table(sanity, table_id="sanity-table", sticky=True) if not sanity.empty
+                     + (html_table(sanity, table_id="sanity-table", sticky=True) if not sanity.empty
                         else '<p class="note">No randomisation metric in this run.</p>')))
     per_method = _category_summary(results, "localisation")
     sections.append(("alignment", "Human alignment (localisation)",
@@ -507,8 +507,8 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
                      "brackets (higher: better aligned). Compare masks only with metrics that account for the "
                      "mask's size.</p>"
                      + ("".join(f'<p class="note">{_e(s)}</p>' for s in finding))
-                     + (_table(alignment, table_id="alignment-finding") if not alignment.empty else "")
-                     + (_table(per_method, sticky=True, table_id="alignment-table") if not per_method.empty
+                     + (html_table(alignment, table_id="alignment-finding") if not alignment.empty else "")
+                     + (html_table(per_method, sticky=True, table_id="alignment-table") if not per_method.empty
                         else '<p class="note">No localisation metric in this run.</p>')))
     sections.append(("gallery", "Gallery: every method on the same images",
                      _gallery(out, cfg, results, load_images(out), min(gallery_size, 12), controls)))
@@ -516,14 +516,14 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     nan_table = (nan.groupby(["method", "metric", "nan_reason"], dropna=False).size().reset_index(name="images")
                  if not nan.empty else pd.DataFrame())
     sections.append(("nan", "Undefined scores",
-                     _table(nan_table, wrap=("nan_reason",)) if not nan_table.empty
+                     html_table(nan_table, wrap=("nan_reason",)) if not nan_table.empty
                      else '<p class="note">Every score is defined.</p>'))
     prov_cols = ["config_hash", "seed", "model_spec", "model_hash", "dataset_spec", "dataset_split",
                  "xaibench_version", "torch_version", "captum_version", "python_version"]
     prov = results[[c for c in prov_cols if c in results]].drop_duplicates()
     prov_long = pd.DataFrame({"field": prov.columns, "value": [", ".join(map(str, prov[c].unique())) for c in prov.columns]})
     sections.append(("provenance", "Provenance",
-                     _table(prov_long, table_id="provenance-table")
+                     html_table(prov_long, table_id="provenance-table")
                      + f"<p class=\"note\">Started {_e(manifest.get('started', '?'))}; report written "
                      f"{_e(time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))}.</p>"
                      f"<details><summary>The config as run (JSON)</summary>"

@@ -73,7 +73,7 @@ class Context:
     """What a process needs to run shards of one config: the model on its device and the dataset."""
 
     def __init__(self, cfg: RunConfig) -> None:
-        from xaibench import load_model
+        from xaibench.models import load_model
         from xaibench.data import load_dataset
         from xaibench.models import model_hash
 
@@ -144,7 +144,7 @@ class Context:
 
     def make_explainer(self, method: Any, seed: int) -> Any:
         """A fresh explainer for one shard; a ``seed`` parameter, when the method takes one, is derived."""
-        from xaibench import explainer
+        from xaibench.explainers import explainer
 
         params = dict(method.params)
         if "seed" not in params and _accepts_seed(method.method):
