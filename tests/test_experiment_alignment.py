@@ -12,7 +12,7 @@ import torch
 
 from xaibench.errors import InputError
 from xaibench.experiments import load_table, recipes, run_experiment
-from xaibench.experiments import _alignment as al
+from xaibench.experiments import alignment as al
 from xaibench.metrics.shared_interest import CASES
 from xaibench.report.experiment import build_experiment_report
 

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from xaibench.config import section
-from xaibench.experiments import _alignment as al
+from xaibench.experiments import alignment as al
 from xaibench.experiments.base import (
     REQUIRED,
     Block,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 
 from xaibench.config import section
-from xaibench.experiments import _alignment as al
+from xaibench.experiments import alignment as al
 from xaibench.experiments.base import (
     REQUIRED,
     Block,

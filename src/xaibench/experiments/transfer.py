@@ -26,7 +26,7 @@ import torch
 
 from xaibench.config import section
 from xaibench.errors import InputError
-from xaibench.experiments import _alignment as al
+from xaibench.experiments import alignment as al
 from xaibench.experiments.base import (
     REQUIRED,
     Block,
