@@ -139,6 +139,14 @@ def _parameters(fn: Callable[..., Any]) -> frozenset[str]:
 METRICS: Registry[Metric] = Registry("metric")
 
 
+def info_of(fn: Callable[..., MetricResult]) -> MetricInfo:
+    """The `MetricInfo` that `register_metric` attached to a metric function."""
+    info = getattr(fn, "info", None)
+    if not isinstance(info, MetricInfo):
+        raise TypeError(f"{getattr(fn, '__name__', fn)!r} is not a registered metric function")
+    return info
+
+
 def register_metric(info: MetricInfo) -> Callable[[Callable[..., MetricResult]], Callable[..., MetricResult]]:
     """Register a metric function under ``info.name``; the function is returned unchanged."""
 

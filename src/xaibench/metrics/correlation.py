@@ -35,7 +35,7 @@ from xaibench.metrics._subset_engine import (
     ranks_desc,
     validate,
 )
-from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons, register_metric
 from xaibench.stats import pearson_rows, spearman_rows
 from xaibench.perturbation.forward import class_scores
 from xaibench.seeding import make_generator
@@ -148,7 +148,7 @@ def faithfulness_correlation(
         baseline=baseline, baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
     )[:, 0]
     common, params = _result(
-        faithfulness_correlation.info, scores, _UNDEFINED, seed,  # type: ignore[attr-defined]
+        info_of(faithfulness_correlation), scores, _UNDEFINED, seed,
         nr_runs=nr_runs, subset_size=size, baseline=baseline, baseline_params=baseline_params, abs=abs,
         output=output, max_batch=max_batch,
     )
@@ -203,7 +203,7 @@ def sensitivity_n(
     )
     scores = curves.mean(dim=1)
     common, params = _result(
-        sensitivity_n.info, scores, _UNDEFINED + " for at least one n", seed,  # type: ignore[attr-defined]
+        info_of(sensitivity_n), scores, _UNDEFINED + " for at least one n", seed,
         subset_sizes=sizes, nr_runs=nr_runs, baseline=baseline, baseline_params=baseline_params, abs=abs,
         output=output, max_batch=max_batch,
     )
@@ -298,7 +298,7 @@ def faithfulness_estimate(
     )[:, :, 0]
     scores = pearson_rows(att_sums, drops)
     common, params = _result(
-        faithfulness_estimate.info, scores, _UNDEFINED, seed,  # type: ignore[attr-defined]
+        info_of(faithfulness_estimate), scores, _UNDEFINED, seed,
         features_in_step=k, baseline=baseline, baseline_params=baseline_params, abs=abs, output=output,
         max_batch=max_batch,
     )
@@ -353,7 +353,7 @@ def monotonicity_correlation(
     variation = drops.double().pow(2).mean(dim=2)
     scores = spearman_rows(att_sums, variation)
     common, params = _result(
-        monotonicity_correlation.info, scores, _UNDEFINED, seed,  # type: ignore[attr-defined]
+        info_of(monotonicity_correlation), scores, _UNDEFINED, seed,
         nr_samples=samples, features_in_step=k, baseline=baseline, baseline_params=baseline_params, abs=abs,
         output=output, max_batch=max_batch,
     )

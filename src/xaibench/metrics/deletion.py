@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.forward import class_scores
 from xaibench.perturbation.engine import (
@@ -153,7 +153,7 @@ def deletion(
 ) -> MetricResult:
     """Deletion AUC (lower is better); see the module doc."""
     params = metric_params(locals())
-    return _run("delete", deletion.info, model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
+    return _run("delete", info_of(deletion), model, inputs, attributions, targets, params)
 
 
 @register_metric(
@@ -190,4 +190,4 @@ def insertion(
 ) -> MetricResult:
     """Insertion AUC (higher is better); see the module doc."""
     params = metric_params(locals())
-    return _run("insert", insertion.info, model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
+    return _run("insert", info_of(insertion), model, inputs, attributions, targets, params)

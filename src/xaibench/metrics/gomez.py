@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import (
@@ -107,7 +107,7 @@ def average_drop(
     params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
     bad = const | (y <= 0)
-    return _result(average_drop.info, (y - o).clamp_min(0) / y, bad,  # type: ignore[attr-defined]
+    return _result(info_of(average_drop), (y - o).clamp_min(0) / y, bad,
                    f"{_CONST}, or the image's score is <= 0", params, y, o)
 
 
@@ -126,7 +126,7 @@ def increase_in_confidence(
     """IIC = 1[O > Y] per image (see module doc)."""
     params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=False, **params)
-    return _result(increase_in_confidence.info, (o > y).double(), const, _CONST, params, y, o)  # type: ignore[attr-defined]
+    return _result(info_of(increase_in_confidence), (o > y).double(), const, _CONST, params, y, o)
 
 
 @register_metric(
@@ -145,7 +145,7 @@ def average_drop_in_deletion(
     params = metric_params(locals())
     y, o, const = _single_step(model, inputs, attributions, targets, delete=True, **params)
     bad = const | (y <= 0)
-    return _result(average_drop_in_deletion.info, (y - o) / y, bad,  # type: ignore[attr-defined]
+    return _result(info_of(average_drop_in_deletion), (y - o) / y, bad,
                    f"{_CONST}, or the image's score is <= 0", params, y, o)
 
 
@@ -197,7 +197,7 @@ def deletion_correlation(
 ) -> MetricResult:
     """DC (see module doc); ``extras["auc"]`` is DAUC."""
     params = metric_params(locals())
-    return _correlation(deletion_correlation.info, "delete", model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
+    return _correlation(info_of(deletion_correlation), "delete", model, inputs, attributions, targets, params)
 
 
 @register_metric(
@@ -215,4 +215,4 @@ def insertion_correlation(
 ) -> MetricResult:
     """IC (see module doc); ``extras["auc"]`` is IAUC."""
     params = metric_params(locals())
-    return _correlation(insertion_correlation.info, "insert", model, inputs, attributions, targets, params)  # type: ignore[attr-defined]
+    return _correlation(info_of(insertion_correlation), "insert", model, inputs, attributions, targets, params)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.metrics._subset_engine import block_size, check_positive, to_pixels, validate
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.perturbation.forward import class_scores
 from xaibench.seeding import make_generator
 
@@ -121,4 +121,4 @@ def infidelity(
     params = dict(perturb_func="gaussian" if perturb_func is None else getattr(perturb_func, "__name__", "custom"),
                   std=std, n_perturb_samples=k, normalize=normalize, output=output, max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)
-    return MetricResult(scores=values.float(), info=infidelity.info, params=params)  # type: ignore[attr-defined]
+    return MetricResult(scores=values.float(), info=info_of(infidelity), params=params)

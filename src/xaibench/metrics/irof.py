@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
 from xaibench.perturbation.engine import (
     perturbation_curves,
     prepare,
@@ -79,7 +79,7 @@ def irof(
     area = ((rel[:, 1:] + rel[:, :-1]) * 0.5 * interval_ok).sum(dim=1)
     score = n_seg.double() - area
     return MetricResult(
-        score.float(), irof.info, params, curves,  # type: ignore[attr-defined]
+        score.float(), info_of(irof), params, curves,
         nan_reasons(bad, "score of the unperturbed image is <= 0"),
         {"normalised": (score / n_seg.double()).float(), "num_segments": n_seg},
     )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, register_metric
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
 
@@ -97,7 +97,7 @@ def pixel_flipping(
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
     curves = _curves(model, x, a, t, order="morf", patch_size=1, **params)
-    return MetricResult(trapezoid(curves[:, 1:]).float(), pixel_flipping.info, params, curves)  # type: ignore[attr-defined]
+    return MetricResult(trapezoid(curves[:, 1:]).float(), info_of(pixel_flipping), params, curves)
 
 
 @register_metric(
@@ -138,7 +138,7 @@ def region_perturbation(
                      baseline_params=baseline_params, output=output, max_batch=max_batch, seed=seed,
                      features_per_step=1, max_steps=regions_evaluation)
     drops = (curves[:, :1] - curves[:, 1:]).float()
-    return MetricResult(_aopc(curves).float(), region_perturbation.info, params, curves,  # type: ignore[attr-defined]
+    return MetricResult(_aopc(curves).float(), info_of(region_perturbation), params, curves,
                         extras={"drops": drops})
 
 
@@ -174,7 +174,7 @@ def aopc(
     params = metric_params(locals())
     x, a, t = prepare(model, inputs, attributions, targets)
     curves = _curves(model, x, a, t, **params)
-    return MetricResult(_aopc(curves).float(), aopc.info, params, curves)  # type: ignore[attr-defined]
+    return MetricResult(_aopc(curves).float(), info_of(aopc), params, curves)
 
 
 @register_metric(
@@ -212,4 +212,4 @@ def abpc(
     morf = _curves(model, x, a, t, order="morf", **params)
     lerf = _curves(model, x, a, t, order="lerf", **params)
     score = trapezoid(lerf - morf, 1.0 / steps).float()
-    return MetricResult(score, abpc.info, params, morf, extras={"lerf": lerf})  # type: ignore[attr-defined]
+    return MetricResult(score, info_of(abpc), params, morf, extras={"lerf": lerf})

@@ -30,7 +30,7 @@ from xaibench.checks import check_images, check_targets
 from xaibench.errors import InputError
 from xaibench.explainers.base import network
 from xaibench.metrics import similarity as sim
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.metrics.robustness import explain_chunked
 from xaibench.seeding import make_generator
 
@@ -278,7 +278,7 @@ def model_parameter_randomisation(
                   layers=[n for n, _ in chosen], skip_layers=skip_layers,
                   randomise=getattr(randomise, "__name__", "custom"), max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)
-    return MetricResult(scores=scores, info=model_parameter_randomisation.info,  # type: ignore[attr-defined]
+    return MetricResult(scores=scores, info=info_of(model_parameter_randomisation),
                         params=params, curves=curves, reasons=reasons if any(reasons) else None,
                         extras={"passed": passed, "maps": original, "randomised_maps": randomised})
 
@@ -343,5 +343,5 @@ def random_logit(
     params = dict(similarity=similarity if isinstance(similarity, str) else "custom", absolute=absolute,
                   normalise=normalise, threshold=threshold, max_batch=max_batch,
                   seed=seed if isinstance(seed, int) else None)
-    return MetricResult(scores=scores, info=random_logit.info, params=params, reasons=reasons,  # type: ignore[attr-defined]
+    return MetricResult(scores=scores, info=info_of(random_logit), params=params, reasons=reasons,
                         extras={"passed": scores < threshold, "off_targets": off, "maps": maps, "off_maps": off_maps})

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, metric_params, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, register_metric
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
 from xaibench.perturbation.imputation import linear_impute
 from xaibench.seeding import make_generator
@@ -112,4 +112,4 @@ def road(
     if lerf:
         lerf_score = curves["lerf"][:, 1:].double().mean(dim=1).float()
         extras = {"lerf": curves["lerf"], "lerf_score": lerf_score, "gap": lerf_score - morf_score}
-    return MetricResult(morf_score, road.info, params, curves["morf"], extras=extras)  # type: ignore[attr-defined]
+    return MetricResult(morf_score, info_of(road), params, curves["morf"], extras=extras)

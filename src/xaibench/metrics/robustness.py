@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from xaibench.checks import check_images, check_maps, check_targets, perturbed_inputs
 from xaibench.errors import InputError
-from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.metrics.infidelity import gaussian_perturbation
 from xaibench.seeding import make_generator
 
@@ -221,7 +221,7 @@ def max_sensitivity(
     original map with ``normalize=True`` gives NaN (Captum divides by 1 instead).
     """
     return _sensitivity("max", model, inputs, targets, explainer, radius, n_samples, normalize, perturb_func,
-                        keep_prediction, max_batch, seed, max_sensitivity.info)  # type: ignore[attr-defined]
+                        keep_prediction, max_batch, seed, info_of(max_sensitivity))
 
 
 @register_metric(MetricInfo(
@@ -246,7 +246,7 @@ def avg_sensitivity(
 ) -> MetricResult:
     """Average sensitivity (Yeh et al. 2019): the mean instead of the max of `max_sensitivity`. Lower is better."""
     return _sensitivity("mean", model, inputs, targets, explainer, radius, n_samples, normalize, perturb_func,
-                        keep_prediction, max_batch, seed, avg_sensitivity.info)  # type: ignore[attr-defined]
+                        keep_prediction, max_batch, seed, info_of(avg_sensitivity))
 
 
 @register_metric(MetricInfo(
@@ -295,7 +295,7 @@ def local_lipschitz(
     params = dict(std=std if perturb_func is None else None, n_samples=n_samples, normalise=normalise,
                   perturb_func="gaussian" if perturb_func is None else getattr(perturb_func, "__name__", "custom"),
                   keep_prediction=keep_prediction, max_batch=max_batch, seed=seed if isinstance(seed, int) else None)
-    return MetricResult(scores=scores, info=local_lipschitz.info, params=params,  # type: ignore[attr-defined]
+    return MetricResult(scores=scores, info=info_of(local_lipschitz), params=params,
                         reasons=reasons, extras={"samples": values.float()})
 
 
@@ -357,7 +357,7 @@ def relative_input_stability(
     feasible set); the score is NaN only when every copy changed it.
     """
     return _stability("input", model, inputs, targets, explainer, radius, n_samples, eps_min, perturb_func,
-                      keep_prediction, max_batch, seed, relative_input_stability.info)  # type: ignore[attr-defined]
+                      keep_prediction, max_batch, seed, info_of(relative_input_stability))
 
 
 @register_metric(MetricInfo(
@@ -383,7 +383,7 @@ def relative_output_stability(
     """ROS (Agarwal et al. 2022): as `relative_input_stability` with the L2 change of the model's
     output vector (all classes, as returned by the model) in the denominator. Lower is better."""
     return _stability("output", model, inputs, targets, explainer, radius, n_samples, eps_min, perturb_func,
-                      keep_prediction, max_batch, seed, relative_output_stability.info)  # type: ignore[attr-defined]
+                      keep_prediction, max_batch, seed, info_of(relative_output_stability))
 
 
 def minmax01(maps: Tensor) -> Tensor:
@@ -439,5 +439,5 @@ def noise_stability(
                   max_batch=max_batch, seed=seed if isinstance(seed, int) else None)
     extras = {"std": values.std(dim=1, correction=0).float(), "max_change": values.amax(dim=1).float(),
               "samples": values.float()}
-    return MetricResult(scores=values.mean(dim=1).float(), info=noise_stability.info,  # type: ignore[attr-defined]
+    return MetricResult(scores=values.mean(dim=1).float(), info=info_of(noise_stability),
                         params=params, extras=extras)

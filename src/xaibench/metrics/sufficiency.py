@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from xaibench.checks import check_images, check_maps
 from xaibench.errors import InputError
 from xaibench.metrics._subset_engine import check_positive
-from xaibench.metrics.base import MetricInfo, MetricResult, nan_reasons, register_metric
+from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons, register_metric
 
 
 @register_metric(
@@ -76,7 +76,7 @@ def sufficiency(
     scores = torch.where(n_near > 0, (near & same).sum(dim=1) / n_near.clamp_min(1), torch.nan).float()
     return MetricResult(
         scores=scores,
-        info=sufficiency.info,  # type: ignore[attr-defined]
+        info=info_of(sufficiency),
         params=dict(threshold=threshold, abs=abs, max_batch=max_batch),
         reasons=nan_reasons(n_near == 0, "no other image of the batch has a map within the threshold"),
         extras={"predicted": predicted, "neighbours": n_near},
