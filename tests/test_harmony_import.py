@@ -231,7 +231,7 @@ def test_legacy_data_never_enters_a_live_study(tmp_path):
     import re
 
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import make_annotator, use_home
+    from harmony_testing import make_annotator, use_home
 
     use_home(tmp_path / "home")
     from django.test import Client
