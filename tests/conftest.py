@@ -48,6 +48,21 @@ def images() -> torch.Tensor:
     return torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=None,
+                     help="device of the tests that take `on_device` (cpu, cuda, cuda:1); default: XAIBENCH_TEST_DEVICE, "
+                          "else cpu and, where present, cuda")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise `on_device` over the test devices: the one chosen by ``--device`` or
+    XAIBENCH_TEST_DEVICE (a device this machine lacks fails the test), else cpu and cuda if present."""
+    if "on_device" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--device") or os.environ.get("XAIBENCH_TEST_DEVICE")
+        devices = [chosen] if chosen else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        metafunc.parametrize("on_device", devices)
+
+
 def _require(condition: bool, reason: str) -> None:
     """Skip when `condition` fails; with the CI environment variable set, fail instead."""
     if not condition:

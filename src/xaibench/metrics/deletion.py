@@ -19,6 +19,10 @@ baseline. Score: the trapezoid area over the steps+1 points with ``dx = 1 / step
 - ``normalize=None``: ``floor(k * F / steps)`` features after step k (all at the last step) and
   the raw area (Petsiuk et al.; Gomez et al.'s DAUC / IAUC); ``final_drop = s_0 - s_K``,
   ``final_rise = s_K - s_0``.
+
+``autocast="bfloat16"`` (or ``"float16"``) runs the model's forwards in mixed precision (scores and
+areas stay float32; tolerance against float32 in docs/metrics-faithfulness.md); None (default)
+leaves the forwards as they are.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _run(
     curves = perturbation_curves(
         model, x, t, ranking, counts, mode=mode,
         baseline=params["baseline"], baseline_params=params["baseline_params"], output=params["output"],
-        max_batch=params["max_batch"], seed=params["seed"],
+        max_batch=params["max_batch"], seed=params["seed"], autocast=params["autocast"],
     )
     area = trapezoid(curves, 1.0 / params["steps"])
     change = curves[:, 0] - curves[:, -1] if mode == "delete" else curves[:, -1] - curves[:, 0]
@@ -104,7 +108,8 @@ def _run(
     reasons = None
     if params["normalize"] == "original":
         original = curves[:, 0] if mode == "delete" else class_scores(model, x, t, output=params["output"],
-                                                                       max_batch=params["max_batch"])
+                                                                       max_batch=params["max_batch"],
+                                                                       autocast=params["autocast"])
         warn_small_original(info.name, original)
         bad = original <= 0
         denom = original.double().masked_fill(bad, float("nan"))
@@ -150,6 +155,7 @@ def deletion(
     normalize: str | None = "original",
     max_batch: int = 256,
     seed: int | torch.Generator | None = 0,
+    autocast: str | None = None,
 ) -> MetricResult:
     """Deletion AUC (lower is better); see the module doc."""
     params = metric_params(locals())
@@ -187,6 +193,7 @@ def insertion(
     normalize: str | None = "original",
     max_batch: int = 256,
     seed: int | torch.Generator | None = 0,
+    autocast: str | None = None,
 ) -> MetricResult:
     """Insertion AUC (higher is better); see the module doc."""
     params = metric_params(locals())

@@ -31,7 +31,9 @@ Conventions:
   features of step k (ranks in ``[counts[k-1], counts[k])``), every step starting afresh.
 - Scores: the target's softmax probability (``output="softmax"``), logit or log-softmax, as
   `xaibench.perturbation.forward.class_scores`, or ``"correct"``: 1.0 where the arg-max class
-  is the target, else 0.0 (ROAD's accuracy). Runs under ``no_grad`` on the model's device.
+  is the target, else 0.0 (ROAD's accuracy). Runs under ``no_grad`` on the model's device;
+  ``autocast="bfloat16"`` / ``"float16"`` runs the forwards in mixed precision
+  (`xaibench.perturbation.forward.forward_precision`), scores stay float32.
 - Memory: the inputs, one baseline image per input, the ranks, and at most `max_batch`
   perturbed images at a time; nothing grows with the number of steps.
 """
@@ -51,7 +53,7 @@ from xaibench.checks import check_images, check_map_size, check_maps, check_targ
 from xaibench.devices import model_device
 from xaibench.errors import InputError
 from xaibench.perturbation.baselines import fill
-from xaibench.perturbation.forward import class_scores
+from xaibench.perturbation.forward import class_scores, forward_precision
 from xaibench.seeding import make_generator
 
 ORDERS = ("morf", "lerf", "random")
@@ -249,6 +251,7 @@ def perturbation_curves(
     output: str = "softmax",
     max_batch: int = 256,
     seed: int | torch.Generator | None = 0,
+    autocast: str | None = None,
 ) -> Tensor:
     """Scores [B, K+1] of the target class after each step of `counts` [B, K+1].
 
@@ -317,16 +320,17 @@ def perturbation_curves(
                 chunk = x[ib].masked_fill_(~shown, const)
             else:
                 chunk = torch.where(shown, x[ib], base[ib])
-        out[start:stop] = score_chunk(model, chunk, t[ib], output)
+        out[start:stop] = score_chunk(model, chunk, t[ib], output, autocast)
     return out.view(b, n_cols)
 
 
 @torch.no_grad()
-def score_chunk(model: nn.Module, inputs: Tensor, targets: Tensor, output: str) -> Tensor:
-    """Scores [n] of one chunk (see module doc for `output`), float32."""
+def score_chunk(model: nn.Module, inputs: Tensor, targets: Tensor, output: str, autocast: str | None = None) -> Tensor:
+    """Scores [n] of one chunk (see module doc for `output` and `autocast`), float32."""
     if output == "correct":
-        return (model(inputs).argmax(dim=1) == targets).float()
-    return class_scores(model, inputs, targets, output=output, max_batch=max(1, inputs.shape[0]))
+        with forward_precision(inputs.device, autocast):
+            return (model(inputs).argmax(dim=1) == targets).float()
+    return class_scores(model, inputs, targets, output=output, max_batch=max(1, inputs.shape[0]), autocast=autocast)
 
 
 def prepare(
