@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,3 +19,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.faithfulness && $(PY) -m benchmarks.alignment
+
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu --device cuda --out gpu-check.json

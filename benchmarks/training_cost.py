@@ -23,6 +23,16 @@ import torch
 from xaibench.training import train
 
 
+def epoch_seconds(setting: str, out: str, *, model: str = "builtin:digits-cnn", data: str = "builtin:digits",
+                  image_size: int | None = None, n: int | None = None, batch_size: int = 64, epochs: int = 2,
+                  device: str = "cpu") -> float:
+    """The best training-epoch time (the log's ``seconds``) of one `train` run of `setting` into `out`."""
+    cfg = {"seed": 0, "device": device, "setting": setting, "epochs": epochs, "batch_size": batch_size,
+           "selection": "last", "model": {"spec": model},
+           "data": {"spec": data, "image_size": image_size, "n": n, "val_fraction": 0.0}}
+    return float(train(cfg, out, progress=False).log["seconds"].min())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin:digits-cnn")
@@ -43,12 +53,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for s in settings:
-                cfg = {"seed": 0, "device": args.device, "setting": s, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "selection": "last",
-                       "model": {"spec": args.model},
-                       "data": {"spec": args.data, "image_size": args.image_size, "n": args.n, "val_fraction": 0.0}}
-                log = train(cfg, f"{tmp}/{s}-{r}", progress=False).log
-                best[s] = min(best[s], float(log["seconds"].min()))
+                seconds = epoch_seconds(s, f"{tmp}/{s}-{r}", model=args.model, data=args.data,
+                                        image_size=args.image_size, n=args.n, batch_size=args.batch_size,
+                                        epochs=args.epochs, device=args.device)
+                best[s] = min(best[s], seconds)
     base = best.get("baseline", float("nan"))
     print(f"{'setting':<10} {'epoch s':>8} {'x baseline':>10}")
     for s in settings:
