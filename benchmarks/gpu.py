@@ -70,6 +70,7 @@ from benchmarks.harness import Counting, best_of, peak_memory, quiet_quantus
 from benchmarks.training_cost import epoch_seconds
 from xaibench.compat import ExplanationMetrics
 from xaibench.devices import resolve_device
+from xaibench.errors import InputError
 from xaibench.models import architecture, save_model, unwrap
 from xaibench.perturbation.forward import class_scores
 
@@ -201,6 +202,7 @@ class Timings:
 
     def __init__(self, device: str, sizes: Sizes) -> None:
         self.device, self.sizes, self.rows, self.failures = device, sizes, [], []
+        self.kind = torch.device(device).type  # "cuda" or "cpu": where peak memory is read
 
     def item(self, section: str, item: str, implementation: str, images: int, fn: Callable[[], Any],
              per_image_of: float | None = None, note: str = "", reference: bool = False) -> Any:
@@ -209,7 +211,7 @@ class Timings:
         without a warm-up call."""
         try:
             repeats = 1 if reference else self.sizes.repeats
-            seconds, peak, out = measure(fn, self.device, repeats, warmup=self.sizes.warmup and not reference)
+            seconds, peak, out = measure(fn, self.kind, repeats, warmup=self.sizes.warmup and not reference)
         except Exception as err:
             self.error(section, item, implementation, images, err, reference)
             return None
@@ -261,7 +263,7 @@ def order_metrics(tm: Timings, model: nn.Module, x: Tensor, maps: Tensor, t: Ten
                 ours, note=f"the same {forwards} images through class_scores")
         if name != "road":
             lookup = MapLookup(maps)
-            facade = ExplanationMetrics(model, lookup, use_cuda=tm.device == "cuda", max_batch=s.max_batch)
+            facade = ExplanationMetrics(model, lookup, use_cuda=tm.kind == "cuda", max_batch=s.max_batch)
 
             def per_image(fn: Callable[..., dict[str, Any]] = getattr(facade, name)) -> list[float]:
                 aucs = []
@@ -360,7 +362,7 @@ def training(tm: Timings, tmp: Path) -> None:
                                       epochs=s.train_epochs, device=tm.device))
 
         try:
-            peak = peak_memory(epoch, tm.device)
+            peak = peak_memory(epoch, tm.kind)
         except Exception as err:
             tm.error("training", setting, "xaibench.training.train", n, err, reference=False)
             continue
@@ -442,7 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the same code paths in well under a minute")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
     args = parser.parse_args(argv)
-    device = str(resolve_device(args.device))
+    try:
+        device = str(resolve_device(args.device))
+    except InputError as err:
+        parser.error(str(err))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)  # the allocator statistics and autotimm's facade use the current device
     threads = torch.get_num_threads()
     try:
         with warnings.catch_warnings():

@@ -98,6 +98,10 @@ METRIC_CASES = {
 }
 
 
+# generators on the device draw other numbers than on the CPU (noise, re-initialised layers); bfloat16
+DRAWS_OR_MIXED = ("max_sensitivity", "model_parameter_randomisation", "insertion")
+
+
 @pytest.mark.parametrize("name", list(METRIC_CASES))
 def test_metrics_on_the_device(on_device, name):
     """Scores on the device; those without random draws or mixed precision equal the CPU's."""
@@ -115,7 +119,7 @@ def test_metrics_on_the_device(on_device, name):
         result = entry.fn(**{w: words[w] for w in entry.info.requires}, **params)
         scores[d.type] = result.scores
     assert scores[dev.type].shape == (6,) and torch.isfinite(scores[dev.type]).all()
-    if name not in ("max_sensitivity", "insertion"):  # noise drawn on the device; bfloat16 per device
+    if name not in DRAWS_OR_MIXED:
         _close(scores[dev.type], scores["cpu"])
 
 
@@ -155,13 +159,20 @@ def test_streaming_metrics_under_lightning(on_device):
     torch.manual_seed(0)
     train, val = example.loaders(n_train=16, n_val=8, batch_size=8)
     module = example.DigitsWithExplanations(steps=4)
-    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1, logger=False,
+    where: list[str] = []
+
+    class StateDevice(L.Callback):
+        def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            where.append(pl_module.deletion.total.device.type)
+
+    trainer = L.Trainer(max_epochs=1, accelerator="gpu" if dev.type == "cuda" else "cpu",
+                        devices=[dev.index or 0] if dev.type == "cuda" else 1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+                        num_sanity_val_steps=0, callbacks=[StateDevice()])
     trainer.fit(module, train, val)
-    assert module.deletion.total.device.type == dev.type
+    assert where == [dev.type]  # the sums were accumulated on the device
     batch = next(iter(torch.utils.data.DataLoader(val.dataset, batch_size=8, collate_fn=example.collate)))
-    model = module.model.eval()
+    model = module.model.eval().to(dev)  # Lightning hands the module back on the CPU
     x = batch.images.to(dev)
     with torch.no_grad():
         targets = model(x).argmax(1)
