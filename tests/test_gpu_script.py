@@ -15,7 +15,8 @@ def test_gpu_script_quick_cpu_mode(tmp_path, monkeypatch, capsys):
     assert gpu.main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     header = report["header"]
-    assert header["device"] == "cpu" and header["command"] == f"python -m benchmarks.gpu --device cpu --quick --out {out}"
+    assert header["device"] == "cpu"
+    assert header["command"] == f"python -m benchmarks.gpu --device cpu --quick --out {out}"
     assert header["torch"] and header["date"].endswith("UTC") and header["sizes"]["n"] == gpu.QUICK.n
     assert report["device_tests"]["returncode"] == 0 and "passed" in report["device_tests"]["summary"]
     # the same seeded run twice on one device: every row bitwise the same
