@@ -63,6 +63,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("on_device", devices)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that takes `on_device` is a ``device`` test (``pytest -m device`` selects them)."""
+    for item in items:
+        if "on_device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 def _require(condition: bool, reason: str) -> None:
     """Skip when `condition` fails; with the CI environment variable set, fail instead."""
     if not condition:

@@ -1,8 +1,9 @@
-"""Every layer once on each test device (`on_device`: cpu, and cuda where present; ``--device`` or
-XAIBENCH_TEST_DEVICE picks one): explainers, the perturbation engine, metrics, a trainer and a
-fine-tuner step, streaming metrics under Lightning, the runner end to end. Results on the device
-equal the CPU's within `RTOL` / `ATOL` (float32 both, TF32 off), so on the CPU they are equal.
-``python -m benchmarks.gpu`` runs this file on cuda (``pytest -m device``)."""
+"""Every layer once on each test device (`on_device`: cpu, and cuda where present; ``--device``
+or XAIBENCH_TEST_DEVICE picks one; conftest marks these tests ``device``): explainers, the
+perturbation engine, metrics, a trainer and a fine-tuner step, streaming metrics under Lightning,
+the runner end to end. Results on the device equal the CPU's within `RTOL` / `ATOL` (float32 both,
+TF32 off), so on the CPU they are equal. ``python -m benchmarks.gpu`` runs them on cuda
+(``pytest -m device``)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from xaibench.models import architecture, save_model
 from xaibench.perturbation.engine import perturbation_curves, rank_features, step_counts
 from xaibench.runner import parse_config, run
 from xaibench.store import load_results
-
-pytestmark = pytest.mark.device
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-4, 1e-5  # float32 on another device: a different summation order, nothing more
