@@ -50,8 +50,8 @@ def images() -> torch.Tensor:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default=None,
-                     help="device of the tests that take `on_device` (cpu, cuda, cuda:1); default: XAIBENCH_TEST_DEVICE, "
-                          "else cpu and, where present, cuda")
+                     help="device of the tests that take `on_device` (cpu, cuda, cuda:1); default: "
+                          "XAIBENCH_TEST_DEVICE, else cpu and, where present, cuda")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
