@@ -6,14 +6,16 @@ import io
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from xaibench.harmony.export import labels_frame
 from xaibench.harmony.forms import AdminLoginForm
-from xaibench.harmony.models import Assignment, Condition, Example, Label, MaskAnnotation, MaskImage
+from xaibench.harmony.models import (
+    Assignment, Condition, Example, Label, MaskAnnotation, MaskImage, Participant, Study, Trial,
+)
 
 admin.site.login_form = AdminLoginForm  # failed logins throttled as on the annotators' page
 
@@ -106,8 +108,48 @@ class LabelAdmin(admin.ModelAdmin):
                 "percent": round(100 * labelled / total, 1) if total else 0.0,
             })
         context = {**self.admin_site.each_context(request), "title": "Progress per annotator", "rows": rows,
-                   "opts": self.model._meta}
+                   "opts": self.model._meta, **label_counts()}
         return TemplateResponse(request, "admin/harmony/progress.html", context)
+
+
+def label_counts() -> dict:
+    """Labels per condition and per example (all annotators and participants), with the places held
+    by participants' sequences and the sides the fine-tuned map was shown on in them."""
+    labels = dict(Label.objects.values_list("example_id").annotate(n=Count("id")))
+    held = {r["example_id"]: r for r in Trial.objects.filter(kind=Trial.MAIN).values("example_id").annotate(
+        n=Count("id"), left=Count("id", filter=Q(finetuned_left=True)))}
+    examples, conditions = [], {}
+    for e in Example.objects.select_related("condition").order_by("condition_id", "position", "id"):
+        h = held.get(e.pk, {"n": 0, "left": 0})
+        row = {"condition": str(e.condition), "key": e.key, "labels": labels.get(e.pk, 0), "assigned": h["n"],
+               "left": h["left"], "right": h["n"] - h["left"]}
+        examples.append(row)
+        c = conditions.setdefault(e.condition_id, {"condition": row["condition"], "examples": 0, "labels": 0, "assigned": 0})
+        c["examples"] += 1
+        c["labels"] += row["labels"]
+        c["assigned"] += row["assigned"]
+    return {"per_condition": list(conditions.values()), "per_example": examples}
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    list_display = ("name", "open", "refusals", "n_participants", "created_at")
+    list_editable = ("open",)
+    readonly_fields = ("refusals",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_n=Count("participants"))
+
+    @admin.display(ordering="_n", description="participants")
+    def n_participants(self, obj):
+        return obj._n
+
+
+@admin.register(Participant)
+class ParticipantAdmin(admin.ModelAdmin):
+    list_display = ("pseudonym", "study", "platform", "enrolled_at", "completed_at")
+    list_filter = ("study", "platform")
+    readonly_fields = ("user", "study", "pid_hash", "platform", "session_hash", "completion_code", "enrolled_at", "completed_at")
 
 
 @admin.register(MaskImage)

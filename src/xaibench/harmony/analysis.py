@@ -10,7 +10,10 @@ Definitions (docs/harmony.md):
 - preference = fine-tuned / (fine-tuned + original), the decided answers, with an exact two-sided
   binomial test against 0.5 and a Wilson score interval;
 - Fleiss' kappa (nominal, three categories) over the items with the modal number of ratings;
-- Krippendorff's alpha (nominal) over all items with at least two ratings.
+- Krippendorff's alpha (nominal) over all items with at least two ratings;
+- per condition, Holm-adjusted p-values over the conditions and the achieved power: the exact power
+  of the binomial test at the observed preference and number of decided answers, at
+  ``alpha / conditions`` (``xaibench.harmony.power``).
 """
 
 from __future__ import annotations
@@ -177,8 +180,11 @@ def _majority_agreement(df: pd.DataFrame) -> pd.Series:
     return (g["agree"].sum() / g["valid"].sum().replace(0, np.nan)).astype(float)
 
 
-def analyze(labels: pd.DataFrame, confidence: float = 0.95) -> dict:
-    """Statistics per condition, pooled per metric, per annotator, and overall."""
+def analyze(labels: pd.DataFrame, confidence: float = 0.95, alpha: float = 0.05) -> dict:
+    """Statistics per condition, pooled per metric, per annotator, and overall; ``alpha`` is the
+    family-wise level of the conditions' tests (Holm-adjusted p-values, achieved power)."""
+    from xaibench.harmony.power import binomial_power, holm
+
     df = normalise(labels)
     result: dict = {
         "n_labels": int(len(df)),
@@ -196,6 +202,13 @@ def analyze(labels: pd.DataFrame, confidence: float = 0.95) -> dict:
         row.update(_counts_stats(group["choice"], confidence))
         row.update(_agreement(group))
         result["conditions"].append(row)
+    tested = [c for c in result["conditions"] if c["decided"]]
+    for c, p_holm in zip(tested, holm([c["p_value"] for c in tested])):
+        c["p_holm"] = float(p_holm)
+        c["power"] = binomial_power(c["decided"], c["preference"], alpha / len(tested))
+    for c in result["conditions"]:
+        c.setdefault("p_holm", float("nan"))
+        c.setdefault("power", float("nan"))
     for metric, group in df.groupby("metric", sort=True):
         row = {"metric": metric, "conditions": int(group[list(CONDITION_KEYS)].drop_duplicates().shape[0])}
         row.update(_counts_stats(group["choice"], confidence))
@@ -238,8 +251,10 @@ def format_report(result: dict) -> str:
     if result["conditions"]:
         names = [" / ".join(str(c[k]) for k in CONDITION_KEYS if c[k] != "") for c in result["conditions"]]
         width = max(len(n) for n in names)
-        lines += ["", "Per condition", f"{'condition':<{width}} {head}"]
-        lines += [row(n, c, width) for n, c in zip(names, result["conditions"])]
+        lines += ["", "Per condition (p Holm: adjusted over the conditions; power: exact, achieved at the observed "
+                      "preference, alpha / conditions)", f"{'condition':<{width}} {head} {'p Holm':>9} {'power':>6}"]
+        lines += [f"{row(n, c, width)} {_fmt(c['p_holm'], '9.2g')} {_fmt(c['power'], '6.3f')}"
+                  for n, c in zip(names, result["conditions"])]
         width = max(len(str(m["metric"])) for m in result["metrics"])
         lines += ["", "Pooled per metric", f"{'metric':<{width}} {head}"]
         lines += [row(str(m["metric"]), m, width) for m in result["metrics"]]

@@ -81,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, metavar="DIR", help="the study folder to create (must not exist)")
     q.set_defaults(func=handle_make_study)
 
+    from xaibench.harmony import crowd_commands
+
+    crowd_commands.register(sub)
+
     q = sub.add_parser("manage", help="run a Django management command (e.g. `manage check --deploy`)")
     q.add_argument("args", nargs=argparse.REMAINDER)
     q.set_defaults(func=handle_manage)
@@ -120,13 +124,17 @@ def _ready() -> None:
 def handle_load(args: argparse.Namespace) -> int:
     from xaibench.harmony.dataset import load_dataset, read_manifest
 
-    read_manifest(args.dir)  # validate before touching the database
+    manifest = read_manifest(args.dir)  # validate before touching the database
     _ready()
     counts = load_dataset(args.dir, assign=not args.no_assign)
     print(
         f"loaded {args.dir}: {counts['conditions_created']} new condition(s), {counts['examples_created']} new, "
         f"{counts['examples_updated']} updated, {counts['examples_unchanged']} unchanged example(s)"
     )
+    if manifest.crowd is not None:
+        print(f"crowdsourced study {manifest.name!r}: {len(manifest.crowd.practice)} practice item(s), "
+              f"{len(manifest.crowd.catch_trials) or 'generated'} attention check(s); "
+              f"its link: xaibench harmony link {manifest.name} --base-url https://YOUR.HOST")
     return 0
 
 
@@ -207,6 +215,11 @@ def handle_analyze(args: argparse.Namespace) -> int:
             df = pd.read_csv(args.labels, dtype={"example": str})
         except (OSError, ValueError) as err:
             raise InputError(f"cannot read {args.labels}: {err}") from err
+        tidy = df if "trial_kind" in df.columns else None  # a crowdsourced study's table (export-study)
+        if tidy is not None:
+            from xaibench.harmony.crowd_analysis import labels_of
+
+            df = labels_of(tidy)
     else:
         _ready()
         from xaibench.harmony.export import labels_frame
@@ -227,10 +240,24 @@ def handle_analyze(args: argparse.Namespace) -> int:
             result["mask_agreement"] = masks
     if args.metrics is not None:
         _add_agreement(result, df, args)
+    if args.labels and tidy is not None:
+        from xaibench.harmony.crowd_analysis import analyze_study
+
+        result["studies"] = {args.labels: analyze_study(tidy, confidence=args.confidence)}
+    elif not args.labels:
+        from xaibench.harmony.crowd_analysis import analyze_study, study_frame
+        from xaibench.harmony.models import Study
+
+        result["studies"] = {s.name: analyze_study(study_frame(s), confidence=args.confidence)
+                             for s in Study.objects.filter(participants__isnull=False).distinct()}
     if args.json:
         print(json.dumps(to_jsonable(result), indent=2))
     else:
         print(format_report(result))
+        from xaibench.harmony.crowd_analysis import format_study
+
+        for name, study in result.get("studies", {}).items():
+            print(f"\nCrowdsourced study {name}\n{format_study(study)}")
         from xaibench.harmony.agreement import format_agreement
 
         print("\n".join(["", *result.get("notes", [])]))

@@ -24,7 +24,7 @@ FORMAT = "xaibench-harmony-study"
 VERSION = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-TOP_KEYS = {"format", "version", "name", "description", "conditions"}
+TOP_KEYS = {"format", "version", "name", "description", "conditions", "crowdsourcing"}
 # optional keys that keep what is needed to compute metrics after the study (not shown to annotators)
 CONDITION_MODEL_KEYS = ("original_model", "finetuned_model")  # load_model specs; file: relative to the folder
 CONDITION_NAME_KEYS = ("metric_name", "method_name")  # xaibench registry names
@@ -39,7 +39,8 @@ NPY_SIGNATURE = b"\x93NUMPY"
 # the longest text per key (the database columns' sizes); paths as the data-set folder names them
 MAX_TEXT = {"id": 128, "dataset": 128, "metric": 128, "model": 128, "method": 128, "name": 128,
             "prediction": 256, "label": 256, "description": 10_000,
-            "original_model": 1024, "finetuned_model": 1024, "metric_name": 128, "method_name": 128}
+            "original_model": 1024, "finetuned_model": 1024, "metric_name": 128, "method_name": 128,
+            "completion_code": 64, "platform_study_id": 64}
 MAX_PATH = 512  # a picture's path relative to the folder (Example.source_image)
 MAX_DIR = 4096  # the data-set folder's own path
 MAX_MANIFEST_BYTES = 64 * 2**20
@@ -73,10 +74,32 @@ class ConditionSpec:
 
 
 @dataclass
+class ItemSpec:
+    """A practice example or a supplied attention check: image, real map, optional wrong map."""
+
+    key: str
+    prediction: str
+    feedback: str
+    pictures: dict[str, Path]  # image / map / wrong (optional) -> absolute path
+
+
+@dataclass
+class CrowdSpec:
+    """The optional ``crowdsourcing`` section: texts, items and the settings (``CROWD_DEFAULTS`` keys)."""
+
+    consent: str
+    instructions: str
+    practice: list[ItemSpec]
+    catch_trials: list[ItemSpec]
+    config: dict
+
+
+@dataclass
 class Manifest:
     root: Path
     name: str
     conditions: list[ConditionSpec]
+    crowd: CrowdSpec | None = None
 
 
 def check_keys(obj: object, allowed: set[str], required: set[str], where: str) -> dict:
@@ -282,7 +305,94 @@ def read_manifest(directory: str | Path) -> Manifest:
                 )
             )
         conditions.append(ConditionSpec(*ident, examples=examples, models=models, **names))
-    return Manifest(root=root, name=name, conditions=conditions)
+    crowd = None
+    if "crowdsourcing" in data:
+        n_examples = sum(len(c.examples) for c in conditions)
+        crowd = _crowdsourcing(root, data["crowdsourcing"], f"{where}: crowdsourcing", n_examples)
+    return Manifest(root=root, name=name, conditions=conditions, crowd=crowd)
+
+
+# the crowdsourcing section: settings with their defaults (docs/harmony.md, "Running a crowdsourced study")
+CROWD_DEFAULTS = {"catch_rate": 0.1, "examples_per_participant": None, "labels_per_example": None,
+                  "completion_code": "", "redirect_url": "", "deadline_hours": 24.0, "platform_study_id": "",
+                  "exclusions": {}}
+CROWD_KEYS = {"consent", "instructions", "practice", "catch_trials", *CROWD_DEFAULTS}
+ITEM_KEYS = {"id", "image", "map", "wrong", "prediction", "feedback"}
+EXCLUSION_RULES = {  # rule -> (lowest, highest) allowed value
+    "attention_max_failed": (0.0, 1.0),  # exclude when the share of failed attention checks is above
+    "min_median_response_ms": (0.0, 3_600_000.0),  # exclude when the median response time is below
+    "straightlining_max_share": (0.0, 1.0),  # exclude when the share of the most used answer key is above
+}
+MAX_TEXT_FILE = 100_000  # characters of a consent or instructions file
+
+
+def _number(obj: dict, key: str, where: str, low: float, high: float, integer: bool = False) -> float | int:
+    value = obj[key]
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+        what = "an integer" if integer else "a number"
+        raise InputError(f"{where}: {key!r} must be {what} from {low:g} to {high:g}, got {value!r}")
+    return value
+
+
+def _text_file(root: Path, rel: object, where: str) -> str:
+    path, resolved = _inside(root, rel, where, kind="text file")
+    try:
+        text = resolved.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: {path} is not UTF-8 text") from None
+    if not text or len(text) > MAX_TEXT_FILE:
+        raise InputError(f"{where}: {path} must hold 1 to {MAX_TEXT_FILE:,} characters, it has {len(text):,}")
+    return text
+
+
+def _items(root: Path, items: object, where: str) -> list[ItemSpec]:
+    if not isinstance(items, list):
+        raise InputError(f"{where}: expected a list of items ({{'id', 'image', 'map', optional 'wrong'}})")
+    out: list[ItemSpec] = []
+    for i, item in enumerate(items):
+        iwhere = f"{where}[{i}]"
+        _check_keys(item, ITEM_KEYS, {"id", "image", "map"}, iwhere)
+        key = _text(item, "id", iwhere)
+        if key in {o.key for o in out}:
+            raise InputError(f"{iwhere}: duplicate id {key!r}")
+        found = {p: _picture(root, item[p], f"{iwhere}.{p}") for p in ("image", "map", "wrong") if p in item}
+        if "wrong" in found and found["wrong"][1] != found["map"][1]:
+            raise InputError(f"{iwhere}: 'map' and 'wrong' differ in size; render both at one size")
+        feedback = item.get("feedback", "")
+        if not isinstance(feedback, str) or len(feedback) > MAX_TEXT["description"]:
+            raise InputError(f"{iwhere}: 'feedback' must be a string of at most {MAX_TEXT['description']:,} characters")
+        out.append(ItemSpec(key=key, prediction=_text(item, "prediction", iwhere, required=False), feedback=feedback.strip(),
+                            pictures={p: path for p, (path, _) in found.items()}))
+    return out
+
+
+def _crowdsourcing(root: Path, section: object, where: str, n_examples: int) -> CrowdSpec:
+    """Validate the ``crowdsourcing`` section; every problem names its key."""
+    _check_keys(section, CROWD_KEYS, {"consent", "instructions"}, where)
+    config = {**CROWD_DEFAULTS, **{k: section[k] for k in CROWD_DEFAULTS if k in section}}
+    config["catch_rate"] = _number(config, "catch_rate", where, 0.0, 1.0)
+    config["deadline_hours"] = _number(config, "deadline_hours", where, 0.01, 24.0 * 366)
+    for key in ("examples_per_participant", "labels_per_example"):
+        if config[key] is not None:
+            _number(config, key, where, 1, 1_000_000, integer=True)
+    config["examples_per_participant"] = min(config["examples_per_participant"] or n_examples, n_examples)
+    for key in ("completion_code", "platform_study_id"):
+        config[key] = _text(config, key, where, required=False)
+    url = config["redirect_url"]
+    if not isinstance(url, str) or (url and not url.startswith(("https://", "http://"))) or len(url) > 1024:
+        raise InputError(f"{where}: 'redirect_url' must be an http(s) URL of at most 1,024 characters "
+                         f"(it may hold {{code}} for the completion code), got {_short(str(url))!r}")
+    rules = config["exclusions"]
+    if not isinstance(rules, dict):
+        raise InputError(f"{where}: 'exclusions' must be an object with some of {', '.join(EXCLUSION_RULES)}")
+    _check_keys(rules, set(EXCLUSION_RULES), set(), f"{where}.exclusions")
+    config["exclusions"] = {k: float(_number(rules, k, f"{where}.exclusions", *EXCLUSION_RULES[k])) for k in rules}
+    return CrowdSpec(consent=_text_file(root, section["consent"], f"{where}.consent"),
+                     instructions=_text_file(root, section["instructions"], f"{where}.instructions"),
+                     practice=_items(root, section.get("practice", []), f"{where}.practice"),
+                     catch_trials=_items(root, section.get("catch_trials", []), f"{where}.catch_trials"),
+                     config=config)
 
 
 def _rgb(im: Image.Image) -> np.ndarray:
@@ -379,10 +489,27 @@ def load_dataset(directory: str | Path, assign: bool = True) -> dict[str, int]:
                     counts["examples_updated"] += 1
                 else:
                     counts["examples_unchanged"] += 1
-            if assign:
-                for user in get_user_model().objects.filter(is_active=True, is_staff=False):
+            if assign:  # the coordinator's annotators; participants get examples by enrolment
+                for user in get_user_model().objects.filter(is_active=True, is_staff=False, harmony_participant__isnull=True):
                     assign_conditions(user, [condition])
+        if manifest.crowd is not None:
+            _store_study(manifest.name, manifest.crowd)
     return counts
+
+
+def _store_study(name: str, crowd: CrowdSpec) -> None:
+    """Create or update the study's enrolment settings and its practice and attention-check items."""
+    from xaibench.harmony.models import CheckItem, Study
+
+    study, _ = Study.objects.update_or_create(
+        name=name, defaults={"consent": crowd.consent, "instructions": crowd.instructions, "config": crowd.config})
+    for kind, items in ((CheckItem.PRACTICE, crowd.practice), (CheckItem.CATCH, crowd.catch_trials)):
+        for position, item in enumerate(items):
+            stored = {p: _store_png(canonical_png(path, compress=p == "image")) for p, path in item.pictures.items()}
+            CheckItem.objects.update_or_create(
+                study=study, kind=kind, key=item.key,
+                defaults={"position": position, "prediction": item.prediction, "feedback": item.feedback,
+                          "image": stored["image"], "map": stored["map"], "wrong": stored.get("wrong", "")})
 
 
 def assign_conditions(user, conditions) -> int:

@@ -181,3 +181,112 @@ class LoginAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: {self.count}"
+
+
+# --- crowdsourced studies: participants enrol by a signed link (xaibench.harmony.crowd) ---
+
+
+class Study(models.Model):
+    """A study opened for self-enrolment: the crowdsourcing section of its manifest (validated by
+    ``dataset.read_manifest``); its conditions are those whose ``Condition.study`` is ``name``."""
+
+    name = models.CharField(max_length=128, unique=True)
+    consent = models.TextField(help_text="consent text shown before anything else")
+    instructions = models.TextField()
+    config = models.JSONField(default=dict, help_text="catch rate, examples per participant, codes, exclusion rules")
+    refusals = models.PositiveIntegerField(default=0, help_text="how many declined the consent (nothing else is kept)")
+    open = models.BooleanField(default=True, help_text="accepting new participants")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CheckItem(models.Model):
+    """A practice example or an attention check supplied with a study: an image, a real map and an
+    optional obviously wrong one (without it both sides show the real map and "Neither" is expected)."""
+
+    PRACTICE = "practice"
+    CATCH = "catch"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="items")
+    kind = models.CharField(max_length=16, choices=[(PRACTICE, PRACTICE), (CATCH, CATCH)])
+    key = models.CharField(max_length=128)
+    position = models.PositiveIntegerField(default=0)
+    prediction = models.CharField(max_length=256, blank=True, default="")
+    image = models.CharField(max_length=255)
+    map = models.CharField(max_length=255, help_text="media path of the real map")
+    wrong = models.CharField(max_length=255, blank=True, default="", help_text="media path of the wrong map, if any")
+    feedback = models.TextField(blank=True, default="", help_text="shown after a practice answer")
+
+    class Meta:
+        ordering = ["study", "kind", "position"]
+        constraints = [models.UniqueConstraint(fields=["study", "kind", "key"], name="harmony_checkitem_unique")]
+
+
+class Participant(models.Model):
+    """A passwordless account bound to one platform identifier, stored only as a keyed hash
+    (``crowd.pid_hash``); one identifier is one participant on this server."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="harmony_participant")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="participants")
+    pid_hash = models.CharField(max_length=64, help_text="HMAC-SHA256 of the platform identifier")
+    platform = models.CharField(max_length=16, help_text="prolific or generic")
+    session_hash = models.CharField(max_length=64, blank=True, default="", help_text="HMAC-SHA256 of the platform session id")
+    completion_code = models.CharField(max_length=64, blank=True, default="", help_text="own code (empty: the study's)")
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["study", "enrolled_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["pid_hash"], name="harmony_participant_pid_unique")]
+
+    @property
+    def pseudonym(self) -> str:
+        return self.pid_hash[:16]
+
+    def __str__(self) -> str:
+        return f"participant {self.pseudonym}"
+
+
+class Trial(models.Model):
+    """One step of a participant's sequence: a practice example, an attention check or a main example
+    (whose answer is also the participant's ``Label``). Sides and answer tokens as ``Presentation``."""
+
+    PRACTICE = "practice"
+    CATCH = "catch"
+    MAIN = "main"
+    SIDES = [("left", "left"), ("right", "right"), ("neither", "neither")]
+
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="trials")
+    position = models.PositiveIntegerField()
+    kind = models.CharField(max_length=16, choices=[(PRACTICE, PRACTICE), (CATCH, CATCH), (MAIN, MAIN)])
+    example = models.ForeignKey(Example, null=True, blank=True, on_delete=models.CASCADE, related_name="trials")
+    item = models.ForeignKey(CheckItem, null=True, blank=True, on_delete=models.CASCADE, related_name="trials")
+    check_kind = models.CharField(max_length=16, blank=True, default="",
+                             help_text="practice/catch: 'same' (one map twice) or 'wrong' (a real and a wrong map)")
+    finetuned_left = models.BooleanField(help_text="main: side of the fine-tuned map; practice/catch: of the real map")
+    image = models.CharField(max_length=255, blank=True, default="", help_text="practice/catch: media path of the image")
+    map = models.CharField(max_length=255, blank=True, default="", help_text="practice/catch: the real map")
+    wrong = models.CharField(max_length=255, blank=True, default="", help_text="practice/catch: the wrong map, if any")
+    expected = models.CharField(max_length=8, blank=True, default="", choices=SIDES, help_text="practice/catch")
+    token_left = models.CharField(max_length=32, default=_token)
+    token_right = models.CharField(max_length=32, default=_token)
+    token_neither = models.CharField(max_length=32, default=_token)
+    shown_at = models.DateTimeField(null=True, blank=True)
+    answer = models.CharField(max_length=8, blank=True, default="", choices=SIDES)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    response_ms = models.PositiveIntegerField(null=True, blank=True, help_text="measured by the server, ms")
+    client_response_ms = models.PositiveIntegerField(null=True, blank=True, help_text="reported by the browser, ms")
+    revisions = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["participant", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["participant", "position"], name="harmony_trial_position_unique"),
+            models.UniqueConstraint(fields=["participant", "example"], condition=models.Q(kind="main"),
+                                    name="harmony_trial_main_unique"),
+        ]

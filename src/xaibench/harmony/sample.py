@@ -41,6 +41,18 @@ def _heatmap(rng: np.random.Generator, size: int) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
+def _practice(root: Path, rng: np.random.Generator, photo: np.ndarray, size: int) -> list[dict]:
+    folder = root / "practice"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo).save(folder / "image.png")
+    Image.fromarray(_heatmap(rng, size)).save(folder / "map.png")
+    Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(folder / "grey.png")
+    return [{"id": "p1", "image": "practice/image.png", "map": "practice/map.png", "wrong": "practice/grey.png",
+             "prediction": "astronaut", "feedback": "The grey map highlights nothing, so the other map is better."},
+            {"id": "p2", "image": "practice/image.png", "map": "practice/map.png", "prediction": "astronaut",
+             "feedback": "Both maps are the same, so Neither is the answer."}]
+
+
 def make_sample_dataset(
     directory: str | Path,
     conditions: int = 2,
@@ -48,8 +60,11 @@ def make_sample_dataset(
     size: int = 96,
     seed: int = 0,
     name: str = "sample-study",
+    crowdsourcing: dict | None = None,
 ) -> Path:
-    """Write a study data set (manifest.json + PNGs) with ``conditions`` x ``examples`` examples."""
+    """Write a study data set (manifest.json + PNGs) with ``conditions`` x ``examples`` examples;
+    with ``crowdsourcing`` (settings, possibly empty) also a crowdsourcing section: consent and
+    instructions files and two practice items (a real map against a grey one, and one map twice)."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -81,5 +96,12 @@ def make_sample_dataset(
              "method": methods[c % len(methods)], "examples": items}
         )
     manifest = {"format": FORMAT, "version": VERSION, "name": name, "conditions": conds}
+    if crowdsourcing is not None:
+        manifest["crowdsourcing"] = {"consent": "consent.txt", "instructions": "instructions.txt",
+                                     "practice": _practice(root, rng, photos[0], size), **crowdsourcing}
+        (root / "consent.txt").write_text("You are invited to a study of heat maps.\nYour answers are stored "
+                                          "under a pseudonym.\nYou may stop at any time.\n", encoding="utf-8")
+        (root / "instructions.txt").write_text("Pick the heat map that better shows why the model made its "
+                                               "prediction, or Neither.\n", encoding="utf-8")
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return root

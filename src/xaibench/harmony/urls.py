@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from xaibench.harmony import views
+from xaibench.harmony import crowd_views, views
 
 app_patterns = [
     path("", views.home, name="home"),
@@ -17,6 +17,13 @@ app_patterns = [
     path("masks/", views.mask_start, name="masks"),
     path("masks/<int:n>/", views.mask_draw, name="mask"),
     path("masks/<int:n>/<str:slot>.png", views.mask_picture, name="mask_picture"),
+    path("join/<str:token>/", crowd_views.join, name="join"),
+    path("s/", crowd_views.session, name="session"),
+    path("s/consent/", crowd_views.consent, name="consent"),
+    path("s/instructions/", crowd_views.instructions, name="instructions"),
+    path("s/done/", crowd_views.complete, name="complete"),
+    path("s/<int:n>/", crowd_views.trial_view, name="trial"),
+    path("s/<int:n>/picture/<str:slot>.png", crowd_views.trial_picture, name="trial_picture"),
 ]
 
 urlpatterns = [

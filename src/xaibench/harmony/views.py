@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods
 
 from xaibench.harmony.forms import LoginForm
-from xaibench.harmony.models import Assignment, Example, Label, MaskAnnotation, MaskImage, Presentation
+from xaibench.harmony.models import Assignment, Example, Label, MaskAnnotation, MaskImage, Presentation, Trial
 
 MAX_RESPONSE_MS = 24 * 3600 * 1000
 
@@ -77,6 +77,8 @@ def _presentation(user, example_id: int) -> Presentation:
 @login_required
 @require_GET
 def home(request):
+    if hasattr(request.user, "harmony_participant"):  # a participant's own sequence
+        return redirect("harmony:session")
     cards = []
     for number, assignment in enumerate(_assignments(request.user), start=1):
         ids = example_order(assignment)
@@ -133,7 +135,7 @@ def _side_of(label: Label | None, presentation: Presentation) -> str | None:
     return "left" if (label.choice == Label.FINETUNED) == presentation.finetuned_left else "right"
 
 
-def _save_label(user, example_id: int, presentation: Presentation, side: str, times: dict[str, int | None]) -> None:
+def save_label(user, example_id: int, presentation: Presentation | Trial, side: str, times: dict[str, int | None]) -> None:
     if side == "neither":
         choice = Label.NEITHER
     else:
@@ -162,7 +164,7 @@ def _save_label(user, example_id: int, presentation: Presentation, side: str, ti
         label.save()
 
 
-def _response_times(request, presentation: Presentation) -> dict[str, int | None]:
+def response_times(request, presentation: Presentation | Trial) -> dict[str, int | None]:
     """``response_ms``: from the last time the server sent the page to receiving the answer;
     ``client_response_ms``: what the browser reports (``rt``), kept for comparison, never trusted.
     Either is None when unknown or outside [0, 24 h]."""
@@ -199,7 +201,7 @@ def label_example(request, card: int, n: int):
         side = next((s for t, s in sides.items() if secrets.compare_digest(t, token)), None)
         if side is None:
             return HttpResponseBadRequest("unknown answer; reload the page")
-        _save_label(request.user, example_id, presentation, side, _response_times(request, presentation))
+        save_label(request.user, example_id, presentation, side, response_times(request, presentation))
         if n < len(ids):
             return redirect("harmony:example", card=card, n=n + 1)
         return redirect("harmony:card", card=card)
@@ -254,11 +256,15 @@ def picture(request, card: int, n: int, slot: str):
         presentation = _presentation(request.user, example.pk)
         finetuned = (slot == "left") == presentation.finetuned_left
         stored = example.finetuned_map if finetuned else example.original_map
+    return serve_png(stored)
+
+
+def serve_png(stored: str) -> HttpResponse:
+    """A stored PNG for its requester only (``private, no-store``, no file name); 404 when absent."""
     if not stored or not default_storage.exists(stored):
         raise Http404("picture not available")
     with default_storage.open(stored, "rb") as fh:
-        data = fh.read()
-    response = HttpResponse(data, content_type="image/png")
+        response = HttpResponse(fh.read(), content_type="image/png")
     response["Cache-Control"] = "private, no-store"
     return response
 
@@ -331,9 +337,4 @@ def mask_picture(request, n: int, slot: str):
         stored = mine.mask if mine else ""
     else:
         raise Http404("no such picture")
-    if not stored or not default_storage.exists(stored):
-        raise Http404("picture not available")
-    with default_storage.open(stored, "rb") as fh:
-        response = HttpResponse(fh.read(), content_type="image/png")
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return serve_png(stored)
