@@ -1,5 +1,6 @@
 """HARMONY on PostgreSQL: the app's suites (flow, isolation, blinding, the 20-annotator load test, the
-import of the published study, the browser, agreement, masks) run against a real PostgreSQL server
+import of the published study, the browser, agreement, masks, crowdsourced studies: links, the
+32-participant link-flow load test and the 20-participant browser run) run against a real PostgreSQL server
 started for the tests, and a hard database restart in the middle of a concurrent load loses no
 acknowledged label.
 
@@ -26,7 +27,8 @@ from conftest import REPO, _require
 pytest.importorskip("django")
 
 SUITES = ["test_harmony_web.py", "test_harmony_security.py", "test_harmony_load.py", "test_harmony_import.py",
-          "test_harmony_browser.py", "test_harmony_agreement.py", "test_harmony_masks.py"]
+          "test_harmony_browser.py", "test_harmony_agreement.py", "test_harmony_masks.py",
+          "test_harmony_crowd.py", "test_harmony_crowd_load.py", "test_harmony_crowd_browser.py"]
 RESTART_ENV = "HARMONY_TEST_DATABASE_RESTART"  # JSON argv that restarts the test database server
 
 
