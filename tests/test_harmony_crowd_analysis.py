@@ -129,3 +129,20 @@ def test_exclusion_rules_on_a_hand_built_study():
     assert result["all"]["n_labels"] == 20 and result["kept"]["n_labels"] == 8
     assert result["kept"]["n_annotators"] == 2 and result["balance"]["labels_per_example_min"] == 5
     assert result["balance"]["side_imbalance_max"] == 5  # every example shown on one side only here
+
+
+def test_power_command(capsys):
+    from xaibench.errors import InputError
+    from harmony_testing import cli
+
+    cli("power", "--preference", "0.6", "--neither", "0.4", "--conditions", "8", "--examples-per-participant", "40")
+    out = capsys.readouterr().out
+    decided = decided_needed(0.6, 0.05 / 8, 0.8)
+    labels = math.ceil(decided / 0.6)
+    assert f"decided answers per condition: {decided} " in out
+    assert f"labels per condition with 40.0% 'Neither': {labels}; all conditions: {8 * labels}" in out
+    assert f"participants at 40 main examples each: {math.ceil(8 * labels / 40)}" in out
+    with pytest.raises(InputError, match="not 0.5"):
+        cli("power", "--preference", "0.5")
+    with pytest.raises(InputError, match="--conditions must be at least 1"):
+        cli("power", "--preference", "0.6", "--conditions", "0")

@@ -16,7 +16,7 @@ from io import StringIO
 import pytest
 from test_harmony_crowd_load import HttpParticipant, honest, study_link
 
-from xaibench.harmony.testing import cli
+from harmony_testing import cli
 
 pytest.importorskip("django")
 
@@ -31,7 +31,7 @@ DELAY = 0.25  # seconds an attentive participant looks at a main example (the sp
 def server(tmp_path_factory, chromium):
     from xaibench.harmony.dataset import load_dataset
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-crowd-browser-home"))
     load_dataset(make_sample_dataset(tmp_path_factory.mktemp("harmony-crowd-browser-study"), conditions=2, examples=5,
@@ -86,6 +86,14 @@ def answer_in_browser(page, pid: str, main_keys: list[str]) -> None:
         page.wait_for_url(re.compile(r".*/s/(\d+|done)/$"))
 
 
+def fresh_page(browser):
+    """A new browser profile (no cookies) and a page in it."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(30000)
+    return context, page
+
+
 def browser_participants(server, chromium) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -93,9 +101,7 @@ def browser_participants(server, chromium) -> dict:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"], headless=True)
         # B0 declines the consent
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(30000)
+        context, page = fresh_page(browser)
         page.goto(server.links["B0"])
         assert "You are invited" in page.inner_text("#consent-text")
         page.click("#decline")
@@ -103,9 +109,7 @@ def browser_participants(server, chromium) -> dict:
         context.close()
 
         # B1: consent, instructions, practice, keys; a reload, the link again, a second tab
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(30000)
+        context, page = fresh_page(browser)
         page.goto(server.links["B1"])
         page.click("#accept")
         page.wait_for_url(re.compile(r".*/s/instructions/$"))
@@ -140,9 +144,7 @@ def browser_participants(server, chromium) -> dict:
         context.close()
 
         # B2: a plain run with clicks
-        context = browser.new_context()
-        page = context.new_page()
-        page.set_default_timeout(30000)
+        context, page = fresh_page(browser)
         page.goto(server.links["B2"])
         page.click("#accept")
         page.click("#start")

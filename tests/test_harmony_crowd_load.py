@@ -115,7 +115,7 @@ def honest(index: int):
 def server(tmp_path_factory):
     from xaibench.harmony.dataset import load_dataset
     from xaibench.harmony.sample import make_sample_dataset
-    from xaibench.harmony.testing import LiveServer, use_home
+    from harmony_testing import LiveServer, use_home
 
     home = use_home(tmp_path_factory.mktemp("harmony-crowd-load-home"))
     load_dataset(make_sample_dataset(tmp_path_factory.mktemp("harmony-crowd-load-study"), conditions=2, examples=5, size=24,
