@@ -344,6 +344,7 @@ def test_isolation_between_participants(home):
     # no other participant's pseudonym or identifier on any page
     pages = "".join(a.client.get(u).content.decode() for u in ("/s/instructions/", "/s/3/", "/s/1/"))
     assert participant_of(b).pseudonym not in pages and "iso-b" not in pages
+    assert not re.search(r"original|learn|fine.?tun", pages, re.IGNORECASE)  # blinded like the annotators' pages
 
 
 def test_deadline_ends_the_session_and_frees_its_places(home):
@@ -483,3 +484,28 @@ def test_link_command(home, capsys):
     assert capsys.readouterr().out.strip().endswith("?pid=W123")
     with pytest.raises(InputError, match="no crowdsourced study named 'nope'"):
         cli("link", "nope")
+
+
+def test_supplied_attention_checks_and_items_dropped_from_the_manifest(home, tmp_path_factory):
+    """A study with its own attention checks uses only those; loading the folder again without a
+    practice item stops showing it to new participants."""
+    from xaibench.harmony.models import Trial
+
+    root = make_study(tmp_path_factory, "crowd-supplied", "Sup", catch_rate=0.5)
+    manifest = json.loads((root / "manifest.json").read_text())
+    section = manifest["crowdsourcing"]
+    section["catch_trials"] = [{**section["practice"][0], "id": "c1"}, {**section["practice"][1], "id": "c2"}]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    cli("load", str(root))
+    first = Person()
+    first.enrol(link("crowd-supplied", "sup-1"))
+    trials = participant_of(first).trials
+    assert sorted(trials.filter(kind="catch").values_list("item__key", flat=True)) == ["c1", "c2"]
+    assert sorted(trials.filter(kind="catch").values_list("expected", flat=True))[-1] == "neither"
+    section["practice"] = section["practice"][1:]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    cli("load", str(root))
+    second = Person()
+    second.enrol(link("crowd-supplied", "sup-2"))
+    assert list(participant_of(second).trials.filter(kind="practice").values_list("item__key", flat=True)) == ["p2"]
+    assert Trial.objects.filter(participant=participant_of(first), kind="practice").count() == 2  # kept as shown

@@ -23,8 +23,8 @@ pytest.importorskip("django")
 STUDY = "crowd-browser"
 SETTINGS = {"catch_rate": 0.5, "examples_per_participant": 4, "labels_per_example": 8,
             "redirect_url": "https://app.prolific.com/submissions/complete?cc={code}",
-            "exclusions": {"attention_max_failed": 0.5, "min_median_response_ms": 100, "straightlining_max_share": 0.9}}
-DELAY = 0.25  # seconds an attentive participant looks at a main example (the speed rule's threshold is 0.1 s)
+            "exclusions": {"attention_max_failed": 0.5, "min_median_response_ms": 500, "straightlining_max_share": 0.9}}
+DELAY = 1.0  # seconds an attentive participant looks at a step (the speed rule's threshold is 0.5 s)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +39,15 @@ def server(tmp_path_factory, chromium):
     from django.db import connections
 
     connections.close_all()
-    with LiveServer(home, threads=8) as live:
-        live.links = {pid: study_link(live.url, STUDY, pid) for pid in [f"B{i}" for i in range(3)] + [f"H{i:02d}" for i in range(17)]}
-        connections.close_all()
-        yield live
+    from django.conf import settings
+
+    # the server must check links with this process's key (set by the first home the process used)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SECRET_KEY", settings.SECRET_KEY)
+        with LiveServer(home, threads=8) as live:
+            live.links = {pid: study_link(live.url, STUDY, pid) for pid in [f"B{i}" for i in range(3)] + [f"H{i:02d}" for i in range(17)]}
+            connections.close_all()
+            yield live
 
 
 def off_loop(fn, *args):
@@ -78,6 +83,8 @@ def answer_in_browser(page, pid: str, main_keys: list[str]) -> None:
     n = int(re.search(r"/s/(\d+)/$", page.url).group(1))
     kind, expected = off_loop(_expected, pid, n)
     page.locator("#picture-left").wait_for(state="visible")
+    if kind == "main":
+        page.wait_for_timeout(DELAY * 1000)  # looks before answering, as the speed rule expects
     page.keyboard.press(KEYS[expected] if kind != "main" else KEYS[main_keys.pop(0)])
     page.wait_for_function(f"() => !location.pathname.endsWith('/s/{n}/') || document.querySelector('#continue')")
     if page.locator("#continue").count():

@@ -78,7 +78,8 @@ class HttpParticipant:
         return None
 
     def run(self, choose, delay: float = 0.0, stop_after: int | None = None) -> None:
-        """From the current step to the completion code (or ``stop_after`` answers)."""
+        """From the current step to the completion code (or ``stop_after`` answers), waiting
+        ``delay`` seconds before each answer (without one the answer follows the page at once)."""
         url, html = self.open(self.base + "/s/")
         done = 0
         while not url.endswith("/s/done/") and (stop_after is None or done < stop_after):
@@ -88,7 +89,10 @@ class HttpParticipant:
             n = int(STEP_RE.search(url).group(1))
             tokens = {side: token for token, side in TOKEN_RE.findall(html)}
             side = choose(self, n, html)
-            time.sleep(delay)
+            if delay:
+                time.sleep(delay)
+            else:  # answer at once: show the step again (its time starts there), then answer
+                url, html = self.open(url)
             url, html = self.open(url, {"choice": tokens[side], "csrfmiddlewaretoken": CSRF_RE.search(html).group(1)})
             self.answers[n] = side
             done += 1
@@ -123,8 +127,13 @@ def server(tmp_path_factory):
     from django.db import connections
 
     connections.close_all()
-    with LiveServer(home, threads=8) as live:
-        yield live
+    from django.conf import settings
+
+    # the server must check links with this process's key (set by the first home the process used)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SECRET_KEY", settings.SECRET_KEY)
+        with LiveServer(home, threads=8) as live:
+            yield live
 
 
 def enrol_and_answer(link: str, index: int, people: list, errors: list, twin: bool) -> None:

@@ -194,7 +194,7 @@ def build_trials(participant: Participant) -> None:
     rng.shuffle(main)
     rate = float(config.get("catch_rate", 0))
     n_catch = max(1, round(rate * len(main))) if rate > 0 and main else 0
-    supplied = list(study.items.filter(kind=CheckItem.CATCH))
+    supplied = list(_items(study, CheckItem.CATCH))
     rng.shuffle(supplied)
     catches, first = [], rng.getrandbits(1)  # generated checks alternate 'same' / 'wrong' from a random start
     for i in range(n_catch):
@@ -207,11 +207,16 @@ def build_trials(participant: Participant) -> None:
     sequence = main
     for trial in catches:  # at random places, never first among the main examples
         sequence.insert(rng.randint(1, len(sequence)), trial)
-    practice = [_check_trial(Trial.PRACTICE, item, rng) for item in study.items.filter(kind=CheckItem.PRACTICE)]
+    practice = [_check_trial(Trial.PRACTICE, item, rng) for item in _items(study, CheckItem.PRACTICE)]
     for position, trial in enumerate(practice + sequence, start=1):
         trial.participant = participant
         trial.position = position
     Trial.objects.bulk_create(practice + sequence)
+
+
+def _items(study: Study, kind: str):
+    """The study's practice or attention-check items that its manifest names now, in its order."""
+    return study.items.filter(kind=kind, key__in=study.config.get("items", {}).get(kind, [])).order_by("position")
 
 
 def _trial_of(kind: str, image: str, real: str, wrong: str, rng, example=None, item=None) -> Trial:

@@ -139,7 +139,10 @@ def trial_view(request, participant, n: int):
         return render(request, "harmony/crowd_feedback.html", {"trial": trial, "n": n, "total": total,
                                                                "feedback": trial.item.feedback if trial.item_id else ""})
     Trial.objects.filter(pk=trial.pk).update(shown_at=timezone.now())
-    url = lambda slot: reverse("harmony:trial_picture", kwargs={"n": n, "slot": slot})  # noqa: E731
+
+    def url(slot: str) -> str:
+        return reverse("harmony:trial_picture", kwargs={"n": n, "slot": slot})
+
     context = {
         "n": n, "total": total, "practice": trial.kind == Trial.PRACTICE, "prediction": crowd.prediction(trial),
         "answered": participant.trials.exclude(answer="").count(),

@@ -501,8 +501,10 @@ def _store_study(name: str, crowd: CrowdSpec) -> None:
     """Create or update the study's enrolment settings and its practice and attention-check items."""
     from xaibench.harmony.models import CheckItem, Study
 
+    items = {kind: [item.key for item in items] for kind, items in (("practice", crowd.practice), ("catch", crowd.catch_trials))}
+    config = {**crowd.config, "items": items}  # the items in use: an item dropped from the manifest is not shown again
     study, _ = Study.objects.update_or_create(
-        name=name, defaults={"consent": crowd.consent, "instructions": crowd.instructions, "config": crowd.config})
+        name=name, defaults={"consent": crowd.consent, "instructions": crowd.instructions, "config": config})
     for kind, items in ((CheckItem.PRACTICE, crowd.practice), (CheckItem.CATCH, crowd.catch_trials)):
         for position, item in enumerate(items):
             stored = {p: _store_png(canonical_png(path, compress=p == "image")) for p, path in item.pictures.items()}
