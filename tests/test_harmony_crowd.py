@@ -381,7 +381,7 @@ def test_balanced_assignment_until_full(tmp_path_factory, home):
     for participant_trials in main.values("participant").annotate(c=Count("example__condition", distinct=True)):
         assert participant_trials["c"] == 2  # every participant sees both conditions (2 + 2)
     catch = Trial.objects.filter(participant__study__name="crowd-balance", kind="catch")
-    assert catch.count() == 6 and set(catch.values_list("check_kind", flat=True)) == {"same", "wrong"}
+    assert catch.count() == 6 and set(catch.values_list("check_kind", flat=True)) <= {"same", "wrong"}
     p = Person()
     p.join(link("crowd-balance", "bal-6"))
     r = p.consent()
@@ -396,7 +396,9 @@ def test_generated_attention_checks(home):
 
     p = Person()
     p.enrol(link("crowd-a", "catcher"))
-    for trial in Trial.objects.filter(participant=participant_of(p), kind="catch"):
+    catch = Trial.objects.filter(participant=participant_of(p), kind="catch")
+    assert sorted(catch.values_list("check_kind", flat=True)) == ["same", "wrong"]  # two checks: one of each
+    for trial in catch:
         if trial.check_kind == "same":
             assert trial.expected == "neither" and trial.wrong == ""
         else:
@@ -501,7 +503,8 @@ def test_supplied_attention_checks_and_items_dropped_from_the_manifest(home, tmp
     first.enrol(link("crowd-supplied", "sup-1"))
     trials = participant_of(first).trials
     assert sorted(trials.filter(kind="catch").values_list("item__key", flat=True)) == ["c1", "c2"]
-    assert sorted(trials.filter(kind="catch").values_list("expected", flat=True))[-1] == "neither"
+    expected = dict(trials.filter(kind="catch").values_list("item__key", "expected"))
+    assert expected["c2"] == "neither" and expected["c1"] in {"left", "right"}  # c2 has no wrong map: one map twice
     section["practice"] = section["practice"][1:]
     (root / "manifest.json").write_text(json.dumps(manifest))
     cli("load", str(root))
