@@ -253,7 +253,7 @@ def format_report(result: dict) -> str:
         width = max(len(n) for n in names)
         lines += ["", "Per condition (p Holm: adjusted over the conditions; power: exact, achieved at the observed "
                       "preference, alpha / conditions)", f"{'condition':<{width}} {head} {'p Holm':>9} {'power':>6}"]
-        lines += [f"{row(n, c, width)} {_fmt(c['p_holm'], '9.2g')} {_fmt(c['power'], '6.3f')}"
+        lines += [f"{row(n, c, width)} {format_value(c['p_holm'], '9.2g')} {format_value(c['power'], '6.3f')}"
                   for n, c in zip(names, result["conditions"])]
         width = max(len(str(m["metric"])) for m in result["metrics"])
         lines += ["", "Pooled per metric", f"{'metric':<{width}} {head}"]

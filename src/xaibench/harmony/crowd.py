@@ -150,13 +150,13 @@ def _grey_map(stored: str) -> str:
     from django.core.files.storage import default_storage
     from PIL import Image
 
-    from xaibench.harmony.dataset import _store_png
+    from xaibench.harmony.dataset import store_png
 
     with default_storage.open(stored, "rb") as fh, Image.open(fh) as im:
         width, height = im.size
     buffer = io.BytesIO()
     Image.fromarray(np.full((height, width, 3), 128, np.uint8), "RGB").save(buffer, format="PNG", compress_level=0)
-    return _store_png(buffer.getvalue())
+    return store_png(buffer.getvalue())
 
 
 def build_trials(participant: Participant) -> None:

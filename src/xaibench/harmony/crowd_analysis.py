@@ -161,14 +161,14 @@ def format_study(result: dict) -> str:
 
 
 def write_codebook(path, study_name: str, rules: dict, rows: int) -> None:
-    from pathlib import Path
+    from xaibench.files import write_text
 
     lines = [f"# Codebook: {study_name}", "", f"{rows} rows, one per answer (practice, attention check or main example).",
              "", "| column | meaning |", "|---|---|"]
     lines += [f"| `{c}` | {m} |" for c, m in CODEBOOK.items()]
     lines += ["", "Declared exclusion rules (thresholds):", ""]
     lines += [f"- `{k}` = {v:g}" for k, v in rules.items()] or ["- none"]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def export_study(name: str, out) -> tuple:
@@ -176,6 +176,7 @@ def export_study(name: str, out) -> tuple:
     from pathlib import Path
 
     from xaibench.errors import InputError
+    from xaibench.files import write_atomic
     from xaibench.harmony.models import Study
 
     study = Study.objects.filter(name=name).first()
@@ -186,6 +187,6 @@ def export_study(name: str, out) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     df = study_frame(study)
     table, codebook = out / f"{name}.csv", out / f"{name}-codebook.md"
-    df.to_csv(table, index=False)
+    write_atomic(table, lambda tmp: df.to_csv(tmp, index=False))
     write_codebook(codebook, name, study.config.get("exclusions", {}), len(df))
     return table, codebook

@@ -352,24 +352,24 @@ def _items(root: Path, items: object, where: str) -> list[ItemSpec]:
     out: list[ItemSpec] = []
     for i, item in enumerate(items):
         iwhere = f"{where}[{i}]"
-        _check_keys(item, ITEM_KEYS, {"id", "image", "map"}, iwhere)
-        key = _text(item, "id", iwhere)
+        check_keys(item, ITEM_KEYS, {"id", "image", "map"}, iwhere)
+        key = text_field(item, "id", iwhere)
         if key in {o.key for o in out}:
             raise InputError(f"{iwhere}: duplicate id {key!r}")
-        found = {p: _picture(root, item[p], f"{iwhere}.{p}") for p in ("image", "map", "wrong") if p in item}
+        found = {p: picture_path(root, item[p], f"{iwhere}.{p}") for p in ("image", "map", "wrong") if p in item}
         if "wrong" in found and found["wrong"][1] != found["map"][1]:
             raise InputError(f"{iwhere}: 'map' and 'wrong' differ in size; render both at one size")
         feedback = item.get("feedback", "")
         if not isinstance(feedback, str) or len(feedback) > MAX_TEXT["description"]:
             raise InputError(f"{iwhere}: 'feedback' must be a string of at most {MAX_TEXT['description']:,} characters")
-        out.append(ItemSpec(key=key, prediction=_text(item, "prediction", iwhere, required=False), feedback=feedback.strip(),
+        out.append(ItemSpec(key=key, prediction=text_field(item, "prediction", iwhere, required=False), feedback=feedback.strip(),
                             pictures={p: path for p, (path, _) in found.items()}))
     return out
 
 
 def _crowdsourcing(root: Path, section: object, where: str, n_examples: int) -> CrowdSpec:
     """Validate the ``crowdsourcing`` section; every problem names its key."""
-    _check_keys(section, CROWD_KEYS, {"consent", "instructions"}, where)
+    check_keys(section, CROWD_KEYS, {"consent", "instructions"}, where)
     config = {**CROWD_DEFAULTS, **{k: section[k] for k in CROWD_DEFAULTS if k in section}}
     config["catch_rate"] = _number(config, "catch_rate", where, 0.0, 1.0)
     config["deadline_hours"] = _number(config, "deadline_hours", where, 0.01, 24.0 * 366)
@@ -378,7 +378,7 @@ def _crowdsourcing(root: Path, section: object, where: str, n_examples: int) -> 
             _number(config, key, where, 1, 1_000_000, integer=True)
     config["examples_per_participant"] = min(config["examples_per_participant"] or n_examples, n_examples)
     for key in ("completion_code", "platform_study_id"):
-        config[key] = _text(config, key, where, required=False)
+        config[key] = text_field(config, key, where, required=False)
     url = config["redirect_url"]
     if not isinstance(url, str) or (url and not url.startswith(("https://", "http://"))) or len(url) > 1024:
         raise InputError(f"{where}: 'redirect_url' must be an http(s) URL of at most 1,024 characters "
@@ -386,7 +386,7 @@ def _crowdsourcing(root: Path, section: object, where: str, n_examples: int) -> 
     rules = config["exclusions"]
     if not isinstance(rules, dict):
         raise InputError(f"{where}: 'exclusions' must be an object with some of {', '.join(EXCLUSION_RULES)}")
-    _check_keys(rules, set(EXCLUSION_RULES), set(), f"{where}.exclusions")
+    check_keys(rules, set(EXCLUSION_RULES), set(), f"{where}.exclusions")
     config["exclusions"] = {k: float(_number(rules, k, f"{where}.exclusions", *EXCLUSION_RULES[k])) for k in rules}
     return CrowdSpec(consent=_text_file(root, section["consent"], f"{where}.consent"),
                      instructions=_text_file(root, section["instructions"], f"{where}.instructions"),
@@ -507,7 +507,7 @@ def _store_study(name: str, crowd: CrowdSpec) -> None:
         name=name, defaults={"consent": crowd.consent, "instructions": crowd.instructions, "config": config})
     for kind, items in ((CheckItem.PRACTICE, crowd.practice), (CheckItem.CATCH, crowd.catch_trials)):
         for position, item in enumerate(items):
-            stored = {p: _store_png(canonical_png(path, compress=p == "image")) for p, path in item.pictures.items()}
+            stored = {p: store_png(canonical_png(path, compress=p == "image")) for p, path in item.pictures.items()}
             CheckItem.objects.update_or_create(
                 study=study, kind=kind, key=item.key,
                 defaults={"position": position, "prediction": item.prediction, "feedback": item.feedback,
