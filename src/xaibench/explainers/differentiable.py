@@ -9,6 +9,10 @@ without gradient, the same maps as the ordinary methods (tested side by side):
 - ``guided_backprop``: zennit's guided-backprop rule on ``nn.ReLU`` (the ordinary method is Captum's);
 - ``excitation_backprop``, ``lrp_epsilon_plus``: zennit with ``create_graph`` (see `explainers.lrp`).
 
+With ``init="logit"`` (and ``contrast="logits"``) the output relevance is computed from the logits
+with their graph, so the maps' gradient includes the path through the start, as in HARMONY's
+attributors (which start from ``output * one_hot`` of the same forward's logits).
+
 HARMONY's post-processing is the common explainer parameters: ``sign="positive"`` (clamp at 0)
 and upsampling to the input (bilinear).
 """
@@ -72,8 +76,11 @@ class InputXGradient(_Graph, gradient.InputXGradientExplainer):
 class GuidedBackprop(_Graph, gradient.GuidedBackpropExplainer):
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         assert self._num_classes is not None  # set by _validate
-        onehot = torch.nn.functional.one_hot(targets, self._num_classes)
-        return lrp.zennit_relevance(self.model, lrp.zennit("composites").GuidedBackprop(), inputs, onehot,
+        start = torch.nn.functional.one_hot(targets, self._num_classes).to(inputs.dtype)
+        if self.init == "logit":  # z_y one-hot with the logits' graph (HARMONY's start)
+            with torch.enable_grad():
+                start = self.model(inputs) * start
+        return lrp.zennit_relevance(self.model, lrp.zennit("composites").GuidedBackprop(), inputs, start,
                                     create_graph=True)
 
 

@@ -153,20 +153,44 @@ class GuidedBackpropExplainer(Explainer):
 
     Default map: max over channels of |attribution|. The rule applies to ``nn.ReLU`` modules; on a
     model without them (a ViT) the maps equal saliency's: a warning says so and ``same_as`` is
-    ``"saliency"``.
+    ``"saliency"``. ``init="logit"`` starts the backward pass from the target's logit z_y instead
+    of 1 (HARMONY's attributor). The guided pass is positively homogeneous, not linear, in its
+    start: for z_y > 0 the map is z_y times the one-hot map, for z_y < 0 it is |z_y| times the
+    map started from -1 (another set of gradients passes the ReLUs).
     """
 
+    PARAMS = {"init": "output relevance of the target: 'onehot' (1) or 'logit' (its logit z_y, HARMONY's)"}
     default_reduce = "max_abs"
     engine: ClassVar[type[GuidedBackprop] | type[Deconvolution]] = GuidedBackprop
 
-    def __init__(self, model: nn.Module, *, reduce: str | None = None, sign: str | None = None,
-                 max_batch: int = 64) -> None:
+    def __init__(self, model: nn.Module, *, init: str = "onehot", reduce: str | None = None,
+                 sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
+        if init not in ("onehot", "logit"):
+            raise InputError(f"init must be 'onehot' or 'logit', got {init!r}")
+        self.init = init
+        self.params.update(init=init)
         warn_without_relu(self, model, "saliency")
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        model = self.model
+        if self.init == "logit":
+            with torch.no_grad():
+                model = ScaledOutput(self.model, self.model(inputs).gather(1, targets[:, None])[:, 0])
         with no_inplace_relu(self.model):
-            return self.engine(self.model).attribute(inputs, target=targets)
+            return self.engine(model).attribute(inputs, target=targets)
+
+
+class ScaledOutput(nn.Module):
+    """`model`'s logits times a fixed factor per row [B]: a backward pass from the target then
+    starts from factor x one-hot."""
+
+    def __init__(self, model: nn.Module, factor: Tensor) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x) * self.factor[:, None].to(x.dtype)
 
 
 @register("deconvolution", cost="1 forward + 1 backward", resolution="input")

@@ -28,6 +28,21 @@ xaibench's ordinary metric (tested side by side):
 
 Undefined scores (no positive relevance, every copy changed the class) are NaN, as in the ordinary
 metrics; `finite_mean` averages the defined ones for a loss.
+
+``preset="harmony"`` (every class; the fine-tuner passes its config's preset) computes what
+HARMONY's ``harmony_finetune/metric.py`` computes instead (docs/harmony.md lists each constant):
+
+- Focus and RMA add HARMONY's 1e-9 to the denominator (RMA: to every pixel, so ``1e-9 x H x W``;
+  ``IoULearnableMetric``), so a map without positive relevance scores 0, not NaN;
+- ROAD's ``perturb_input`` removes ``floor(H x W x p / 100)`` pixels with p the evaluation
+  percentage at index ``floor(u x len(percentages))`` (``ROADLearnableMetric.mask``; the original
+  hard-codes 224 x 224 pixels, here the image's own size);
+- IS (``ISLearnableMetric``): 20 copies with Gaussian noise (sigma 0.05) in the model's input space
+  (inside xaibench's normalisation wrapper, where HARMONY's images live), every copy kept; maps
+  divided by their maximum absolute value plus 1e-9; ratio ``sum|(e' - e) / (e + 1e-9)| /
+  (sum|(x' - x) / (x + 1e-9)| + 1e-9)``, the maximum over the copies. The training term
+  (`IS.objective`, HARMONY's ``AttributionSimilarityLearnableMetricTrainer``) divides the maps by
+  their L1 norm plus 1e-9 and has no 1e-9 outside the input sum.
 """
 
 from __future__ import annotations
@@ -45,6 +60,7 @@ from xaibench.errors import InputError
 from xaibench.metrics.irof import irof
 from xaibench.metrics.road import road
 from xaibench.metrics.robustness import uniform_noise
+from xaibench.models import Normalized
 from xaibench.perturbation.engine import rank_features, superpixel_segments
 from xaibench.perturbation.imputation import noisy_linear_impute
 from xaibench.registry import Registry
@@ -53,15 +69,40 @@ from xaibench.seeding import make_generator
 Explain = Callable[[Tensor, Tensor], Tensor]
 LEARNABLE: Registry[type[LearnableMetric]] = Registry("learnable metric")
 HARMONY_PERCENTAGES = tuple(range(5, 95, 9))  # ROAD's evaluation in HARMONY: 5, 14, ..., 86
+PRESETS = ("xaibench", "harmony")
+HARMONY_EPS = 1e-9  # every denominator of harmony_finetune/metric.py, trainer.py and utils.py
+HARMONY_IS_SAMPLES, HARMONY_IS_SIGMA = 20, 0.05  # metric.py, ISLearnableMetric: nr_samples, randn * 0.05
 
 
-def positive_share(maps: Tensor, masks: Tensor) -> Tensor:
+def positive_share(maps: Tensor, masks: Tensor, eps: float | None = None) -> Tensor:
     """Differentiable ``sum(max(m, 0) in mask) / sum(max(m, 0))`` per map [B, H, W]; NaN without
-    positive relevance (the gradient of defined entries is unaffected)."""
+    positive relevance (the gradient of defined entries is unaffected). With `eps` the denominator
+    is ``sum(max(m, 0)) + eps`` (HARMONY's), and a map without positive relevance scores 0."""
     pos = maps.clamp(min=0).flatten(1)
     total = pos.sum(1)
-    share = (pos * masks.flatten(1).to(pos.dtype)).sum(1) / torch.where(total > 0, total, torch.ones_like(total))
+    inside = (pos * masks.flatten(1).to(pos.dtype)).sum(1)
+    if eps is not None:
+        return inside / (total + eps)
+    share = inside / torch.where(total > 0, total, torch.ones_like(total))
     return torch.where(total > 0, share, torch.full_like(share, torch.nan))
+
+
+def model_space(model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor | float]:
+    """(`inputs` as the network sees them, the per-channel scale from pixels to that space): inside
+    xaibench's normalisation wrapper (`Normalized`) ``(x - mean) / std`` and ``1 / std``, else `inputs` and 1."""
+    if isinstance(model, Normalized):
+        return (inputs - model.mean) / model.std, 1 / model.std
+    return inputs, 1.0
+
+
+def max_abs_normalise(maps: Tensor, eps: float) -> Tensor:
+    """HARMONY's ``backprop_normalize_to_one``: each map divided by its maximum absolute value plus `eps`."""
+    return maps / (maps.flatten(1).abs().amax(1) + eps).view(-1, *([1] * (maps.ndim - 1)))
+
+
+def l1_normalise_eps(maps: Tensor, eps: float) -> Tensor:
+    """HARMONY's ``backprop_normalize``: each map divided by its L1 norm plus `eps`."""
+    return maps / (maps.flatten(1).abs().sum(1) + eps).view(-1, *([1] * (maps.ndim - 1)))
 
 
 def finite_mean(scores: Tensor) -> Tensor:
@@ -77,18 +118,28 @@ def rows_where(fraction: Tensor, ranks: Tensor, num_features: Tensor) -> Tensor:
 
 
 class LearnableMetric:
-    """Base: ``evaluate`` -> Tensor [B]; ``perturb_input`` for masked-similarity objectives."""
+    """Base: ``evaluate`` -> Tensor [B]; ``perturb_input`` for masked-similarity objectives.
+
+    ``evaluate(model, inputs, targets, explain, masks, generator, reference)``: maps explain
+    `targets`; ROAD and IROF compare the predictions / probabilities of `reference` (default: `targets`).
+    """
 
     name: ClassVar[str] = ""  # the ordinary metric's registry name
     higher_is_better: ClassVar[bool] = True
     needs_masks: ClassVar[bool] = False
     objective: ClassVar[str] = "score"  # "score" (1 - metric), "masked" (probability ratio), "stability"
 
+    def __init__(self, preset: str = "xaibench") -> None:
+        if preset not in PRESETS:
+            raise InputError(f"learnable metric preset must be one of {PRESETS}, got {preset!r}")
+        self.preset = preset
+
     def perturb_input(self, inputs: Tensor, maps: Tensor, generator: torch.Generator) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no input perturbation")
 
     def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, explain: Explain,
-                 masks: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 masks: Tensor | None = None, generator: torch.Generator | None = None,
+                 reference: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
     @staticmethod
@@ -110,7 +161,8 @@ def _register(*names: str):
 class Focus(LearnableMetric):
     name = "focus"
 
-    def __init__(self, variant: str = "harmony") -> None:
+    def __init__(self, variant: str = "harmony", preset: str = "xaibench") -> None:
+        super().__init__(preset)
         if variant not in ("harmony", "original"):
             raise InputError(f"focus variant must be 'harmony' or 'original', got {variant!r}")
         self.variant = variant
@@ -133,13 +185,14 @@ class Focus(LearnableMetric):
         positive = F.one_hot(tile_probs.argmax(1), 4)
         return mosaic, predicted, tile_masks(positive, (h, w))
 
-    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None):
+    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
+        eps = HARMONY_EPS if self.preset == "harmony" else None  # FocusLearnableMetric: / (sum + 1e-9)
         if self.variant == "original":
             if masks is None:
                 raise InputError("focus variant 'original' needs the mosaics' target-tile masks (Mosaics.masks)")
-            return positive_share(explain(inputs, targets), masks)
+            return positive_share(explain(inputs, targets), masks, eps)
         mosaic, predicted, positive = self.mosaics(model, inputs)
-        return positive_share(explain(mosaic, predicted), positive)
+        return positive_share(explain(mosaic, predicted), positive, eps)
 
 
 @_register("relevance_mass_accuracy", "rma")
@@ -147,10 +200,13 @@ class RMA(LearnableMetric):
     name = "relevance_mass_accuracy"
     needs_masks = True
 
-    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None):
+    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
         if masks is None:
             raise InputError("relevance_mass_accuracy needs masks (the data set's object masks)")
-        return positive_share(explain(inputs, targets), masks)
+        maps = explain(inputs, targets)
+        # IoULearnableMetric: sum(r * m) / sum(r + 1e-9), the 1e-9 added to every pixel
+        eps = HARMONY_EPS * maps[0].numel() if self.preset == "harmony" else None
+        return positive_share(maps, masks, eps)
 
 
 @_register("road")
@@ -158,20 +214,29 @@ class ROAD(LearnableMetric):
     name = "road"
     objective = "masked"
 
-    def __init__(self, percentages: Sequence[float] = HARMONY_PERCENTAGES, noise: float = 0.01) -> None:
+    def __init__(self, percentages: Sequence[float] = HARMONY_PERCENTAGES, noise: float = 0.01,
+                 preset: str = "xaibench") -> None:
+        super().__init__(preset)
         self.percentages, self.noise = tuple(percentages), noise
 
     def perturb_input(self, inputs, maps, generator, fraction: Tensor | None = None):
-        """The top `fraction` [B] (default: HARMONY's draw) of the pixels removed, noisy linear imputation."""
+        """The top `fraction` [B] (default: HARMONY's draw) of the pixels removed, noisy linear
+        imputation; preset ``harmony``: ``floor(H x W x p / 100)`` pixels, p the evaluation
+        percentage at index ``floor(fraction x len(percentages))`` (``ROADLearnableMetric.mask``)."""
         u = self.fractions(inputs.shape[0], generator, inputs.device) if fraction is None else fraction
         ranking = rank_features(maps.detach(), tuple(inputs.shape[-2:]), order="morf", resample="upsample")
-        removed = rows_where(u, ranking.ranks, ranking.num_features)
+        if self.preset == "harmony":
+            pct = torch.tensor(self.percentages, dtype=torch.float64, device=inputs.device)
+            p = pct[(u.double() * len(pct)).long().clamp(max=len(pct) - 1)]
+            removed = ranking.ranks < torch.floor(ranking.num_features.double() * p / 100).long()[:, None, None]
+        else:
+            removed = rows_where(u, ranking.ranks, ranking.num_features)
         return noisy_linear_impute(inputs.detach(), removed, noise=self.noise, generator=generator)
 
-    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None):
+    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
         maps = explain(inputs, targets).detach()
-        result = road(model, inputs, maps, targets, percentages=self.percentages, noise=self.noise, lerf=False,
-                      seed=generator)
+        result = road(model, inputs, maps, targets if reference is None else reference,
+                      percentages=self.percentages, noise=self.noise, lerf=False, seed=generator)
         return 1 - result.scores
 
 
@@ -180,7 +245,8 @@ class IROF(LearnableMetric):
     name = "irof"
     objective = "masked"
 
-    def __init__(self, n_segments: int = 100, compactness: float = 10.0) -> None:
+    def __init__(self, n_segments: int = 100, compactness: float = 10.0, preset: str = "xaibench") -> None:
+        super().__init__(preset)
         self.n_segments, self.compactness = n_segments, compactness
 
     def perturb_input(self, inputs, maps, generator, fraction: Tensor | None = None):
@@ -193,9 +259,10 @@ class IROF(LearnableMetric):
         x = inputs.detach()
         return torch.where(removed, x.mean(dim=(2, 3), keepdim=True), x)
 
-    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None):
+    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
         maps = explain(inputs, targets).detach()
-        return irof(model, inputs, maps, targets, n_segments=self.n_segments, compactness=self.compactness).extras["normalised"]
+        return irof(model, inputs, maps, targets if reference is None else reference, n_segments=self.n_segments,
+                    compactness=self.compactness).extras["normalised"]
 
 
 @_register("relative_input_stability", "is", "ris")
@@ -204,32 +271,66 @@ class IS(LearnableMetric):
     higher_is_better = False
     objective = "stability"
 
-    def __init__(self, radius: float = 0.02, n_samples: int = 10, eps_min: float = 1e-6) -> None:
-        self.radius, self.n_samples, self.eps_min = radius, n_samples, eps_min
+    def __init__(self, radius: float = 0.02, n_samples: int | None = None, eps_min: float = 1e-6,
+                 preset: str = "xaibench") -> None:
+        super().__init__(preset)
+        harmony = preset == "harmony"
+        self.radius, self.eps_min = radius, eps_min
+        self.n_samples = n_samples if n_samples is not None else HARMONY_IS_SAMPLES if harmony else 10
         self._noise = uniform_noise(radius)
 
-    def perturb_input(self, inputs, maps=None, generator=None):
-        return self._noise(inputs.detach(), make_generator(generator, inputs.device))
+    def perturb_input(self, inputs, maps=None, generator=None, model: nn.Module | None = None):
+        """A noisy copy of each row: uniform in the L-inf ball of `radius`; preset ``harmony``: Gaussian
+        noise of sigma 0.05 in the model's input space (`model_space`)."""
+        gen = make_generator(generator, inputs.device)
+        if self.preset == "xaibench":
+            return self._noise(inputs.detach(), gen)
+        scale = 1.0 if model is None else model_space(model, inputs)[1]
+        noise = torch.randn(inputs.shape, generator=gen, device=inputs.device, dtype=inputs.dtype)
+        return inputs.detach() + HARMONY_IS_SIGMA * noise / scale
 
-    def ratio(self, x: Tensor, xp: Tensor, e: Tensor, ep: Tensor) -> Tensor:
-        """``||(e - e')/e|| / max(||(x - x')/x||, eps_min)`` per row (zero entries divide by eps_min)."""
+    def ratio(self, x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, model: nn.Module | None = None) -> Tensor:
+        """The evaluated ratio per row: ``||(e - e')/e|| / max(||(x - x')/x||, eps_min)`` (zero
+        entries divide by eps_min); preset ``harmony``: ISLearnableMetric's (module doc)."""
+        if self.preset == "harmony":
+            e, ep = max_abs_normalise(e, HARMONY_EPS), max_abs_normalise(ep, HARMONY_EPS)
+            return _relative(e, ep).sum(1) / (_relative(*self._space(model, x, xp)).sum(1) + HARMONY_EPS)
         eps = self.eps_min
         change = ((e - ep) / (e + (e == 0) * eps)).flatten(1).norm(dim=1)
         moved = ((x - xp) / (x + (x == 0) * eps)).flatten(1).norm(dim=1)
         return change / moved.clamp_min(eps)
 
-    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None):
+    def objective(self, x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, model: nn.Module | None = None) -> Tensor:
+        """The training term per row: `ratio`; preset ``harmony``: the trainer's, maps L1-normalised
+        (``AttributionSimilarityLearnableMetricTrainer.train``)."""
+        if self.preset == "xaibench":
+            return self.ratio(x, xp, e, ep)
+        e, ep = l1_normalise_eps(e, HARMONY_EPS), l1_normalise_eps(ep, HARMONY_EPS)
+        return _relative(e, ep).sum(1) / _relative(*self._space(model, x, xp)).sum(1)
+
+    @staticmethod
+    def _space(model: nn.Module | None, x: Tensor, xp: Tensor) -> tuple[Tensor, Tensor]:
+        return (x, xp) if model is None else (model_space(model, x)[0], model_space(model, xp)[0])
+
+    def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
         n = self.n_samples
         rows = inputs.repeat_interleave(n, dim=0)
-        noisy = self.perturb_input(rows, generator=generator)
+        noisy = self.perturb_input(rows, generator=generator, model=model)
         t = targets.repeat_interleave(n)
         with torch.no_grad():
             keep = model(noisy).argmax(1) == model(rows).argmax(1)
+        if self.preset == "harmony":  # ISLearnableMetric keeps every copy
+            keep = torch.ones_like(keep)
         with perturbed_inputs():  # noisy copies may leave the pixel range
             noisy_maps = explain(noisy, t)
-        values = self.ratio(rows, noisy, explain(inputs, targets).repeat_interleave(n, dim=0), noisy_maps)
+        values = self.ratio(rows, noisy, explain(inputs, targets).repeat_interleave(n, dim=0), noisy_maps, model)
         values = torch.where(keep, values, torch.full_like(values, -torch.inf)).view(-1, n).amax(1)
         return torch.where(torch.isfinite(values), values, torch.full_like(values, torch.nan))
+
+
+def _relative(before: Tensor, after: Tensor) -> Tensor:
+    """HARMONY's relative change ``|(after - before) / (before + 1e-9)|`` flattened per row [B, N]."""
+    return ((after - before) / (before + HARMONY_EPS)).abs().flatten(1)
 
 
 def learnable_metric(name: str, **params) -> LearnableMetric:

@@ -22,12 +22,27 @@ of the two models' logits on the clean batch, plus ``weight x``
 - ``mean(relative map change / relative input change)`` for IS (one noisy copy per image, its map
   differentiable, the clean map a constant).
 
-Both models stay in eval mode (batch-norm statistics and dropout frozen, as in HARMONY); maps
-explain the original's predicted class. Adam, gradient clipping by norm, a validation every
-``val_every`` steps on ``val_batches`` batches of the validation images; the model is kept when
-the validation metric improves and the agreement with the original is at least
-``agreement_min``; when no validation qualifies the original's weights are written. The loop,
-checkpoints and resume are Lightning's (manual optimisation: two models, gradients through maps).
+Both models stay in eval mode (batch-norm statistics and dropout frozen, as in HARMONY); the
+training maps explain the original's predicted class. Adam; a validation on the first batches of
+the validation images keeps the model when the validation metric improves and the agreement with
+the original passes ``agreement_min``; when no validation qualifies the original's weights are
+written. The loop, checkpoints and resume are Lightning's (manual optimisation: two models,
+gradients through maps).
+
+``preset`` chooses between the two recipes (docs/harmony.md has the table of differences):
+
+- ``"harmony"`` (default): what HARMONY's ``harmony_finetune`` code does. Its attributors
+  (`HARMONY_METHOD_PARAMS`), the learnable metrics' ``preset="harmony"``; gradient clipping
+  (norm 1) only for RMA; the ROAD / IROF term weighted by the agreement of the previous batch (0
+  before the first update); validation explains the label for RMA and each evaluated model's own
+  prediction for ROAD, IROF and IS, ROAD and IROF measured against the label; a model is kept when
+  the agreement is strictly above ``agreement_min``; HARMONY's loop counters: ``iterations + 1``
+  updates (RMA: ``iterations``), a validation after update i + 1 for every i > 0 divisible by
+  ``val_every`` (RMA: i counts the batches of the epoch), on ``val_batches + 1`` batches.
+- ``"xaibench"``: gradient clipping for every metric, the current batch's agreement, validation
+  explaining (and comparing against) the original's prediction for both models, agreement at least
+  ``agreement_min``, ``iterations`` updates with a validation every ``val_every`` updates on
+  ``val_batches`` batches; the explainers and learnable metrics as configured.
 
 Reproducibility: epoch e's batch order is a permutation seeded by (seed, e) (`EpochOrder`), a
 step's random draws (removal fractions, imputation noise, noisy copies) come from a generator
@@ -76,13 +91,29 @@ EVALUATION_FILE = "evaluation.json"
 GALLERY_FILE = "gallery.pt"
 CHECKPOINTS = "checkpoints"
 LOG_COLUMNS = ("step", "metric", "agreement", "seconds")
-# HARMONY's loss weights per metric, and its learning rates (3e-6 for the segmentation-mask metric)
+PRESETS = ("harmony", "xaibench")
+# HARMONY's loss weights per metric (trainer.py), and its learning rates (train.py: 3e-6 for the
+# segmentation-mask metric in train_segmentation, 3e-5 in train)
 WEIGHTS = {"focus": 0.01, "relevance_mass_accuracy": 0.05, "road": 0.1, "irof": 0.1, "relative_input_stability": 5e-6}
 LEARNING_RATES = {"relevance_mass_accuracy": 3e-6}
 DEFAULT_LR = 3e-5
+# HARMONY's validation schedule (train.py): train_segmentation eval_every=20, validation_iterations=5;
+# train eval_every=50, validation_iterations=10
+HARMONY_VALIDATION = {"relevance_mass_accuracy": (20, 5)}
+DEFAULT_VALIDATION = (50, 10)
+# HARMONY's attributors (attributor.py, get_attributor(..., only_positive=True, interpolate=True) in
+# train.py) as xaibench explainer parameters; other methods get the positive part only
+HARMONY_METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "gradcam": {"sign": "positive"},
+    "input_x_gradient": {"sign": "positive", "reduce": "sum"},
+    "guided_backprop": {"sign": "positive", "reduce": "sum", "init": "logit"},
+    "excitation_backprop": {"sign": "positive", "reduce": "sum", "init": "logit", "contrast": "logits"},
+    "lrp_epsilon_plus": {"sign": "positive", "reduce": "sum", "init": "logit", "contrast": "logits"},
+}
 
 _TOP: Schema = {
     "seed": ((int,), 0),
+    "preset": ((str,), "harmony"),
     "device": ((str,), "auto"),
     "metric": ((str,), REQUIRED),
     "method": ((str,), REQUIRED),
@@ -90,9 +121,9 @@ _TOP: Schema = {
     "batch_size": ((int,), 8),
     "lr": ((float,), None),
     "weight": ((float,), None),
-    "clip": ((float,), 1.0),
-    "val_every": ((int,), 50),
-    "val_batches": ((int,), 10),
+    "clip": ((float,), None),
+    "val_every": ((int,), None),
+    "val_batches": ((int,), None),
     "agreement_min": ((float,), 0.95),
     "mask": ((str,), None),
     "scale": ((bool,), False),
@@ -141,6 +172,9 @@ def parse_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
     top["model"] = section("[model].", top["model"], _MODEL)
     top["data"] = section("[data].", top["data"], _DATA)
     top["evaluation"] = section("[evaluation].", top["evaluation"] or {}, _EVALUATION)
+    if top["preset"] not in PRESETS:
+        raise InputError(f"config preset: must be one of {PRESETS}, got {top['preset']!r}")
+    harmony = top["preset"] == "harmony"
     top["method_params"] = dict(top["method_params"] or {})
     top["metric_params"] = dict(top["metric_params"] or {})
     for key in ("lr", "weight", "clip", "agreement_min"):
@@ -158,12 +192,20 @@ def parse_finetune_config(raw: Mapping[str, Any]) -> FinetuneConfig:
                          f"{', '.join(DIFFERENTIABLE)}")
     top["lr"] = top["lr"] if top["lr"] is not None else LEARNING_RATES.get(metric.name, DEFAULT_LR)
     top["weight"] = top["weight"] if top["weight"] is not None else WEIGHTS[metric.name]
+    if top["clip"] is None:  # HARMONY clips (norm 1) only in IoULearnableMetricTrainer (RMA); 0 = no clipping
+        top["clip"] = 1.0 if not harmony or metric.name == "relevance_mass_accuracy" else 0.0
+    every, batches = HARMONY_VALIDATION.get(metric.name, DEFAULT_VALIDATION) if harmony else DEFAULT_VALIDATION
+    top["val_every"] = every if top["val_every"] is None else top["val_every"]
+    top["val_batches"] = batches if top["val_batches"] is None else top["val_batches"]
+    if harmony:
+        top["method_params"] = {**HARMONY_METHOD_PARAMS.get(top["method"], {"sign": "positive"}), **top["method_params"]}
     for key in ("iterations", "batch_size", "val_every", "val_batches"):
         if top[key] < 1:
             raise InputError(f"config {key}: must be >= 1, got {top[key]}")
-    for key in ("lr", "clip"):
-        if not top[key] > 0:
-            raise InputError(f"config {key}: must be > 0, got {top[key]}")
+    if not top["lr"] > 0:
+        raise InputError(f"config lr: must be > 0, got {top['lr']}")
+    if not top["clip"] >= 0:
+        raise InputError(f"config clip: must be >= 0 (0: no clipping), got {top['clip']}")
     if not 0 <= top["agreement_min"] <= 1:
         raise InputError(f"config agreement_min: must be in [0, 1], got {top['agreement_min']}")
     if metric.name == "focus" and top["batch_size"] % 4:
@@ -243,6 +285,19 @@ def method_maps(cfg: FinetuneConfig, model: nn.Module, differentiable: bool = Fa
     return scaled
 
 
+def explained(cfg: FinetuneConfig, own: Tensor, original: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(classes the maps explain, classes ROAD / IROF compare against) when a model is evaluated:
+    preset ``harmony``: the label for RMA (``IoULearnableMetric``: ``classes=y``), else the
+    evaluated model's own prediction `own`, compared against the label (``MaskedSimilarity...
+    Trainer.evaluate``: ``classes=o.max(-1)[1]``, the metric called with ``y``); preset
+    ``xaibench``: the original's prediction for both."""
+    if cfg.preset == "xaibench":
+        return original, original
+    if cfg.metric == "relevance_mass_accuracy":
+        return labels, labels
+    return own, labels
+
+
 def fidelity(z_orig: Tensor, z_learn: Tensor) -> Tensor:
     """HARMONY's fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)`` (0 for parallel logits)."""
     return (1 - (F.cosine_similarity(z_orig, z_learn, dim=1) + 1) / 2).mean()
@@ -284,6 +339,13 @@ class HarmonyModule(pl.LightningModule):
         self.val_scores: list[Tensor] = []
         self.val_agree: list[Tensor] = []
         self.summary: dict[str, float] = {}
+        self.previous_agreement = 0.0  # HARMONY weights the masked term by the previous batch's agreement
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["previous_agreement"] = self.previous_agreement
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.previous_agreement = float(checkpoint.get("previous_agreement", 0.0))
 
     def train(self, mode: bool = True) -> HarmonyModule:
         """Both models stay in eval mode (HARMONY: batch-norm statistics and dropout frozen)."""
@@ -317,10 +379,10 @@ class HarmonyModule(pl.LightningModule):
                 p_masked = self.learn(masked).softmax(1).gather(1, pred[:, None])[:, 0]
             p_clean = z.softmax(1).gather(1, pred[:, None])[:, 0]
             return agreement * (p_masked / (p_clean + 1e-9)).mean()
-        noisy = m.perturb_input(x, generator=gen)
+        noisy = m.perturb_input(x, generator=gen, model=self.learn)  # type: ignore[call-arg]
         with perturbed_inputs():
             noisy_maps = self.explain_graph(noisy, pred)
-        return finite_mean(m.ratio(x, noisy, self.explain_learn(x, pred), noisy_maps))  # type: ignore[attr-defined]
+        return finite_mean(m.objective(x, noisy, self.explain_learn(x, pred), noisy_maps, self.learn))  # type: ignore[attr-defined]
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, _, masks = batch
@@ -330,23 +392,27 @@ class HarmonyModule(pl.LightningModule):
         pred = z_orig.argmax(1)
         z = self.learn(x)
         agreement = (z.argmax(1) == pred).float().mean().detach()
-        loss = fidelity(z_orig, z) + self.cfg.weight * self.metric_term(x, pred, masks, z, agreement, gen)
+        weighting = agreement if self.cfg.preset == "xaibench" else torch.tensor(self.previous_agreement)
+        loss = fidelity(z_orig, z) + self.cfg.weight * self.metric_term(x, pred, masks, z, weighting.to(x.device), gen)
         opt = self.optimizers()
         opt.zero_grad()
         self.manual_backward(loss)
-        self.clip_gradients(opt, gradient_clip_val=self.cfg.clip, gradient_clip_algorithm="norm")
+        if self.cfg.clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.clip, gradient_clip_algorithm="norm")
         opt.step()
+        self.previous_agreement = float(agreement)
         self.log_dict({"loss": loss.detach(), "agreement": agreement}, prog_bar=True, on_step=True)
         return loss.detach()
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
-        x, _, masks = batch
+        x, y, masks = batch
         with torch.no_grad():
-            pred = self.orig(x).argmax(1)
-            agree = self.learn(x).argmax(1) == pred
+            pred, own = self.orig(x).argmax(1), self.learn(x).argmax(1)
+        agree = own == pred
+        targets, reference = explained(self.cfg, own, pred, y)
         gen = torch.Generator(device=x.device).manual_seed(derive_seed(self.cfg.seed, "validation", batch_idx))
         with torch.enable_grad():
-            scores = self.metric.evaluate(self.learn, x, pred, self.explain_learn, masks, gen)
+            scores = self.metric.evaluate(self.learn, x, targets, self.explain_learn, masks, gen, reference)
         self.val_scores.append(scores.detach().double().cpu())
         self.val_agree.append(agree.double().cpu())
 
@@ -355,7 +421,9 @@ class HarmonyModule(pl.LightningModule):
         self.val_scores, self.val_agree = [], []
         score, agreement = float(scores.nanmean()), float(agree.mean())
         good = score if self.metric.higher_is_better else -score
-        qualifies = agreement >= self.cfg.agreement_min and math.isfinite(good)
+        # HARMONY keeps a model only when the agreement is strictly above the threshold (trainer.py)
+        passes = agreement > self.cfg.agreement_min if self.cfg.preset == "harmony" else agreement >= self.cfg.agreement_min
+        qualifies = passes and math.isfinite(good)
         self.summary = {"step": int(self.global_step), "metric": score, "agreement": agreement}
         self.log_dict({"val_metric": score, "val_agreement": agreement,
                        "val_select": good if qualifies else -math.inf}, prog_bar=True)
@@ -403,8 +471,9 @@ def _scores(model: nn.Module, orig: nn.Module, cfg: FinetuneConfig, metric: Lear
         x, y, masks = x.to(device), y.to(device), masks.to(device)
         with torch.no_grad():
             pred_orig, pred = orig(x).argmax(1), model(x).argmax(1)
+        targets, reference = explained(cfg, pred, pred_orig, y)
         gen = torch.Generator(device=device).manual_seed(derive_seed(cfg.seed, "evaluation", b))
-        scores.append(metric.evaluate(model, x, pred_orig, explain, masks, gen).detach().double().cpu())
+        scores.append(metric.evaluate(model, x, targets, explain, masks, gen, reference).detach().double().cpu())
         agree.append((pred == pred_orig).cpu())
         correct.append((pred == y).cpu())
     return torch.cat(scores).numpy(), torch.cat(agree).numpy(), torch.cat(correct).numpy()
@@ -502,7 +571,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
     if resume and (out / EVALUATION_FILE).is_file():
         return FinetuneResult(out / MODEL_FILE, pd.read_csv(out / LOG_FILE),
                               json.loads((out / EVALUATION_FILE).read_text()), cfg.hash)
-    metric = LEARNABLE.get(cfg.metric)(**cfg.metric_params)
+    metric = LEARNABLE.get(cfg.metric)(preset=cfg.preset, **cfg.metric_params)
     accelerator, device_ids = lightning_accelerator(cfg.device)
     with isolated(quiet=not progress), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # on purpose, see HarmonyModule.train
@@ -521,12 +590,16 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         log = ValidationLog(out)
         best = ModelCheckpoint(dirpath=out / CHECKPOINTS, filename="best", monitor="val_select", mode="max",
                                save_top_k=1, save_last=True, enable_version_counter=False)
+        harmony = cfg.preset == "harmony"
+        per_epoch = cfg.metric == "relevance_mass_accuracy"  # HARMONY's RMA loop counts batches per epoch
         trainer = pl.Trainer(
-            accelerator=accelerator, devices=device_ids or 1, max_steps=cfg.iterations, max_epochs=-1,
-            val_check_interval=cfg.val_every, check_val_every_n_epoch=None, limit_val_batches=cfg.val_batches,
-            callbacks=[log, best], logger=False, default_root_dir=out, enable_progress_bar=progress,
-            enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False,
+            accelerator=accelerator, devices=device_ids or 1, max_steps=cfg.iterations + int(harmony and not per_epoch),
+            max_epochs=-1, val_check_interval=1 if harmony else cfg.val_every, check_val_every_n_epoch=None,
+            limit_val_batches=cfg.val_batches + harmony, callbacks=[log, best], logger=False, default_root_dir=out,
+            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False,
         )
+        if harmony:
+            harmony_schedule(trainer, cfg.val_every, per_epoch)
         last = out / CHECKPOINTS / "last.ckpt"
         if resume and last.is_file():
             trainer.fit(module, ckpt_path=last)
@@ -547,6 +620,20 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
             write_atomic(out / GALLERY_FILE, lambda p: torch.save(asdict(shown), p))
         write_atomic(out / EVALUATION_FILE, lambda p: p.write_text(json.dumps(result, indent=2)))
     return FinetuneResult(out / MODEL_FILE, table, result, cfg.hash)
+
+
+def harmony_schedule(trainer: pl.Trainer, every: int, per_epoch: bool) -> None:
+    """Validate after the update of 0-based index i when i > 0 and i % `every` == 0 (HARMONY's
+    ``if i > 0 and i % eval_every == 0`` after the update; `per_epoch`: i counts the epoch's batches).
+    Lightning's own rule (after every `every`-th update) has no offset, so its check is replaced
+    (a private hook of Lightning 2.x's training epoch loop, checked by the tests)."""
+    loop = trainer.fit_loop.epoch_loop
+
+    def should_check(data_fetcher: Any) -> bool:
+        i = loop.batch_idx if per_epoch else loop.total_batch_idx
+        return i > 0 and i % every == 0
+
+    loop._should_check_val_fx = should_check  # type: ignore[method-assign]
 
 
 def _probe(module: HarmonyModule, data: Dataset) -> None:
