@@ -95,3 +95,154 @@ def test_harmony_guided_backprop_is_the_logit_times_the_one_hot_map_for_positive
     assert positive.any() and (~positive).any()
     torch.testing.assert_close(logit[positive], (onehot * z[:, None, None])[positive])
     assert not torch.allclose(logit[~positive], (onehot * z[:, None, None])[~positive])
+
+
+# --- HARMONY: metric.py ----------------------------------------------------------------------
+
+
+def harmony_road_removed(a: np.ndarray, u: float, percentages=tuple(range(5, 95, 9))) -> np.ndarray:
+    """ROADLearnableMetric.mask: the percentage at index int(u * 10), int(size * p / 100) pixels in
+    descending attribution order (the original's 224 * 224 replaced by the map's own size)."""
+    order = np.argsort(a, axis=None)[::-1]
+    p = percentages[int(u * len(percentages))]
+    removed = np.zeros(a.size, dtype=bool)
+    removed[order[: int(a.size * p / 100)]] = True
+    return removed.reshape(a.shape)
+
+
+def test_harmony_road_removes_a_share_rounded_down_to_an_evaluation_percentage():
+    from xaibench.metrics.learnable import ROAD
+
+    torch.manual_seed(0)
+    b, h, w = 10, 12, 20  # 240 pixels: int(240 * p / 100) differs from int(240 * u)
+    x, maps = torch.rand(b, 3, h, w), torch.rand(b, h, w)
+    u = torch.arange(b) / 10 + 0.05 + torch.rand(b) * 0.04  # one draw in each tenth
+    out = ROAD(preset="harmony").perturb_input(x, maps, torch.Generator().manual_seed(0), fraction=u)
+    changed = (out != x).any(1).numpy()
+    expected = np.stack([harmony_road_removed(maps[i].numpy(), float(u[i])) for i in range(b)])
+    np.testing.assert_array_equal(changed, expected)
+    plain = ROAD().perturb_input(x, maps, torch.Generator().manual_seed(0), fraction=u)
+    assert (plain != x).any(1).sum() > changed.sum()  # the drawn share itself removes more
+
+
+def harmony_is(model_net, explain_n, xn: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """ISLearnableMetric.__call__ in the network's input space: the maps of each image and of its
+    copies xn + 0.05 * noise (every copy kept) divided by max|.| + 1e-9, the ratio
+    sum|(r' - r) / (r + 1e-9)| / (sum|(x' - x) / (x + 1e-9)| + 1e-9), the maximum over the copies."""
+    preds = model_net(xn).argmax(1)
+    r = explain_n(xn, preds)
+    out = []
+    for xi, pi, ri, ni in zip(xn, preds, r, noise):
+        xp = xi[None] + 0.05 * ni
+        rp = explain_n(xp, pi.repeat(len(ni)))
+
+        def to_one(m):
+            return m.flatten(1) / (m.flatten(1).abs().max(1, keepdim=True)[0] + 1e-9)
+
+        upper = ((to_one(rp) - to_one(ri[None])) / (to_one(ri[None]) + 1e-9)).abs().sum(1)
+        lower = ((xp.flatten(1) - xi.flatten()) / (xi.flatten() + 1e-9)).abs().sum(1) + 1e-9
+        out.append((upper / lower).max())
+    return torch.stack(out)
+
+
+def harmony_is_term(r: torch.Tensor, r_noisy: torch.Tensor, xn: torch.Tensor, xn_noisy: torch.Tensor) -> torch.Tensor:
+    """AttributionSimilarityLearnableMetricTrainer.train's masked term: maps over L1 + 1e-9,
+    sum|(r - r') / (r + 1e-9)| / sum|(x - x') / (x + 1e-9)|, averaged."""
+    def l1(m):
+        return m.flatten(1) / (m.flatten(1).abs().sum(1, keepdim=True) + 1e-9)
+
+    upper = ((l1(r) - l1(r_noisy)) / (l1(r) + 1e-9)).abs().sum(1)
+    lower = ((xn - xn_noisy) / (xn + 1e-9)).abs().flatten(1).sum(1)
+    return (upper / lower).mean()
+
+
+def _normalised_tiny():
+    from xaibench.models import Normalized
+
+    torch.manual_seed(0)
+    net = TinyCNN().double().eval()
+    return net, Normalized(net, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)).double()
+
+
+def test_harmony_is_metric_in_the_networks_input_space():
+    from xaibench.metrics.learnable import IS
+
+    net, model = _normalised_tiny()
+    x = torch.rand(3, 3, 16, 16, dtype=torch.float64)
+    explain = xaibench.explainer("gradcam", model, sign="positive", layer="features")
+    metric = IS(preset="harmony")
+    preds = model(x).argmax(1)
+    ours = metric.evaluate(model, x, preds, explain, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn((3 * 20, 3, 16, 16), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    def explain_n(xn, cls):  # the same maps, called on the network's inputs
+        with xaibench.checks.perturbed_inputs():
+            return explain(xn * model.std + model.mean, cls).double()
+
+    theirs = harmony_is(net, explain_n, (x - model.mean) / model.std, noise.view(3, 20, 3, 16, 16))
+    assert metric.n_samples == 20
+    torch.testing.assert_close(ours.double(), theirs, rtol=ATOL, atol=0)
+
+
+def test_harmony_is_training_term_values_and_gradients():
+    from xaibench.metrics.learnable import IS
+
+    net, model = _normalised_tiny()
+    x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    pred = model(x).argmax(1)
+    metric = IS(preset="harmony")
+    noisy = metric.perturb_input(x, generator=torch.Generator().manual_seed(1), model=model)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close((noisy - x) / model.std, 0.05 * noise)
+    graph = xaibench.explainer("gradcam", model, sign="positive", layer="features", differentiable=True)
+    clean = xaibench.explainer("gradcam", model, sign="positive", layer="features")(x, pred).double()
+    with xaibench.checks.perturbed_inputs():
+        noisy_maps = graph(noisy, pred).double()
+    ours = metric.objective(x, noisy, clean, noisy_maps, model).mean()
+    xn, xn_noisy = (x - model.mean) / model.std, (noisy - model.mean) / model.std
+    theirs = harmony_is_term(clean, noisy_maps, xn, xn_noisy)
+    torch.testing.assert_close(ours, theirs, rtol=ATOL, atol=0)
+    weights = [net.features[0].weight, net.fc.weight]
+    for a, b in zip(torch.autograd.grad(ours, weights, retain_graph=True), torch.autograd.grad(theirs, weights)):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=ATOL, atol=ATOL * float(b.abs().max()))
+
+
+def harmony_rma(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """IoULearnableMetric.__call__: sum(r * m) / sum(r + 1e-9) over the pixels (r the positive map)."""
+    return (r * m).flatten(1).sum(1) / (r.flatten(1) + 1e-9).sum(1)
+
+
+def test_harmony_rma_and_its_gradient_with_the_per_pixel_epsilon():
+    from xaibench.metrics.learnable import RMA
+
+    torch.manual_seed(0)
+    x, masks = torch.rand(3, 3, 8, 8, dtype=torch.float64), torch.rand(3, 8, 8) > 0.5
+    scale = torch.tensor(1e-8, dtype=torch.float64, requires_grad=True)  # tiny maps: the epsilon shows
+
+    def explain(inputs, targets):
+        return (inputs.mean(1) - 0.4).clamp(min=0) * scale
+
+    ours = RMA(preset="harmony").evaluate(None, x, None, explain, masks)
+    theirs = harmony_rma(explain(x, None), masks.double())
+    torch.testing.assert_close(ours, theirs, rtol=ATOL, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(ours.sum(), scale)[0], torch.autograd.grad(theirs.sum(), scale)[0],
+                               rtol=ATOL, atol=0)
+    assert not torch.allclose(RMA().evaluate(None, x, None, explain, masks), theirs, rtol=ATOL)
+
+
+def test_harmony_focus_adds_its_epsilon_to_the_total():
+    from xaibench.metrics.learnable import Focus
+
+    torch.manual_seed(0)
+    model = TinyCNN().double().eval()
+    x = torch.rand(8, 3, 16, 16, dtype=torch.float64)
+
+    def explain(inputs, targets):  # tiny positive maps
+        return inputs.mean(1) * 1e-8
+
+    metric = Focus(preset="harmony")
+    mosaic, _, tiles = metric.mosaics(model, x)
+    r = explain(mosaic, None)
+    theirs = (r * tiles).flatten(1).sum(1) / (r.flatten(1).sum(1) + 1e-9)  # FocusLearnableMetric.__call__
+    torch.testing.assert_close(metric.evaluate(model, x, None, explain), theirs, rtol=ATOL, atol=0)
