@@ -12,7 +12,7 @@ import torch
 from xaibench.errors import InputError, UnknownNameError
 from xaibench.training import finetune as ft
 
-BASE = {"metric": "rma", "method": "gradcam", "iterations": 4, "batch_size": 8, "lr": 1e-3, "val_every": 2,
+BASE = {"preset": "xaibench", "metric": "rma", "method": "gradcam", "iterations": 4, "batch_size": 8, "lr": 1e-3, "val_every": 2,
         "val_batches": 1, "device": "cpu", "model": {"spec": "builtin:digits-cnn"},
         "data": {"spec": "builtin:digits", "n": 40, "val_fraction": 0.2, "test_n": 8},
         "evaluation": {"bootstrap": 20, "gallery": 1}}
@@ -35,6 +35,8 @@ def test_harmony_defaults_per_metric():
     cfg = ft.parse_finetune_config({k: v for k, v in _cfg().items() if k not in ("lr", "batch_size", "iterations")})
     assert (cfg.lr, cfg.weight, cfg.batch_size, cfg.iterations, cfg.clip) == (3e-6, 0.05, 8, 20000, 1.0)
     assert ft.parse_finetune_config(_cfg(metric="is")).weight == 5e-6
+    cfg = ft.parse_finetune_config({k: v for k, v in _cfg().items() if k not in ("val_every", "val_batches")})
+    assert (cfg.val_every, cfg.val_batches, cfg.method_params) == (50, 10, {})
 
 
 @pytest.mark.parametrize("changes, error, message", [
@@ -43,6 +45,8 @@ def test_harmony_defaults_per_metric():
     ({"method": "scorecam"}, InputError, "'scorecam' has no differentiable mode; the fine-tuner supports gradcam"),
     ({"metric": "focus", "batch_size": 6}, InputError, "divisible by 4, got 6"),
     ({"iterationz": 3}, InputError, "iterationz"),
+    ({"preset": "harmoni"}, InputError, "preset: must be one of"),
+    ({"clip": -1.0}, InputError, "clip: must be >= 0"),
 ])
 def test_bad_configs_are_refused_by_name(changes, error, message):
     with pytest.raises(error, match=message):

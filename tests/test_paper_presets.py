@@ -246,3 +246,83 @@ def test_harmony_focus_adds_its_epsilon_to_the_total():
     r = explain(mosaic, None)
     theirs = (r * tiles).flatten(1).sum(1) / (r.flatten(1).sum(1) + 1e-9)  # FocusLearnableMetric.__call__
     torch.testing.assert_close(metric.evaluate(model, x, None, explain), theirs, rtol=ATOL, atol=0)
+
+
+# --- HARMONY: trainer.py -------------------------------------------------------------------------
+
+FT = {"metric": "focus", "method": "gradcam", "iterations": 4, "batch_size": 8, "lr": 1e-3, "val_every": 2,
+      "val_batches": 1, "device": "cpu", "model": {"spec": "builtin:digits-cnn"},
+      "data": {"spec": "builtin:digits", "n": 40, "val_fraction": 0.2, "test_n": 8},
+      "evaluation": {"bootstrap": 20, "gallery": 0}}
+
+
+def harmony_validated_updates(iterations: int, every: int, batches_per_epoch: int | None = None) -> list[int]:
+    """The update counts after which HARMONY's trainers validate: the iteration trainers run
+    ``for i, batch in enumerate(loader)``: update; ``if i > 0 and i % eval_every == 0``: validate;
+    ``if i == iterations``: stop. The RMA trainer (IoULearnableMetricTrainer) restarts i every
+    epoch and has no iteration stop (here: stop after `iterations` updates)."""
+    done, out = 0, []
+    if batches_per_epoch is None:
+        for i in range(iterations + 1):
+            done += 1
+            if i > 0 and i % every == 0:
+                out.append(done)
+        return out
+    while done < iterations:
+        for i in range(batches_per_epoch):
+            done += 1
+            if i > 0 and i % every == 0:
+                out.append(done)
+            if done == iterations:
+                break
+    return out
+
+
+def test_harmony_preset_resolves_the_originals_settings():
+    from xaibench.training import finetune as ft
+
+    road = ft.parse_finetune_config({**FT, "metric": "road", "method": "guided_backprop", "val_every": None,
+                                     "val_batches": None})
+    assert (road.preset, road.clip, road.val_every, road.val_batches, road.weight) == ("harmony", 0.0, 50, 10, 0.1)
+    assert road.method_params == {"sign": "positive", "reduce": "sum", "init": "logit"}
+    rma = ft.parse_finetune_config({**FT, "metric": "rma", "val_every": None, "val_batches": None, "lr": None})
+    assert (rma.clip, rma.val_every, rma.val_batches, rma.lr) == (1.0, 20, 5, 3e-6)
+    assert ft.qualifying(road, 0.96) and not ft.qualifying(road, 0.95)
+    assert ft.qualifying(ft.parse_finetune_config({**FT, "preset": "xaibench"}), 0.95)
+    own, orig, labels = torch.tensor([1, 2]), torch.tensor([1, 3]), torch.tensor([0, 2])
+    assert [t.tolist() for t in ft.explained(rma, own, orig, labels)] == [[0, 2], [0, 2]]
+    assert [t.tolist() for t in ft.explained(road, own, orig, labels)] == [[1, 2], [0, 2]]
+
+
+@pytest.mark.parametrize("metric", ["road", "rma"])
+def test_harmony_loop_counters_and_previous_batch_agreement(tmp_path, monkeypatch, metric):
+    from xaibench.training import finetune as ft
+
+    seen, val_batches = [], []
+    term = ft.HarmonyModule.metric_term
+    step = ft.HarmonyModule.training_step
+
+    def record_term(self, x, pred, masks, z, agreement, gen):
+        seen.append((float(agreement), float((z.argmax(1) == pred).float().mean())))
+        return term(self, x, pred, masks, z, agreement, gen)
+
+    def record_val(self, batch, batch_idx):
+        val_batches.append(batch_idx)
+
+    monkeypatch.setattr(ft.HarmonyModule, "metric_term", record_term)
+    monkeypatch.setattr(ft.HarmonyModule, "validation_step", lambda self, b, i: (record_val(self, b, i), step)[0])
+    monkeypatch.setattr(ft.HarmonyModule, "on_validation_epoch_end", lambda self: setattr(
+        self, "summary", {"step": int(self.global_step), "metric": 0.0, "agreement": 1.0}) or self.log("val_select", 0.0))
+    # road: 64 training images, 16 validation images (2 batches of 8); rma: 96 and 24 in batches of 16
+    n, batch, iterations = (80, 8, 6) if metric == "road" else (120, 16, 10)
+    cfg = {**FT, "metric": metric, "iterations": iterations, "batch_size": batch,
+           "data": {**FT["data"], "n": n}}
+    result = ft.finetune(cfg, tmp_path / "out", progress=False)
+    per_epoch = 96 // 16 if metric == "rma" else None
+    assert result.log["step"].tolist() == [0, *harmony_validated_updates(iterations, 2, per_epoch)]
+    assert result.log["step"].tolist() == ([0, 3, 5, 7] if metric == "road" else [0, 3, 5, 9])
+    assert val_batches == [0, 1] * len(result.log)  # val_batches + 1 batches each time
+    if metric == "road":
+        seen = seen[1:]  # the first call is the probe before training
+        assert len(seen) == 7  # iterations + 1 updates
+        assert [a for a, _ in seen] == [0.0] + [b for _, b in seen[:-1]]  # the previous batch's agreement

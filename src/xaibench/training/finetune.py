@@ -298,6 +298,12 @@ def explained(cfg: FinetuneConfig, own: Tensor, original: Tensor, labels: Tensor
     return own, labels
 
 
+def qualifying(cfg: FinetuneConfig, agreement: float) -> bool:
+    """Whether a validation's agreement lets its model be kept: strictly above ``agreement_min``
+    for preset ``harmony`` (trainer.py: ``orig_learn_acc > 0.95``), at least it for ``xaibench``."""
+    return agreement > cfg.agreement_min if cfg.preset == "harmony" else agreement >= cfg.agreement_min
+
+
 def fidelity(z_orig: Tensor, z_learn: Tensor) -> Tensor:
     """HARMONY's fidelity term ``mean(1 - (cos(z_orig, z_learn) + 1) / 2)`` (0 for parallel logits)."""
     return (1 - (F.cosine_similarity(z_orig, z_learn, dim=1) + 1) / 2).mean()
@@ -421,9 +427,7 @@ class HarmonyModule(pl.LightningModule):
         self.val_scores, self.val_agree = [], []
         score, agreement = float(scores.nanmean()), float(agree.mean())
         good = score if self.metric.higher_is_better else -score
-        # HARMONY keeps a model only when the agreement is strictly above the threshold (trainer.py)
-        passes = agreement > self.cfg.agreement_min if self.cfg.preset == "harmony" else agreement >= self.cfg.agreement_min
-        qualifies = passes and math.isfinite(good)
+        qualifies = qualifying(self.cfg, agreement) and math.isfinite(good)
         self.summary = {"step": int(self.global_step), "metric": score, "agreement": agreement}
         self.log_dict({"val_metric": score, "val_agreement": agreement,
                        "val_select": good if qualifies else -math.inf}, prog_bar=True)
