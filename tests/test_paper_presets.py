@@ -10,6 +10,7 @@ on random inputs: values and, where the maps train a model, the gradients to the
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -326,3 +327,72 @@ def test_harmony_loop_counters_and_previous_batch_agreement(tmp_path, monkeypatc
         seen = seen[1:]  # the first call is the probe before training
         assert len(seen) == 7  # iterations + 1 updates
         assert [a for a, _ in seen] == [0.0] + [b for _, b in seen[:-1]]  # the previous batch's agreement
+
+
+# --- MAPS: maps_utils.py -------------------------------------------------------------------------
+
+
+def maps_split_half(outcomes: list[np.ndarray], n: int, rng: np.random.Generator) -> float:
+    """maps_utils.py's split-half reliability: per image n trials drawn without replacement,
+    np.array_split into two halves, the Pearson correlation of the halves' means, Spearman-Brown."""
+    from scipy.stats import pearsonr
+
+    halves = [np.array_split(rng.choice(o, n, replace=False), 2) for o in outcomes]
+    r = pearsonr([a.mean() for a, _ in halves], [b.mean() for _, b in halves])[0]
+    return 2 * r / (1 + r)
+
+
+@pytest.mark.parametrize("trials", [7, 8])
+def test_maps_split_half_reliability_splits_as_array_split(trials):
+    from xaibench.maps import simulate_trials, split_half_reliability
+
+    rng = np.random.default_rng(0)
+    frame = simulate_trials(rng.random(30), trials, seed=1)
+    outcomes = [g["correct"].to_numpy() for _, g in frame.groupby("image")]
+    ours = split_half_reliability(frame, repeats=1, seed=5)
+    assert ours == pytest.approx(maps_split_half(outcomes, trials, np.random.default_rng(5)), abs=1e-12)
+
+
+# --- Gomez & Mouchère: training/multi_obj_epoch_selection.py ---------------------------------------
+
+
+def gomez_selection(acc: list[float], ece: list[float], epochs: list[int]) -> int:
+    """_acc_and_ece_selection: the top max(ceil(10% of the epochs), 5) by accuracy (torch.topk), the
+    minimum ECE among them, the first epoch of the whole log with that ECE."""
+    a, e = torch.tensor(acc, dtype=torch.float64), torch.tensor(ece, dtype=torch.float64)
+    k = min(max(math.ceil(0.1 * len(a)), 5), len(a))
+    _, best = torch.topk(a, k=k)
+    return int(epochs[int(torch.where(e == e[best].min())[0][0])])
+
+
+def test_gomez_selection_equals_the_papers_rule_on_random_logs():
+    import pandas as pd
+
+    from xaibench.training.selection import select_epoch
+
+    rng = np.random.default_rng(0)
+    outside = 0
+    for n in (3, 8, 23, 60):
+        for _ in range(50):
+            acc = rng.permutation(n) / n  # distinct accuracies: torch.topk's order is then defined
+            ece = np.round(rng.random(n) * 0.05, 2)  # few values: ties in ECE, also outside the candidates
+            log = pd.DataFrame({"epoch": np.arange(n) + 1, "val_accuracy": acc, "ece": ece})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ours = select_epoch(log, "gomez")
+            assert ours == gomez_selection(acc.tolist(), ece.tolist(), log["epoch"].tolist())
+            k = max(math.ceil(n / 10), 5)
+            outside += ours not in set(log.nlargest(k, "val_accuracy")["epoch"])
+    assert outside > 0  # the tie rule did reach outside the candidates
+
+
+def test_selection_warns_or_avoids_an_undertrained_epoch():
+    import pandas as pd
+
+    from xaibench.training.selection import select_epoch
+
+    log = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_accuracy": [0.1, 0.325, 0.833, 0.84],
+                        "ece": [0.05, 0.01, 0.04, 0.03]})
+    with pytest.warns(UserWarning, match="chose epoch 1 .*0.325.*below the best"):
+        assert select_epoch(log, "gomez") == 1
+    assert select_epoch(log, "accuracy+ece") == 3  # only epochs within 2 points of the best compete

@@ -153,7 +153,7 @@ def benchmark(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def train_config(cfg: ExperimentConfig, setting: str, k: int, permuted: bool = False) -> dict[str, Any]:
     """The trainer config of model k of `setting` (label-permuted twin when `permuted`)."""
-    base = dict(cfg["train"])
+    base = {"selection": "gomez", **cfg["train"]}  # the paper's model selection unless [train] names one
     seed = int(base.get("seed", 0)) + k
     return {**base, "seed": seed, "device": cfg.device, "setting": setting, "label_permutation": permuted}
 

@@ -142,7 +142,8 @@ def spearman_brown(r: float | np.ndarray) -> float | np.ndarray:
 def split_half_reliability(trials: pd.DataFrame, *, repeats: int = 10, seed: int = 0,
                            n_images: int | None = None) -> float:
     """Spearman-Brown corrected split-half reliability of per-image I1, averaged over `repeats`
-    random splits of a common number of trials per image."""
+    random splits of a common number n of trials per image; with an odd n the first half holds
+    the extra trial (``np.array_split``, as MAPS' ``maps_utils.py``)."""
     rng = np.random.default_rng(seed)
     _, outcomes, n = _by_image(trials, n_images)
     if n < 2:
@@ -150,8 +151,8 @@ def split_half_reliability(trials: pd.DataFrame, *, repeats: int = 10, seed: int
     values = []
     for _ in range(repeats):
         halves = [rng.choice(o, n, replace=False) for o in outcomes]
-        first = np.array([h[: n // 2].mean() for h in halves])
-        second = np.array([h[n // 2 :].mean() for h in halves])
+        first = np.array([h[: (n + 1) // 2].mean() for h in halves])  # np.array_split: the first half
+        second = np.array([h[(n + 1) // 2 :].mean() for h in halves])  # gets the odd trial (maps_utils.py)
         if first.std() == 0 or second.std() == 0:
             continue
         values.append(spearman_brown(pearsonr(first, second)[0]))

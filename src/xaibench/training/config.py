@@ -16,7 +16,7 @@ Layout (every key except ``[model] spec`` and ``[data] spec`` is optional)::
     schedule = "constant"      # "constant", "cosine" (per step, to 0) or "onecycle" (per step)
     warmup = 0.25              # onecycle: fraction of the steps spent rising to lr
     patience = 0               # early stopping on validation accuracy after this many epochs without gain (0: off)
-    selection = "accuracy+ece" # "accuracy+ece" (the paper's), "accuracy" (best validation accuracy) or "last"
+    selection = "accuracy+ece" # "accuracy+ece", "gomez" (the paper's code), "accuracy" (best validation accuracy) or "last"
     label_permutation = false  # train on labels permuted with the seed (Adebayo's data randomisation test)
     num_workers = 0            # data-loader worker processes
     precision = "32-true"      # Lightning precision: "32-true", "16-mixed", "bf16-mixed"
@@ -63,7 +63,7 @@ SETTINGS: dict[str, frozenset[str]] = {
 }
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "onecycle")
-SELECTIONS = ("accuracy+ece", "accuracy", "last")
+SELECTIONS = ("accuracy+ece", "gomez", "accuracy", "last")
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")  # Lightning's names
 
 _TOP: Schema = {

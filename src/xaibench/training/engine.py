@@ -410,6 +410,13 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
             return TrainResult(out / MODEL_FILE, recorder.table(), -1, cfg.hash)
         log = recorder.table()
         best = select_epoch(log, cfg.selection)
+        if cfg.selection != "last" and not weights_path(out, best).is_file():
+            # "gomez" on an exact ECE tie with an epoch outside the candidates, whose weights were not kept
+            kept = log[log["epoch"].isin(top_epochs(log, candidate_count(cfg.selection, len(log))))]
+            fallback = int(kept.loc[kept["ece"] == log.loc[log["epoch"] == best, "ece"].iloc[0], "epoch"].iloc[0])
+            warnings.warn(f"selection {cfg.selection!r} chose epoch {best}, whose weights were not kept (an ECE tie "
+                          f"outside the candidates); the model is epoch {fallback}'s, of the same ECE", UserWarning)
+            best = fallback
         if cfg.selection != "last":
             module.model.load_state_dict(torch.load(weights_path(out, best), map_location="cpu", weights_only=True))
         log["selected"] = log["epoch"] == best

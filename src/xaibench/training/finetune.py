@@ -598,7 +598,7 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         per_epoch = cfg.metric == "relevance_mass_accuracy"  # HARMONY's RMA loop counts batches per epoch
         trainer = pl.Trainer(
             accelerator=accelerator, devices=device_ids or 1, max_steps=cfg.iterations + int(harmony and not per_epoch),
-            max_epochs=-1, val_check_interval=1 if harmony else cfg.val_every, check_val_every_n_epoch=None,
+            max_epochs=-1, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
             limit_val_batches=cfg.val_batches + harmony, callbacks=[log, best], logger=False, default_root_dir=out,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False,
         )
