@@ -396,3 +396,39 @@ def test_selection_warns_or_avoids_an_undertrained_epoch():
     with pytest.warns(UserWarning, match="chose epoch 1 .*0.325.*below the best"):
         assert select_epoch(log, "gomez") == 1
     assert select_epoch(log, "accuracy+ece") == 3  # only epochs within 2 points of the best compete
+
+
+# --- Gomez & Mouchère: metrics/faithfulness_metrics.py ------------------------------------------------
+
+
+def gomez_validity_multi_step(deletion: bool, scores: np.ndarray) -> float:
+    """validity_rate_multi_step: the share of (image, step) pairs where the score falls (Deletion) or rises."""
+    moved = scores[:, :-1] > scores[:, 1:] if deletion else scores[:, :-1] < scores[:, 1:]
+    return float(moved.astype(float).mean())
+
+
+def gomez_validity_single_step(iic_ad: bool, scores: np.ndarray, masked: np.ndarray) -> float:
+    """validity_rate_single_step: the share of images whose masked score rises (IIC_AD) or falls (ADD)."""
+    return float((scores < masked if iic_ad else scores > masked).astype(float).mean())
+
+
+def test_gomez_validity_rates():
+    from xaibench import metrics
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x, targets = torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
+    maps = torch.rand(6, 16, 16)
+    kw = {"steps": 8, "patch_size": 2}
+    for name, curve, falling in (("deletion_validity_rate", metrics.deletion, True),
+                                 ("insertion_validity_rate", metrics.insertion, False)):
+        ours = metrics.METRICS.get(name).fn(model, x, maps, targets, **kw).scores
+        scores = curve(model, x, maps, targets, normalize=None, **kw).curves.double().numpy()
+        assert float(ours.double().mean()) == pytest.approx(gomez_validity_multi_step(falling, scores), abs=1e-7)
+    for name, twin, iic_ad in (("average_drop_validity_rate", metrics.average_drop, True),
+                               ("average_drop_in_deletion_validity_rate", metrics.average_drop_in_deletion, False)):
+        ours = metrics.METRICS.get(name).fn(model, x, maps, targets).scores
+        ref = twin(model, x, maps, targets).extras
+        expected = gomez_validity_single_step(iic_ad, ref["score"].numpy(), ref["masked_score"].numpy())
+        assert float(ours.double().mean()) == pytest.approx(expected, abs=1e-7)
+        assert 0 < expected < 1 or name == "average_drop_validity_rate"

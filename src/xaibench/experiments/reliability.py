@@ -10,7 +10,10 @@ benchmark runs through the runner on the same test images:
   (VarGrad, SmoothGrad, Integrated Gradients, Guided Backprop), perturbation (feature permutation,
   feature ablation, occlusion, RISE);
 - metrics: DAUC, IAUC (deletion / insertion with raw areas, black and box-blur baselines), DC, IC and
-  their non-cumulative variants DC-nc, IC-nc, AD, ADD; the four step-wise metrics take one
+  their non-cumulative variants DC-nc, IC-nc, AD, ADD; and the validity rates of their code
+  (``dauc_vr``, ``iauc_vr``: the share of curve steps where the score falls / rises; ``ad_vr``,
+  ``add_vr``: the share of images where the masked score rises / falls), reported per setting,
+  not ranked; the four step-wise metrics take one
   feature-map cell per step (the paper), or ``steps`` steps of ``cells // steps`` cells when the
   config sets ``steps`` (to bound the cost: each step is one forward per image and method);
 - maps at feature-map resolution: the CAM group's maps stay at the layer's native h x w; the other
@@ -83,7 +86,8 @@ GROUPS: dict[str, list[str]] = {
     "backprop": ["vargrad", "smoothgrad", "integrated_gradients", "guided_backprop"],
     "perturbation": ["feature_permutation", "feature_ablation", "occlusion", "rise"],
 }
-METRICS = ("dauc", "iauc", "dc", "ic", "dc_nc", "ic_nc", "ad", "add")
+METRICS = ("dauc", "iauc", "dc", "ic", "dc_nc", "ic_nc", "ad", "add", "dauc_vr", "iauc_vr", "ad_vr", "add_vr")
+VALIDITY = ("dauc_vr", "iauc_vr", "ad_vr", "add_vr")  # validity rates: reported, not ranked
 BASELINE = "baseline"
 SIGNIFICANCE = 0.05
 
@@ -194,6 +198,10 @@ def metric_tables(native: bool, cell: int, steps: int, chosen: list[str]) -> dic
         "ic_nc": {"metric": "insertion_correlation", "cumulative": False, **rank},
         "ad": {"metric": "average_drop"},
         "add": {"metric": "average_drop_in_deletion"},
+        "dauc_vr": {"metric": "deletion_validity_rate", "baseline": "black", **rank},
+        "iauc_vr": {"metric": "insertion_validity_rate", "baseline": "box_blur", **rank},
+        "ad_vr": {"metric": "average_drop_validity_rate"},
+        "add_vr": {"metric": "average_drop_in_deletion_validity_rate"},
     }
     return {m: tables[m] for m in chosen}
 
@@ -368,7 +376,9 @@ def run_benchmarks(ctx: StepContext) -> None:
 
 def statistics(ctx: StepContext) -> None:
     scores = ctx.experiment.table("scores")
-    alpha, diffs, sizes, ranks = reliability_tables(scores, settings(ctx.cfg), level=ctx.cfg["level"],
+    rates = scores["metric"].isin(VALIDITY)
+    ctx.write_table("validity", validity_table(scores[rates]))
+    alpha, diffs, sizes, ranks = reliability_tables(scores[~rates], settings(ctx.cfg), level=ctx.cfg["level"],
                                                     n_boot=ctx.cfg["n_boot"], seed=ctx.cfg.seed)
     ctx.write_table("alpha", alpha)
     ctx.write_table("alpha_difference", diffs)
@@ -470,6 +480,18 @@ def _rank_array(sub: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str], in
     x = x[complete]
     ranks = np.stack([per_image_ranks(x[:, s], hib) for s in range(len(seeds))], 1) if len(x) else x
     return ranks, methods, seeds, int((~complete).sum())
+
+
+def validity_table(rates: pd.DataFrame) -> pd.DataFrame:
+    """Mean validity rate per (setting, group, metric): over the images of each method and model
+    (Gomez & Mouchère's pooled rate), then over the methods; ``n`` the defined per-image values."""
+    columns = ["setting", "group", "metric", "validity_rate", "n"]
+    if rates.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["setting", "group", "metric"]
+    per_method = rates.groupby([*keys, "method"], sort=False)["score"].agg(["mean", "count"]).reset_index()
+    out = per_method.groupby(keys, sort=False).agg(validity_rate=("mean", "mean"), n=("count", "sum")).reset_index()
+    return out[columns]
 
 
 def reliability_tables(scores: pd.DataFrame, setting_order: list[str], *, level: float = 0.99, n_boot: int = 1000,
@@ -584,6 +606,12 @@ def report(exp: ExperimentDir) -> list[Block]:
     alpha, diffs = exp.table("alpha"), exp.table("alpha_difference")
     order = list(pd.unique(alpha.setting))
     metric_order = [m for m in METRICS if m in set(alpha.metric)]
+    if exp.has_table("validity") and not (validity := exp.table("validity")).empty:
+        cols = [m for m in VALIDITY if m in set(validity.metric)]
+        wide = validity.pivot(index=["group", "setting"], columns="metric", values="validity_rate").reindex(columns=cols)
+        blocks.append(Table(wide.round(3).reset_index(), "Validity rate (Gomez & Mouchère): the share of curve steps "
+                            "(DAUC, IAUC) or images (AD, ADD) where the masked score moves the expected way, mean "
+                            "over the images of each method, then over the group's methods."))
     for group in pd.unique(alpha.group):
         if not diffs.empty and (diffs.group == group).any():
             blocks.append(Figure(heatmap(diffs, group, order, metric_order),

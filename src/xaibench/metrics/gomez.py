@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
+from xaibench.metrics.deletion import deletion, insertion
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import (
@@ -216,3 +217,112 @@ def insertion_correlation(
     """IC (see module doc); ``extras["auc"]`` is IAUC."""
     params = metric_params(locals())
     return _correlation(info_of(insertion_correlation), "insert", model, inputs, attributions, targets, params)
+
+
+# --- validity rates (Gomez & Mouchère's benchmark-reliability code) ------------------------------------
+#
+# ``metrics/faithfulness_metrics.py``: ``validity_rate_multi_step`` is the share of the steps of a
+# deletion (insertion) curve where the score falls (rises) strictly; ``validity_rate_single_step``
+# the share of images where the masked score moves the expected way: up for IIC/AD (the salient part
+# kept), down for ADD (the salient part removed). Here the rate is per image (its steps, or 0/1);
+# the mean over images is their pooled rate (every image has the same number of steps).
+
+_GOMEZ_RELIABILITY = (
+    "Gomez, Mouchère. On the reliability of saliency map metrics in explainable AI. arXiv:2311.17876.",
+)
+
+
+def _step_validity(info: MetricInfo, curves: Tensor, falling: bool, params: dict[str, Any]) -> MetricResult:
+    c = curves.double()
+    moved = c[:, :-1] > c[:, 1:] if falling else c[:, :-1] < c[:, 1:]
+    return MetricResult(moved.double().mean(1).float(), info, params, curves)
+
+
+def _deletion_like(mode: str, model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor,
+                   params: dict[str, Any]) -> Tensor:
+    run = deletion if mode == "delete" else insertion
+    return run(model, inputs, attributions, targets, normalize=None, **params).curves
+
+
+_VR_COST = "steps + 1 forwards (the deletion / insertion curve)"
+
+
+@register_metric(
+    MetricInfo(
+        name="deletion_validity_rate", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
+        requires=_REQ, cost=_VR_COST, references=_GOMEZ_RELIABILITY,
+        description="Share of the deletion curve's steps where the target score falls (the curve's validity rate).",
+    )
+)
+def deletion_validity_rate(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, steps: int = 50,
+    baseline: str = "black", baseline_params: dict[str, Any] | None = None, granularity: str | None = None,
+    patch_size: int = 1, resample: str = "upsample", output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """Share of steps k with s_k > s_{k+1} on `deletion`'s curve (normalize=None, same parameters)."""
+    params = metric_params(locals())
+    curves = _deletion_like("delete", model, inputs, attributions, targets, params)
+    return _step_validity(info_of(deletion_validity_rate), curves, True, params)
+
+
+@register_metric(
+    MetricInfo(
+        name="insertion_validity_rate", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
+        requires=_REQ, cost=_VR_COST, references=_GOMEZ_RELIABILITY,
+        description="Share of the insertion curve's steps where the target score rises (the curve's validity rate).",
+    )
+)
+def insertion_validity_rate(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, steps: int = 50,
+    baseline: str = "gaussian_blur", baseline_params: dict[str, Any] | None = None, granularity: str | None = None,
+    patch_size: int = 1, resample: str = "upsample", output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """Share of steps k with s_k < s_{k+1} on `insertion`'s curve (normalize=None, same parameters)."""
+    params = metric_params(locals())
+    curves = _deletion_like("insert", model, inputs, attributions, targets, params)
+    return _step_validity(info_of(insertion_validity_rate), curves, False, params)
+
+
+def _single_validity(info: MetricInfo, delete: bool, model: nn.Module, inputs: Tensor, attributions: Tensor,
+                     targets: Tensor, params: dict[str, Any]) -> MetricResult:
+    y, o, const = _single_step(model, inputs, attributions, targets, delete=delete, **params)
+    valid = (o < y) if delete else (o > y)
+    return _result(info, valid.double(), const, _CONST, params, y, o)
+
+
+@register_metric(
+    MetricInfo(
+        name="average_drop_validity_rate", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
+        requires=_REQ, cost="2 forwards", references=_GOMEZ_RELIABILITY,
+        description="1 when the salient part alone (AD / IIC's masked image) scores higher than the image.",
+    )
+)
+def average_drop_validity_rate(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """``1[O > Y]`` with AD's masked image (per image the value of ``increase_in_confidence``: the
+    paper's IIC_AD validity rate is IIC's mean)."""
+    params = metric_params(locals())
+    return _single_validity(info_of(average_drop_validity_rate), False, model, inputs, attributions, targets, params)
+
+
+@register_metric(
+    MetricInfo(
+        name="average_drop_in_deletion_validity_rate", category="faithfulness", higher_is_better=True,
+        range=(0.0, 1.0), requires=_REQ, cost="2 forwards", references=_GOMEZ_RELIABILITY,
+        description="1 when removing the salient part (ADD's masked image) lowers the target score.",
+    )
+)
+def average_drop_in_deletion_validity_rate(
+    model: nn.Module, inputs: Tensor, attributions: Tensor, targets: Tensor, *, baseline: str = "black",
+    baseline_params: dict[str, Any] | None = None, output: str = "softmax", max_batch: int = 256,
+    seed: int | torch.Generator | None = 0,
+) -> MetricResult:
+    """``1[O < Y]`` with ADD's masked image (the salient part removed)."""
+    params = metric_params(locals())
+    return _single_validity(info_of(average_drop_in_deletion_validity_rate), True, model, inputs, attributions, targets,
+                            params)
