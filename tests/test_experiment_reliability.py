@@ -170,14 +170,16 @@ def test_end_to_end_on_a_tiny_budget(tmp_path) -> None:
     from xaibench.experiments import ExperimentDir, run_experiment
     from xaibench.report.experiment import build_experiment_report
 
-    out = run_experiment("reliability", _config(), tmp_path / "exp")
+    out = run_experiment("reliability", _config(metrics=["dauc", "dc_nc", "ad", "add_vr"]), tmp_path / "exp")
     exp = ExperimentDir(out)
     calib = exp.table("calibration")
     assert set(calib["model"]) == {"baseline-s0", "fl-s0", "permuted-s0"}
     assert calib["accuracy"].between(0, 1).all() and calib["ece"].between(0, 1).all()
     scores = exp.table("scores")
-    assert set(scores["setting"]) == {"baseline", "fl"} and set(scores["metric"]) == {"dauc", "dc_nc", "ad"}
-    assert len(scores) == 2 * 2 * 2 * 3 * 8
+    assert set(scores["setting"]) == {"baseline", "fl"} and set(scores["metric"]) == {"dauc", "dc_nc", "ad", "add_vr"}
+    assert len(scores) == 2 * 2 * 2 * 4 * 8
+    validity = exp.table("validity")  # reported, not ranked
+    assert len(validity) == 2 * 2 and validity["validity_rate"].between(0, 1).all()
     alpha = exp.table("alpha")
     assert len(alpha) == 2 * 2 * 3 and {"alpha", "low", "high"} <= set(alpha.columns)
     diffs = exp.table("alpha_difference")
@@ -185,10 +187,10 @@ def test_end_to_end_on_a_tiny_budget(tmp_path) -> None:
     assert len(exp.table("data_randomisation")) == 4 * 8
     html = build_experiment_report(out).read_text()
     for section in ("Calibration per setting", "alpha difference to Baseline", "Normalised minimum benchmark size",
-                    "Per-setting rankings", "Data randomisation test"):
+                    "Per-setting rankings", "Data randomisation test", "Validity rate"):
         assert section in html, section
     assert html.count("data:image/png;base64") >= 2  # one heat map per group
     # resume: every step is committed and skipped
     before = exp.manifest["steps"]
-    run_experiment("reliability", _config(), out, resume=True)
+    run_experiment("reliability", _config(metrics=["dauc", "dc_nc", "ad", "add_vr"]), out, resume=True)
     assert ExperimentDir(out).manifest["steps"] == before
