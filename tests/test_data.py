@@ -86,8 +86,8 @@ def test_spurious_square_colour(digits, spurious):
     assert (drawn <= s.masks["square"]).all()
     assert torch.equal(s.masks["square"], (sp_images[0] == COLOURS[sp_labels[0]][:, None, None]).all(0) & s.masks["square"])
     assert s.masks["square"].sum() == 36
-    # Uncorrelated: the test images, but the colour is independent of the label.
-    un_images, un_labels = spurious["uncorrelated"].tensors()
+    # Random colour: the test images, but the colour is independent of the label.
+    un_images, un_labels = load_dataset("builtin:digits-spurious", "random_colour").tensors()
     assert torch.equal(un_labels, sp_labels)
     colour = (un_images[:, :, 28, 2][:, None, :] == COLOURS[None]).all(-1).float().argmax(1)
     assert torch.equal(un_images[:, :, SQUARE[0], SQUARE[1]], COLOURS[colour][:, :, None, None].expand(-1, -1, 6, 6))
@@ -96,7 +96,13 @@ def test_spurious_square_colour(digits, spurious):
     assert len(colour.unique()) == 10
     outside = ~torch.as_tensor(s.masks["square"])
     assert torch.equal(un_images[:, :, outside], sp_images[:, :, outside])
-    assert torch.equal(spurious["uncorrelated"].tensors()[0], load_dataset("builtin:digits-spurious", "uncorrelated").tensors()[0])
+    # Uncorrelated (the paper's): one shuffled palette, no class on its own colour.
+    pal_images, pal_labels = spurious["uncorrelated"].tensors()
+    assert torch.equal(pal_labels, sp_labels) and torch.equal(pal_images[:, :, outside], sp_images[:, :, outside])
+    pal_colour = (pal_images[:, :, 28, 2][:, None, :] == COLOURS[None]).all(-1).float().argmax(1)
+    for c in range(10):  # one colour per class, never the class's own
+        assert len(pal_colour[pal_labels == c].unique()) == 1 and pal_colour[pal_labels == c][0] != c
+    assert len(pal_colour.unique()) == 10
 
 
 def test_collate_and_image_size(digits):

@@ -13,9 +13,19 @@ Masks (bool [32, 32], identical in both sets):
 
 ``builtin:digits-spurious`` draws the square in one of 10 distinct colours (`COLOURS`). In
 ``train`` and ``test`` (alias ``correlated``) its colour is the label's colour, so colour alone
-predicts the class; ``uncorrelated`` holds the test images with a colour drawn uniformly at random
-(seeded) independently of the label; its ids are those of ``test`` (the same digits), so results on
-the two splits can be paired. The default mask is ``digit``.
+predicts the class. Two splits hold the test images with the colour's link to the label broken
+(their ids are those of ``test``, the same digits, so results on the splits can be paired):
+
+- ``uncorrelated`` (Bang, Boggust & Satyanarayan's uncorrelated test set): the colour is still a
+  function of the label, through one shuffled palette (`UNCORRELATED_PALETTE`, a seeded permutation
+  with no class kept on its own colour): every image of class c has the colour of class
+  ``palette[c]``. A model that reads the square is consistently misled (its accuracy falls to about
+  0 and its errors follow the palette), so it measures reliance on the colour;
+- ``random_colour``: a colour drawn uniformly at random per image (seeded), independent of the
+  label: the square carries no information (it matches the label in about 1 image in 10), so it
+  measures what the model does when the cue is noise.
+
+The default mask is ``digit``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ STROKE_THRESHOLD = 0.3
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
 UNCORRELATED_SEED = 1
+# the uncorrelated split's palette: class c gets colour UNCORRELATED_PALETTE[c] (randperm(10), seed 1)
+UNCORRELATED_PALETTE = torch.randperm(10, generator=torch.Generator().manual_seed(UNCORRELATED_SEED))
 CLASSES = [str(i) for i in range(10)]
 # One colour per class (RGB in [0, 1]); none is grey, so a square never looks like a stroke.
 COLOURS = torch.tensor(
@@ -55,7 +67,7 @@ COLOURS = torch.tensor(
 
 SPLITS = {
     "digits": ("train", "test"),
-    "digits-spurious": ("train", "test", "correlated", "uncorrelated"),
+    "digits-spurious": ("train", "test", "correlated", "uncorrelated", "random_colour"),
 }
 
 
@@ -105,6 +117,8 @@ class DigitsDataset(ImageDataset):
         self.colours: Tensor | None = None
         if name == "digits-spurious":
             if split == "uncorrelated":
+                colour_ids = UNCORRELATED_PALETTE[self.labels]
+            elif split == "random_colour":
                 gen = torch.Generator().manual_seed(UNCORRELATED_SEED)
                 colour_ids = torch.randint(0, len(COLOURS), (len(idx),), generator=gen)
             else:
