@@ -1,8 +1,10 @@
 """Spurious correlation (Bang, Boggust & Satyanarayan 2024, coloured-square MNIST).
 
 A normal model and a shortcut model (trained where a coloured square gives the class away) are
-scored on a test set where the square's colour matches the label (``correlated``) and one where it
-is random (``uncorrelated``), against two human explanations: the digit strokes and the square.
+scored on a test set where the square's colour matches the label (``correlated``) and the paper's
+``uncorrelated`` one, where every class has another class's colour (one shuffled palette; the
+per-image random colour is the split ``random_colour``), against two human explanations: the
+digit strokes and the square.
 The paper's table has one row per model x test set x ground truth (8 rows) with accuracy,
 explanation alignment by IoU (vanilla gradients binarised at mean + 1 std) and by pointing game
 (raw gradient map). Its pattern: the normal model aligns with the digit and not the square, the
