@@ -432,3 +432,39 @@ def test_gomez_validity_rates():
         expected = gomez_validity_single_step(iic_ad, ref["score"].numpy(), ref["masked_score"].numpy())
         assert float(ours.double().mean()) == pytest.approx(expected, abs=1e-7)
         assert 0 < expected < 1 or name == "average_drop_validity_rate"
+
+
+def test_harmony_preset_resumes_bitwise_with_the_previous_batch_agreement(tmp_path, monkeypatch):
+    from xaibench.training import finetune as ft
+
+    cfg = {**FT, "metric": "road", "iterations": 5, "data": {**FT["data"], "n": 48}}  # 40 training images
+    original_step, original_term = ft.HarmonyModule.training_step, ft.HarmonyModule.metric_term
+    crash, weights = [True], []
+
+    def crash_at_four(self, batch, batch_idx):
+        if self.global_step == 4 and crash[0]:  # after the checkpoint of the validation at update 3
+            raise RuntimeError("power cut")
+        return original_step(self, batch, batch_idx)
+
+    def record(self, x, pred, masks, z, agreement, gen):
+        weights.append((int(self.global_step), float(agreement)))
+        return original_term(self, x, pred, masks, z, agreement, gen)
+
+    monkeypatch.setattr(ft.HarmonyModule, "training_step", crash_at_four)
+    monkeypatch.setattr(ft.HarmonyModule, "metric_term", record)
+    with pytest.raises(RuntimeError, match="power cut"):
+        ft.finetune(cfg, tmp_path / "run", progress=False)
+    crash[0] = False
+    weights.clear()
+    resumed = ft.finetune(cfg, tmp_path / "run", resume=True, progress=False)
+    resumed_weights = weights[1:]  # the first call is the probe before training
+    weights.clear()
+    straight = ft.finetune(cfg, tmp_path / "straight", progress=False)
+    assert resumed_weights == [w for w in weights[1:] if w[0] >= 3] and len(resumed_weights) == 3
+    assert resumed_weights[0][1] > 0  # batch 3 is weighted by batch 2's agreement, restored from the checkpoint
+    assert resumed.log["step"].tolist() == straight.log["step"].tolist() == [0, 3, 5]
+    same = resumed.log[["metric", "agreement"]].to_numpy() == straight.log[["metric", "agreement"]].to_numpy()
+    assert same.all()
+    a = torch.load(resumed.model_path, weights_only=True)["state_dict"]
+    b = torch.load(straight.model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -351,7 +351,7 @@ class HarmonyModule(pl.LightningModule):
         checkpoint["previous_agreement"] = self.previous_agreement
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.previous_agreement = float(checkpoint.get("previous_agreement", 0.0))
+        self.previous_agreement = float(checkpoint["previous_agreement"])
 
     def train(self, mode: bool = True) -> HarmonyModule:
         """Both models stay in eval mode (HARMONY: batch-norm statistics and dropout frozen)."""
