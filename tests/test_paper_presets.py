@@ -53,6 +53,27 @@ def harmony_attributor(model, composite_name: str, contrastive: bool, x: torch.T
     return r.sum(1).clamp(min=0)
 
 
+def harmony_ixg(model, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """IxGAttributor in batch mode: gradient of the target logits (graph kept) times the input,
+    channels summed, positive part."""
+    x = x.clone().requires_grad_(True)
+    out = model(x).gather(1, classes[:, None])
+    (grad,) = torch.autograd.grad(torch.unbind(out), x, create_graph=True)
+    return (grad * x).sum(1).clamp(min=0)
+
+
+def harmony_gradcam(model, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """GradCamAttributor in batch mode at the hooked layer (here TinyCNN's ``features``, whose maps
+    have the input's size, so the bilinear interpolation is the identity): ReLU of the channel sum
+    of the activations weighted by their spatially averaged gradients, positive part."""
+    saved = {}
+    handle = model.features.register_forward_hook(lambda m, i, o: saved.update(a=o))
+    out = model(x)
+    handle.remove()
+    (grad,) = torch.autograd.grad(torch.unbind(out.gather(1, classes[:, None])), saved["a"], create_graph=True)
+    return F.relu((grad.mean((2, 3), keepdim=True) * saved["a"]).sum(1)).clamp(min=0)
+
+
 HARMONY_METHODS = {  # xaibench method -> (zennit composite, contrastive)
     "guided_backprop": ("GuidedBackprop", False),
     "excitation_backprop": ("ExcitationBackprop", True),
@@ -60,7 +81,7 @@ HARMONY_METHODS = {  # xaibench method -> (zennit composite, contrastive)
 }
 
 
-@pytest.mark.parametrize("name", sorted(HARMONY_METHODS))
+@pytest.mark.parametrize("name", sorted(HARMONY_METHODS) + ["gradcam", "input_x_gradient"])
 def test_harmony_attributors_maps_and_gradients(name):
     from xaibench.training.finetune import HARMONY_METHOD_PARAMS
 
@@ -69,8 +90,13 @@ def test_harmony_attributors_maps_and_gradients(name):
     x, targets = torch.rand(3, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 2, 4])
     weights = torch.rand(3, 16, 16, dtype=torch.float64)
     params = HARMONY_METHOD_PARAMS[name]
+    if name == "gradcam":
+        params = {**params, "layer": "features"}
     ours = xaibench.explainer(name, model, differentiable=True, **params)(x, targets).double()
-    theirs = harmony_attributor(model, *HARMONY_METHODS[name], x, targets)
+    if name in HARMONY_METHODS:
+        theirs = harmony_attributor(model, *HARMONY_METHODS[name], x, targets)
+    else:
+        theirs = (harmony_gradcam if name == "gradcam" else harmony_ixg)(model, x, targets)
     scale = float(theirs.detach().abs().max())
     torch.testing.assert_close(ours, theirs, rtol=ATOL, atol=ATOL * scale)
     plain = xaibench.explainer(name, model, **params)(x, targets).double()
