@@ -22,6 +22,7 @@ uninterrupted run exactly (bitwise on the CPU).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
