@@ -70,22 +70,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.device)
 
 
+OPTIONAL = "optional suite not run"  # marks the skips of `_require`, listed at the end of the run
+
+
 def _require(condition: bool, reason: str) -> None:
-    """Skip when `condition` fails; with the CI environment variable set, fail instead."""
+    """Skip when `condition` fails; with the CI environment variable set, fail instead. `reason` says
+    what is missing and how to install it."""
     if not condition:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (required when CI is set)")
-        pytest.skip(reason)
+        pytest.skip(f"{OPTIONAL}: {reason}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Close the run with the suites that `_require` skipped and what would make them run, so a green
+    local run does not hide that the browser, database or published-study tests did not run."""
+    skipped: dict[str, set[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        if OPTIONAL in reason:
+            test_file = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
+            skipped.setdefault(reason.split(f"{OPTIONAL}: ", 1)[-1], set()).add(test_file)
+    if skipped:
+        terminalreporter.section("optional suites not run (CI=true .ci/run installs and requires them)")
+        for reason, files in sorted(skipped.items()):
+            terminalreporter.write_line(f"{', '.join(sorted(files))}: {reason}")
 
 
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     """The chromium binary for Playwright (and Playwright itself): skipped locally, required in CI."""
-    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing")
+    _require(CHROMIUM.exists(), f"{CHROMIUM} is missing (browser tests; on Debian: apt-get install chromium)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        _require(False, "playwright is not installed")
+        _require(False, "playwright is not installed (browser tests; pip install 'xaibench[dev]')")
     return CHROMIUM
 
 
@@ -93,5 +113,5 @@ def chromium() -> Path:
 def legacy_db() -> Path:
     """The published HARMONY study database in ../shared/data: skipped locally, required in CI."""
     db = SHARED_DATA / "harmony_study_2024.sqlite3"
-    _require(db.is_file(), f"published study database not found: {db}")
+    _require(db.is_file(), f"published study database not found: {db} (put harmony_study_2024.sqlite3 there)")
     return db
