@@ -258,3 +258,20 @@ def test_a_device_this_machine_lacks_is_a_clear_error_before_anything_is_written
         with pytest.raises(InputError, match=message):
             run(parse_config(BASE), tmp_path / device, device=device)
         assert not (tmp_path / device).exists()
+
+
+def test_shipped_configs_are_found_by_name(tmp_path, monkeypatch, capsys):
+    from xaibench.cli import main
+    from xaibench.config import EXAMPLES, example_config
+    from xaibench.runner.config import load_config
+
+    monkeypatch.chdir(tmp_path)  # nowhere near the repository
+    assert load_config("demo-digits").hash == load_config("demo-digits.toml").hash == load_config(
+        EXAMPLES / "demo-digits.toml").hash
+    assert example_config("runs/demo-digits") is None and example_config("no-such-config") is None
+    with pytest.raises(InputError, match="config file not found: demo-digitz"):
+        load_config("demo-digitz")
+    assert main(["experiment", "--list"]) == 0
+    listed = [line.split("(example: ")[1].rstrip(")") for line in capsys.readouterr().out.splitlines()
+              if "(example: " in line]
+    assert listed and all(Path(path).is_file() for path in listed)

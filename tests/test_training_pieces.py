@@ -323,3 +323,14 @@ def test_training_step_loss_is_the_papers_weighting(setting):
         masked = fp_images(x, feature_saliency(features), kinds, k)
         expected = 1.6 * expected + 0.4 * crit(ref(masked), y)
     torch.testing.assert_close(loss, expected)
+
+
+def test_progress_in_a_log_is_one_line_per_epoch(tmp_path, capfd):
+    """stderr is no terminal here: Lightning's bar (carriage returns) is replaced by lines."""
+    from xaibench.training import train
+
+    train({"setting": "baseline", "epochs": 2, "batch_size": 64, "model": {"spec": "builtin:digits-cnn"},
+           "data": {"spec": "builtin:digits", "n": 120, "val_fraction": 0.25}}, tmp_path / "run")
+    err = capfd.readouterr().err
+    assert "\r" not in err
+    assert "epoch 1/2, step 2: val_accuracy" in err and "epoch 2/2, step 4: val_accuracy" in err

@@ -53,9 +53,24 @@ def config_hash(raw: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+EXAMPLES = Path(__file__).resolve().parent / "configs"  # the shipped example configs
+
+
+def example_config(name: str | Path) -> Path | None:
+    """The shipped example config called `name` (``demo-digits`` or ``demo-digits.toml``), or None."""
+    name = Path(name)
+    if name.parent != Path("."):
+        return None
+    path = EXAMPLES / (name.name if name.suffix == ".toml" else f"{name.name}.toml")
+    return path if path.is_file() else None
+
+
 def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """The TOML file `path` as a dict; a missing file or invalid TOML raises `InputError` naming it."""
+    """The TOML file `path` as a dict; a missing file or invalid TOML raises `InputError` naming it.
+    A bare name that is no file here is looked up among the shipped examples (`example_config`)."""
     path = Path(path)
+    if not path.exists():
+        path = example_config(path) or path
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run a paper's multi-step experiment recipe (train, benchmark, analyse, report)",
         description="Run the recipe NAME with a TOML config into DIR: each step writes its outputs to DIR "
         "and is skipped on --resume once done; DIR/report.html is written at the end. "
-        "`xaibench experiment --list` lists the recipes.",
+        "CONFIG may name a shipped example (experiment-spurious). `xaibench experiment --list` lists the "
+        "recipes and the paths of their examples.",
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="recipe name (see --list)")
     p.add_argument("config", nargs="?", metavar="CONFIG", help="TOML config of the recipe")
@@ -28,10 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from xaibench.experiments import recipes, run_experiment
+    from xaibench.config import EXAMPLES
 
     if args.list:
         for _, recipe in recipes().items():
-            example = f"  (example: xaibench/configs/{recipe.example})" if recipe.example else ""
+            example = f"  (example: {EXAMPLES / recipe.example})" if recipe.example else ""
             print(f"{recipe.name:<18} {recipe.summary}{example}")
         return 0
     if not (args.name and args.config and args.out):

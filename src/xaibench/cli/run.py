@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sharded Parquet (read them with xaibench.load_results(DIR)). The config is checked and tried "
         "on two images before DIR is written.",
     )
-    p.add_argument("config", help="TOML config file")
+    p.add_argument("config", help="TOML config file, or the name of a shipped example (demo-digits)")
     p.add_argument("--out", required=True, metavar="DIR", help="results directory")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",

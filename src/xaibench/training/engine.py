@@ -46,7 +46,14 @@ from xaibench.training.calibration import confidence_adaptive_error, confidence_
 from xaibench.training.config import TrainConfig, as_train_config, load_train_config
 from xaibench.training.losses import adaptive_focal_loss
 from xaibench.training.perturbations import draw_fp, feature_saliency, fp_images, pgd_attack
-from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator, rank
+from xaibench.training.runtime import (
+    arch_spec,
+    check_out,
+    isolated,
+    lightning_accelerator,
+    progress_callbacks,
+    rank,
+)
 from xaibench.training.selection import candidate_count, select_epoch, top_epochs
 
 LOG_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "ece", "adaece", "lr", "seconds", "selected")
@@ -401,7 +408,8 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
         trainer = pl.Trainer(
             accelerator=accelerator, devices=device_ids or cfg.devices,
             strategy="ddp" if cfg.devices > 1 else "auto", precision=cfg.precision, max_epochs=cfg.epochs,
-            callbacks=callbacks, logger=False, default_root_dir=out, enable_progress_bar=progress,
+            callbacks=callbacks + progress_callbacks(progress), logger=False, default_root_dir=out,
+            enable_progress_bar=progress,
             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
             limit_val_batches=1.0 if val_set is not None else 0, deterministic="warn" if on_gpu else True,
         )

@@ -82,7 +82,7 @@ from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
 from xaibench.seeding import derive_seed
 from xaibench.training.engine import split_data
-from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator
+from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator, progress_callbacks
 
 CONFIG_FILE = "finetune.toml"
 LOG_FILE = "log.csv"
@@ -599,7 +599,8 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         trainer = pl.Trainer(
             accelerator=accelerator, devices=device_ids or 1, max_steps=cfg.iterations + int(harmony and not per_epoch),
             max_epochs=-1, val_check_interval=cfg.val_every, check_val_every_n_epoch=None,
-            limit_val_batches=cfg.val_batches + harmony, callbacks=[log, best], logger=False, default_root_dir=out,
+            limit_val_batches=cfg.val_batches + harmony, callbacks=[log, best, *progress_callbacks(progress)], logger=False,
+            default_root_dir=out,
             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0, inference_mode=False,
         )
         if harmony:

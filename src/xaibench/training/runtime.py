@@ -1,6 +1,6 @@
 """What the trainer and the fine-tuner share around Lightning: the accelerator of a config's device,
-the process's rank, isolation of the caller's global state, the output folder's resume check and
-the architecture spec a model file stores."""
+the process's rank, isolation of the caller's global state, progress for a terminal or a log, the
+output folder's resume check and the architecture spec a model file stores."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import contextlib
 import logging
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback, ProgressBar
 
 from xaibench.errors import InputError
 
@@ -67,6 +70,43 @@ def isolated(quiet: bool) -> Iterator[None]:
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
             random.setstate(py_state)
             np.random.set_state(np_state)
+
+
+class LineProgress(ProgressBar):
+    """Progress for a log file rather than a terminal: one line per validation (or per epoch when
+    nothing is validated) with the logged metrics, and no carriage returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _line(self, trainer: pl.Trainer) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        steps = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+        values = ", ".join(f"{k} {float(v):.4g}" for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1)
+        print(f"epoch {trainer.current_epoch + 1}{epochs}, step {trainer.global_step}{steps}: {values}",
+              file=sys.stderr, flush=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._line(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not sum(trainer.num_val_batches):
+            self._line(trainer)
+
+
+def progress_callbacks(progress: bool) -> list[Callback]:
+    """With `progress`, Lightning's bar on a terminal and `LineProgress` when stderr is a file or pipe."""
+    return [LineProgress()] if progress and not sys.stderr.isatty() else []
 
 
 def check_out(cfg: Any, existing: Path, resume: bool, load: Callable[[Path], Any], what: str = "training") -> None:
