@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -11,27 +10,15 @@ import quantus
 import torch
 
 import xaibench.metrics as M
+from xaibench.conformance import complexity_maps, quantus_scores
 from xaibench.errors import InputError
 
 B, H, W = 6, 12, 12
 
 
-def quantus_scores(metric: quantus.Metric, maps: torch.Tensor) -> np.ndarray:
-    n = maps.shape[0]
-    x = np.random.default_rng(0).random((n, 1, H, W)).astype(np.float32)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = metric(model=model, x_batch=x, y_batch=np.zeros(n, dtype=int), a_batch=maps[:, None].numpy())
-    return np.asarray(out, dtype=np.float64)
-
-
 @pytest.fixture
 def maps() -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    out = torch.randn(B, H, W, generator=gen) * torch.rand(B, 1, 1, generator=gen) * 5
-    out[0, 3:] = 0  # a sparse map
-    return out
+    return complexity_maps(B, H, W)  # shared with `xaibench conformance`
 
 
 @pytest.mark.parametrize("normalise", [True, False])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from scipy.ndimage import distance_transform_edt
 from sklearn.metrics import roc_auc_score
 
 import xaibench.metrics as M
+from xaibench.conformance import localisation_data, quantus_scores
 from xaibench.errors import InputError
 from xaibench.metrics.localisation import EMPTY_MASK, boxes_to_masks
 
@@ -24,24 +24,9 @@ MASK_METRICS = (
 
 @pytest.fixture
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    """Signed random maps and masks mixing boxes and random blobs, none empty or full."""
-    gen = torch.Generator().manual_seed(1)
-    maps = torch.randn(B, H, W, generator=gen)
-    boxes = torch.tensor([[2, 3, 9, 12], [0, 0, 5, 5], [8, 1, 15, 6], [4, 4, 4, 10]])
-    blobs = torch.rand(B - 4, H, W, generator=gen) > 0.6
-    return maps, torch.cat([boxes_to_masks(boxes, (H, W)), blobs])
-
-
-def quantus_scores(metric: quantus.Metric, maps: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
-    """Run a Quantus localisation metric on precomputed maps (a tiny model satisfies its interface)."""
-    n = maps.shape[0]
-    x = np.random.default_rng(0).random((n, 1, H, W)).astype(np.float32)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(H * W, 3))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = metric(model=model, x_batch=x, y_batch=np.zeros(n, dtype=int), a_batch=maps[:, None].numpy(),
-                     s_batch=masks[:, None].float().numpy())
-    return np.asarray(out, dtype=np.float64)
+    """Signed random maps and masks mixing boxes and random blobs, none empty or full (shared with
+    `xaibench conformance`)."""
+    return localisation_data(B, H, W)
 
 
 def ours(name: str, maps: torch.Tensor, masks: torch.Tensor, **params) -> np.ndarray:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import xaibench.metrics as M
+from xaibench.conformance import SHARED_INTEREST_EXPECTED, shared_interest_published
 from xaibench.errors import InputError
 from xaibench.metrics.alignment import combine, explanation_alignment
 from xaibench.metrics.shared_interest import CASES, binarize_maps, shared_interest_cases
@@ -16,20 +17,8 @@ from xaibench.metrics.shared_interest import CASES, binarize_maps, shared_intere
 
 @pytest.fixture(scope="module")
 def reference_cases() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The five 250x250 cases of mitvis/shared-interest's tests (ground truth, binary and continuous saliency)."""
-    gt = torch.zeros(5, 250, 250, dtype=torch.bool)
-    gt[0, 0:100, 0:100] = True
-    gt[1, 100:250, 200:250] = True
-    gt[2, 0:250, 0:250] = True
-    gt[3, 0:1, 0:1] = True
-    gt[4, 50:100, 50:100] = True
-    regions = [(slice(50, 150), slice(50, 150)), (slice(50, 250), slice(100, 250)), (slice(50, 100), slice(50, 100)),
-               (slice(100, 150), slice(150, 250)), (slice(50, 100), slice(50, 100))]
-    binary, continuous = torch.zeros(5, 250, 250), torch.zeros(5, 250, 250)
-    for i, ((rows, cols), value) in enumerate(zip(regions, (0.2, 0.5, 0.9, 0.1, 0.6))):
-        binary[i, rows, cols] = 1.0
-        continuous[i, rows, cols] = value
-    return gt, binary, continuous
+    """The five 250x250 cases of mitvis/shared-interest's tests (shared with `xaibench conformance`)."""
+    return shared_interest_published()
 
 
 def si(maps, masks, **params) -> np.ndarray:
@@ -38,14 +27,10 @@ def si(maps, masks, **params) -> np.ndarray:
 
 def test_published_values(reference_cases) -> None:
     gt, binary, continuous = reference_cases
-    np.testing.assert_allclose(si(binary, gt, score="iou_coverage", binarize=None),
-                               [0.1428571429, 0.25, 0.04, 0.0, 1.0], atol=1e-7)
-    np.testing.assert_allclose(si(binary, gt, score="saliency_coverage", binarize=None),
-                               [0.25, 0.25, 1.0, 0.0, 1.0], atol=1e-7)
+    for score, expected in SHARED_INTEREST_EXPECTED.items():
+        np.testing.assert_allclose(si(binary, gt, score=score, binarize=None), expected, atol=1e-7)
     np.testing.assert_allclose(si(continuous, gt, score="saliency_coverage", binarize=None),
-                               [0.25, 0.25, 1.0, 0.0, 1.0], atol=1e-7)
-    np.testing.assert_allclose(si(binary, gt, score="ground_truth_coverage", binarize=None),
-                               [0.25, 1.0, 0.04, 0.0, 1.0], atol=1e-7)
+                               SHARED_INTEREST_EXPECTED["saliency_coverage"], atol=1e-7)
     # Binarising the binary maps at any threshold in (0, 1] leaves them as they are.
     np.testing.assert_allclose(si(binary, gt, binarize="threshold", t=0.5), [0.1428571429, 0.25, 0.04, 0.0, 1.0],
                                atol=1e-7)

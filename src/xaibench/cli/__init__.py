@@ -8,7 +8,8 @@ import importlib
 from xaibench import __version__
 from xaibench.errors import exit_status
 
-COMMANDS = ("methods", "metrics", "explain", "plan", "run", "train", "finetune", "report", "reliability", "experiment", "demo", "harmony")
+COMMANDS = ("methods", "metrics", "explain", "plan", "run", "train", "finetune", "report", "reliability", "experiment", "demo", "harmony",
+            "conformance")
 
 
 def build_parser() -> argparse.ArgumentParser:

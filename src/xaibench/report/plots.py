@@ -182,7 +182,7 @@ OUTLINES = (OUTLINE, (0, 200, 255), (255, 0, 220))  # colours of the first, seco
 
 
 def image_tile(image: torch.Tensor, masks: list[torch.Tensor], cell: int = 96) -> str:
-    """The image (uint8 or [0, 1] [C, H, W]) scaled (nearest) to `cell` pixels high, masks outlined."""
+    """The image [C, H, W] (uint8, or floats in [0, 1]) scaled (nearest) to `cell` pixels high, masks outlined."""
     return _encode(Image.fromarray(_resized(image_rgb(image), masks, cell)))
 
 
