@@ -38,29 +38,41 @@ def image_rgb(image: Tensor) -> np.ndarray:
     return (img.expand(3, -1, -1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def colour_limits(heatmap: Tensor) -> tuple[float, float, str]:
+def colour_limits(heatmap: Tensor, clip: float | None = None) -> tuple[float, float, str]:
     """(vmin, vmax, colour map name): ``(-a, a, DIVERGING)`` for a signed map (a = max |m|), else
-    ``(0, max, SEQUENTIAL)``; an all-zero map gets limits of ±1 or [0, 1]."""
+    ``(0, max, SEQUENTIAL)``; an all-zero map gets limits of ±1 or [0, 1]. `clip` (a percentile, e.g.
+    99.5) takes a as that percentile of |m| instead of its maximum, so that a few extreme pixels do not
+    leave the rest of the map the colour of 0 (values beyond it take the end colours); a map whose
+    percentile is 0 keeps its maximum."""
     m = heatmap.detach().float()
     finite = m[torch.isfinite(m)]
-    if finite.numel() and float(finite.min()) < 0:
-        a = float(finite.abs().max())
-        return -a, a, DIVERGING
-    top = float(finite.max()) if finite.numel() else 0.0
+    if not finite.numel():
+        return 0.0, 1.0, SEQUENTIAL
+    magnitude = finite.abs()
+    top = float(magnitude.max())
+    if clip is not None:
+        if not 0 < clip <= 100:
+            raise InputError(f"clip must be a percentile in (0, 100], got {clip}")
+        at = float(torch.quantile(magnitude.double().flatten(), clip / 100))
+        top = at if at > 0 else top
+    if float(finite.min()) < 0:
+        return -top, top, DIVERGING
     return 0.0, (top if top > 0 else 1.0), SEQUENTIAL
 
 
-def map_colours(heatmap: Tensor, size: tuple[int, int] | None = None) -> tuple[np.ndarray, float, float, str]:
+def map_colours(heatmap: Tensor, size: tuple[int, int] | None = None,
+                clip: float | None = None) -> tuple[np.ndarray, float, float, str]:
     """The map coloured by the convention above: (RGB uint8 [H, W, 3], vmin, vmax, colour map name).
 
-    `size` = (H, W) resizes the map bilinearly first (limits are taken after resizing).
+    `size` = (H, W) resizes the map bilinearly first (limits are taken after resizing); `clip` as in
+    `colour_limits`.
     """
     if heatmap.ndim != 2:
         raise InputError(f"heatmap must have shape [H, W], got {tuple(heatmap.shape)}")
     m = heatmap.detach().float().cpu()
     if size is not None and tuple(m.shape) != tuple(size):
         m = F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    vmin, vmax, cmap = colour_limits(m)
+    vmin, vmax, cmap = colour_limits(m, clip)
     scaled = ((m - vmin) / (vmax - vmin)).clamp(0, 1).nan_to_num(0.5).numpy()
     rgb = plt.get_cmap(cmap)(scaled)[..., :3]
     return (rgb * 255).round().astype(np.uint8), vmin, vmax, cmap
@@ -76,11 +88,12 @@ def mask_outline(mask: Tensor) -> np.ndarray:
 
 def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *,
                  titles: Sequence[str] | None = None, masks: Tensor | None = None,
-                 cell: float = 1.6) -> Path:
+                 cell: float = 1.6, clip: float | None = None) -> Path:
     """A PNG grid: one row per image; columns = the image, then each method's map with its colour bar.
 
     images: [N, C, H, W] in [0, 1]; maps: method -> [N, h, w]; titles: one per row (e.g. the id and
-    the class names); masks: bool [N, H, W] drawn as outlines (contours) on every picture of the row.
+    the class names); masks: bool [N, H, W] drawn as outlines (contours) on every picture of the row;
+    clip: see `colour_limits`. The format follows the suffix of `path` (.png, .svg, .pdf).
     """
     n = images.shape[0]
     for name, m in maps.items():
@@ -99,7 +112,7 @@ def save_gallery(images: Tensor, maps: Mapping[str, Tensor], path: str | Path, *
             if titles is not None:
                 axes[i, 0].set_ylabel(str(titles[i]), fontsize=7)
             for j, (name, m) in enumerate(maps.items(), start=1):
-                rgb, vmin, vmax, cmap = map_colours(m[i], size)
+                rgb, vmin, vmax, cmap = map_colours(m[i], size, clip)
                 axes[i, j].imshow(rgb)
                 bar = plt.cm.ScalarMappable(norm=plt.Normalize(vmin, vmax), cmap=cmap)
                 cb = fig.colorbar(bar, ax=axes[i, j], fraction=0.046, pad=0.03)

@@ -18,7 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "list them and write a report for each.",
     )
     p.add_argument("dir", metavar="DIR", help="run directory written by `xaibench run`, or a folder of them")
+    p.add_argument("--export", metavar="DEST",
+                   help="also write every table as CSV and LaTeX (booktabs) and every figure as SVG and PDF at print "
+                   "size into DEST (a folder of runs: DEST/<run>/)")
     p.set_defaults(func=handle)
+
+
+def _export(source: Path, dest: Path) -> None:
+    from xaibench.report.export import export
+
+    written = export(source, dest)
+    print(f"exported {len(written)} files (CSV, LaTeX, SVG, PDF) to {dest}")
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -37,13 +47,15 @@ def handle(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give a run directory written by `xaibench run`")
-    if (folder / MANIFEST).exists():
-        print(f"report written to {build_report(folder)}")
-        return 0
-    if (folder / EXPERIMENT).exists():
-        from xaibench.report.experiment import build_experiment_report
+    if (folder / MANIFEST).exists() or (folder / EXPERIMENT).exists():
+        if (folder / MANIFEST).exists():
+            print(f"report written to {build_report(folder)}")
+        else:
+            from xaibench.report.experiment import build_experiment_report
 
-        print(f"report written to {build_experiment_report(folder)}")
+            print(f"report written to {build_experiment_report(folder)}")
+        if args.export:
+            _export(folder, Path(args.export))
         return 0
     runs = find_runs(folder)
     if not runs:
@@ -62,4 +74,6 @@ def handle(args: argparse.Namespace) -> int:
             print(f"  {run}  ({name}; {state}): no report: {err}")
             continue
         print(f"  {run}  ({name}; {state}): {path}")
+        if args.export:
+            _export(run, Path(args.export) / run.relative_to(folder))
     return 2 if failed == len(runs) else 0

@@ -330,7 +330,7 @@ def _size_table(rel: Any) -> str:
     return html_table(pd.DataFrame(rows), flags, table_id="size-table", sticky=True, wrap=("first-place rates",))
 
 
-def _gallery_choice(images: dict[str, Any], k: int) -> list[int]:
+def gallery_choice(images: dict[str, Any], k: int) -> list[int]:
     """Up to `k` image positions (into the stored images), one per true class in turn, in run order."""
     labels = [int(v) for v in images["labels"].tolist()]
     by_class: dict[int, list[int]] = {}
@@ -372,7 +372,7 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
     every method's map with its own colour bar."""
     if not len(images["ids"]):
         return '<p class="note">No stored images.</p>'
-    chosen = _gallery_choice(images, k)
+    chosen = gallery_choice(images, k)
     ids = [images["ids"][i] for i in chosen]
     mask_names = [m for m in dict.fromkeys(results["mask"].dropna())]
     masks, classes, problem = _gallery_masks(cfg, [images["positions"][i] for i in chosen], ids, mask_names[:3])
@@ -411,7 +411,7 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
             if maps[method] is None or i >= maps[method].shape[0]:
                 cells.append("<td>no map</td>")
                 continue
-            uri, vmin, vmax = plots.map_tile(maps[method][i], size, mask, cell)
+            uri, vmin, vmax = plots.map_tile(maps[method][i], size, mask, cell, clip=plots.MAP_CLIP)
             mid = "0" if vmin < 0 else _fmt((vmin + vmax) / 2, 2)
             cells.append(f'<td><figure class="tile"><img alt="{_e(method)} map of {_e(image_id)} with colour bar" '
                          f'src="{uri}"><div class="bar"><span>{_fmt(vmin, 2)}</span><span>{mid}</span>'
@@ -423,6 +423,8 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
         f'<p class="note">The same {len(chosen)} images (one per true class in turn) for every method. Each map is '
         "scaled on its own, with its own colour bar: signed maps use a diverging colour map centred at 0 (blue "
         "negative, white 0, red positive), non-negative maps a sequential one (black 0 to yellow max). "
+        f"The scale ends at the {plots.MAP_CLIP:g}th percentile of |map| (not its maximum), so that a few extreme "
+        "pixels do not blank out the rest; larger values take the end colour. "
         f"{legend} {_e(problem)}</p>"
         f'<div class="scroll"><table id="gallery-table" class="sticky gallery"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"

@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from xaibench.plotting import OUTLINE, image_rgb, map_colours, mask_outline  # noqa: E402
+from xaibench.plotting import DIVERGING, OUTLINE, image_rgb, map_colours, mask_outline  # noqa: E402
 
 
 def _png_uri(png: bytes) -> str:
@@ -40,19 +40,29 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6, cols: int = 4) -> tup
     return fig, axes
 
 
+# Okabe & Ito's colour-blind-safe palette (black left out: it is the colour of text and controls)
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+CONTROL_STYLES = (("0.2", "--", "x"), ("0.45", ":", "+"), ("0.6", "-.", "1"))
+MAP_CLIP = 99.5  # attribution maps: the colour scale ends at this percentile of |map|
+
+
 def _style(method: str, k: int, controls: set[str]) -> dict:
-    """Line style of a method: controls dashed grey-ish, the others solid in the tab10 cycle."""
+    """Line style of a method: controls in greys with their own dash pattern and marker, the others solid in
+    the colour-blind-safe palette, each with its own marker (so that a line hidden by another stays visible)."""
     if method in controls:
-        return {"color": "0.45" if k % 2 else "0.65", "ls": "--", "lw": 1.2}
-    return {"color": plt.get_cmap("tab10")(k % 10), "ls": "-", "lw": 1.5}
+        colour, dashes, marker = CONTROL_STYLES[sorted(controls).index(method) % len(CONTROL_STYLES)]
+        return {"color": colour, "ls": dashes, "lw": 1.4, "marker": marker, "ms": 5, "markevery": 0.1}
+    return {"color": PALETTE[k % len(PALETTE)], "ls": "-", "lw": 1.6, "marker": MARKERS[k % len(MARKERS)],
+            "ms": 4, "markevery": 0.1, "alpha": 0.9}
 
 
 def _figure_legend(fig: plt.Figure, methods: list[str], controls: set[str]) -> None:
     """One legend for the whole figure, above the panels (controls marked)."""
     handles = [plt.Line2D([], [], **_style(m, k, controls)) for k, m in enumerate(methods)]
     labels = [f"{m} (control)" if m in controls else m for m in methods]
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 6),
-               fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(methods), 5),
+               fontsize=9, frameon=False)
 
 
 @dataclass(frozen=True)
@@ -70,10 +80,17 @@ class CurvePanel:
 
 
 def curves_figure(panels: list[CurvePanel], methods: list[str], controls: set[str]) -> str | None:
-    """One panel per curve metric, one line per method, one legend for the figure."""
+    """`curves_plot` as a data URI."""
+    fig = curves_plot(panels, methods, controls)
+    return None if fig is None else to_data_uri(fig)
+
+
+def curves_plot(panels: list[CurvePanel], methods: list[str], controls: set[str]) -> plt.Figure | None:
+    """One panel per curve metric (three per row, large enough to print), one line per method, one
+    legend for the figure."""
     if not panels:
         return None
-    fig, axes = _grid(len(panels))
+    fig, axes = _grid(len(panels), width=4.6, height=3.4, cols=3)
     for ax, panel in zip(axes.flat, panels):
         named = bool(panel.x) and isinstance(panel.x[0], str)
         xs = np.arange(len(panel.x)) if named else np.asarray(panel.x, dtype=float)
@@ -83,12 +100,13 @@ def curves_figure(panels: list[CurvePanel], methods: list[str], controls: set[st
         if named:
             ax.set_xticks(xs, panel.x, rotation=45, ha="right", fontsize=7)
         ax.set_title(panel.metric, fontsize=10)
-        ax.set_xlabel(panel.xlabel, fontsize=8)
-        ax.set_ylabel(panel.ylabel, fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel(panel.xlabel, fontsize=9)
+        ax.set_ylabel(panel.ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.25)
     fig.tight_layout()
     _figure_legend(fig, methods, controls)
-    return to_data_uri(fig)
+    return fig
 
 
 def is_binary(scores: pd.Series) -> bool:
@@ -108,6 +126,11 @@ def rate_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float,
 
 
 def distributions_figure(results: pd.DataFrame, controls: set[str]) -> str:
+    """`distributions_plot` as a data URI."""
+    return to_data_uri(distributions_plot(results, controls))
+
+
+def distributions_plot(results: pd.DataFrame, controls: set[str]) -> plt.Figure:
     """Per metric: box plots of per-image scores by method, or, for binary scores, the rate of 1s
     with its 95 % Wilson interval."""
     metrics = list(dict.fromkeys(results["metric"]))
@@ -122,7 +145,7 @@ def distributions_figure(results: pd.DataFrame, controls: set[str]) -> str:
             rates = np.array([rate_interval(int(d.sum()), d.size) for d in data])
             pos = np.arange(1, len(methods) + 1)
             err = np.abs(rates[:, 1:].T - rates[:, 0])
-            colours = ["0.55" if m in controls else "C0" for m in methods]
+            colours = ["0.55" if m in controls else PALETTE[0] for m in methods]
             ax.bar(pos, rates[:, 0], color=colours, width=0.6)
             ax.errorbar(pos, rates[:, 0], yerr=np.nan_to_num(err), fmt="none", ecolor="k", capsize=3, lw=1)
             ax.set_ylim(0, 1.05)
@@ -135,27 +158,43 @@ def distributions_figure(results: pd.DataFrame, controls: set[str]) -> str:
         ax.set_xticks(range(1, len(methods) + 1), labels, rotation=45, ha="right", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def agreement_figure(agreement: pd.DataFrame) -> str | None:
-    """Heatmap of the metric x metric Kendall tau between method rankings."""
+    """`agreement_plot` as a data URI."""
+    fig = agreement_plot(agreement)
+    return None if fig is None else to_data_uri(fig)
+
+
+def text_colour(rgba: tuple[float, ...]) -> str:
+    """Black or white, whichever contrasts more with a cell of colour `rgba` (relative luminance)."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
+def agreement_plot(agreement: pd.DataFrame) -> plt.Figure | None:
+    """Heat map of the metric x metric Kendall tau between method rankings, values written in each
+    cell in the colour that contrasts with it, with a colour bar."""
     if agreement.empty:
         return None
     values = agreement.to_numpy(dtype=float)
     n = values.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
-    im = ax.imshow(values, vmin=-1, vmax=1, cmap="coolwarm")
+    cmap = plt.get_cmap(DIVERGING)
+    fig, ax = plt.subplots(figsize=(2.0 + 0.6 * n, 1.2 + 0.55 * n))
+    im = ax.imshow(values, vmin=-1, vmax=1, cmap=cmap)
     labels = [str(c) for c in agreement.columns]
-    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(n), [str(i) for i in agreement.index], fontsize=7)
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), [str(i) for i in agreement.index], fontsize=8)
+    size = 8 if n <= 12 else 7
     for i in range(n):
         for j in range(n):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=6)
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=size,
+                        color=text_colour(cmap((values[i, j] + 1) / 2)))
     fig.colorbar(im, ax=ax, fraction=0.046, label="Kendall tau")
     fig.tight_layout()
-    return to_data_uri(fig)
+    return fig
 
 
 def _resized(rgb: np.ndarray, masks: list[torch.Tensor], cell: int) -> np.ndarray:
@@ -187,10 +226,10 @@ def image_tile(image: torch.Tensor, masks: list[torch.Tensor], cell: int = 96) -
 
 
 def map_tile(heatmap: torch.Tensor, size: tuple[int, int], masks: list[torch.Tensor],
-             cell: int = 96) -> tuple[str, float, float]:
-    """A map coloured by `xaibench.plotting.map_colours` (masks outlined) with its colour bar strip
-    underneath; returns (data URI, vmin, vmax) for the bar's labels."""
-    rgb, vmin, vmax, cmap = map_colours(heatmap, size)
+             cell: int = 96, clip: float | None = None) -> tuple[str, float, float]:
+    """A map coloured by `xaibench.plotting.map_colours` (masks outlined; `clip` as there) with its
+    colour bar strip underneath; returns (data URI, vmin, vmax) for the bar's labels."""
+    rgb, vmin, vmax, cmap = map_colours(heatmap, size, clip)
     picture = _resized(rgb, masks, cell)
     width = picture.shape[1]
     bar = (plt.get_cmap(cmap)(np.linspace(0, 1, width))[None, :, :3] * 255).round().astype(np.uint8)
