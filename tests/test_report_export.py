@@ -15,7 +15,8 @@ import torch
 
 from xaibench.cli import main
 from xaibench.report.export import PRINT_WIDTH, latex_table, with_interval
-from xaibench.report.plots import MAP_CLIP, text_colour
+from xaibench.plotting import text_colour
+from xaibench.report.plots import MAP_CLIP
 from xaibench.runner import parse_config, run
 
 CONFIG = {

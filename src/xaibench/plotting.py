@@ -78,6 +78,13 @@ def map_colours(heatmap: Tensor, size: tuple[int, int] | None = None,
     return (rgb * 255).round().astype(np.uint8), vmin, vmax, cmap
 
 
+def text_colour(rgba: Sequence[float]) -> str:
+    """Black or white, whichever contrasts more with a cell of colour `rgba` (WCAG relative luminance):
+    the colour of a number written on a heat-map cell."""
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
+
+
 def mask_outline(mask: Tensor) -> np.ndarray:
     """The border pixels of a bool mask [H, W] (inside the mask, next to a pixel outside or the edge)."""
     m = mask.detach().bool().cpu()

@@ -254,8 +254,12 @@ def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, l
         root = summary[size].astype(float).pow(0.5)
         sizes = 30 + 300 * root / max(float(root.max()), 1e-12)
     ax.scatter(summary[x], summary[y], s=sizes, alpha=0.7)
-    for _, row in summary.iterrows():
-        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    middle = float(summary[x].astype(float).median()) if len(summary) else 0.0
+    for _, row in summary.iterrows():  # labels on the inner side of their point, the margins keep them inside
+        left = len(summary) > 1 and float(row[x]) > middle
+        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(-6 if left else 6, 4),
+                    textcoords="offset points", ha="right" if left else "left")
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(ylabel or y)
     fig.tight_layout()

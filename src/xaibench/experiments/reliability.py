@@ -565,14 +565,19 @@ def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_or
     value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
     star = sub.pivot(index="setting", columns="metric", values="significant").reindex(index=rows, columns=cols)
     limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
-    ax.imshow(value.to_numpy(dtype=float), cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    from xaibench.plotting import text_colour
+
+    fig, ax = plt.subplots(figsize=(2.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
+    cmap = plt.get_cmap("RdBu")
+    im = ax.imshow(value.to_numpy(dtype=float), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
             v = value.iat[i, j]
             if np.isfinite(v):
                 ax.text(j, i, f"{v:+.0f}{'*' if bool(star.iat[i, j]) else ''}", ha="center", va="center", fontsize=8,
-                        fontweight="bold" if bool(star.iat[i, j]) else "normal")
+                        fontweight="bold" if bool(star.iat[i, j]) else "normal",
+                        color=text_colour(cmap((v + limit) / (2 * limit))))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="alpha - alpha(Baseline), x100")
     ax.set_xticks(range(len(cols)), [c.upper().replace("_NC", "-nc") for c in cols], fontsize=8)
     ax.set_yticks(range(len(rows)), [r.upper() for r in rows], fontsize=8)
     ax.set_title(f"{group}: alpha - alpha(Baseline), x100", fontsize=9)

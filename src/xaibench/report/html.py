@@ -66,6 +66,12 @@ figure.tile{margin:0;display:inline-block} figure.tile img{display:block;image-r
 .bar{display:flex;justify-content:space-between;font-size:.68rem;color:#4a5561;font-variant-numeric:tabular-nums}
 .gallery td{text-align:center;padding:4px} .gallery th{white-space:normal;overflow-wrap:anywhere;max-width:128px} .gallery td:first-child{font-size:.75rem;line-height:1.3}
 .wrong{color:#a3222b;font-weight:600}
+@page{size:A4 landscape;margin:10mm}
+@media print{nav{display:none} main{max-width:none;padding:0} body{background:#fff}
+.scroll{overflow:visible} table{font-size:7pt;break-inside:auto} th,td{padding:1px 3px;white-space:normal}
+th.metric{min-width:0} .wrap{min-width:0}
+.sticky th:first-child,.sticky td:first-child{position:static;box-shadow:none}
+.gallery figure.tile img{width:56px} .gallery th{max-width:64px} img.plot{break-inside:avoid}}
 """
 
 
@@ -75,7 +81,7 @@ def _e(value: Any) -> str:
 
 def _fmt(x: Any, digits: int = 3) -> str:
     if x is None or (isinstance(x, (float, np.floating)) and not np.isfinite(x)):
-        return "NaN"
+        return "–"  # undefined: the table's reason column, or the undefined-scores section, says why
     if isinstance(x, (float, np.floating)):
         return f"{x:.{digits}g}" if abs(x) >= 1e4 or (x != 0 and abs(x) < 1e-3) else f"{x:.{digits}f}"
     return str(x)
@@ -172,7 +178,7 @@ def _alpha_table(alpha: pd.DataFrame) -> str:
         if np.isfinite(a):
             flags[(i, "alpha")] = "good" if a >= RELIABLE_ALPHA else "bad"
     return html_table(df.rename(columns={"low": "alpha low", "high": "alpha high"}), flags, table_id="alpha-table",
-                  sticky=True)
+                      sticky=True, wrap=("interpretation",))
 
 
 def _category_summary(results: pd.DataFrame, category: str) -> pd.DataFrame:

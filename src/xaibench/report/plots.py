@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from xaibench.plotting import DIVERGING, OUTLINE, image_rgb, map_colours, mask_outline  # noqa: E402
+from xaibench.plotting import DIVERGING, OUTLINE, image_rgb, map_colours, mask_outline, text_colour  # noqa: E402
 
 
 def _png_uri(png: bytes) -> str:
@@ -165,12 +165,6 @@ def agreement_figure(agreement: pd.DataFrame) -> str | None:
     """`agreement_plot` as a data URI."""
     fig = agreement_plot(agreement)
     return None if fig is None else to_data_uri(fig)
-
-
-def text_colour(rgba: tuple[float, ...]) -> str:
-    """Black or white, whichever contrasts more with a cell of colour `rgba` (relative luminance)."""
-    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
-    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
 
 
 def agreement_plot(agreement: pd.DataFrame) -> plt.Figure | None:
