@@ -323,16 +323,12 @@ CASES: tuple[Case, ...] = (
          1e-5, _autotimm_deletion),
 )
 
-_MODULES = {"quantus": "quantus", "captum": "captum", "krippendorff": "krippendorff", "zennit": "zennit",
-            "autotimm": "autotimm"}
-
-
 def _version(reference: str) -> str | None:
     """The installed version of `reference`, or None when it cannot be imported."""
     if reference == PUBLISHED_SHARED_INTEREST:
         return "tests of mitvis/shared-interest"
     try:
-        importlib.import_module(_MODULES[reference])
+        importlib.import_module(reference)
     except ImportError:
         return None
     return importlib.metadata.version(reference)

@@ -26,6 +26,9 @@ from xaibench.errors import InputError  # noqa: E402
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "inferno"
+# Okabe & Ito's colour-blind-safe palette without black (the colour of text and controls) and yellow (too
+# light on white), and Tol's wine as a seventh colour
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#882255")
 OUTLINE = (0, 230, 64)  # mask and box outlines: green, visible on both colour maps
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -238,6 +239,38 @@ def shown(frame: pd.DataFrame) -> pd.DataFrame:
 def rounded(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """`frame` with float columns rounded for the report."""
     return frame.round({c: digits for c in frame.columns if frame[c].dtype.kind == "f"})
+
+
+def alignment_bars(summary: pd.DataFrame, *, mask: str = "mask") -> Any:
+    """Two panels, EA_IoU and EA_PG: one group of bars per (model, test set) row of `summary`, one bar
+    per human explanation (column `mask`), in the colour-blind-safe palette, with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xaibench.plotting import PALETTE
+
+    keys = [k for k in ("model", "test_set") if k in summary.columns]
+    groups = list(dict.fromkeys(summary[keys].itertuples(index=False, name=None)))
+    masks = list(dict.fromkeys(summary[mask]))
+    width = 0.8 / max(len(masks), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(groups) * 2), 3.4), squeeze=False)
+    for ax, (column, title) in zip(axes[0], (("iou", "EA_IoU"), ("pg", "EA_PG"))):
+        for j, m in enumerate(masks):
+            rows = summary[summary[mask] == m].set_index(keys)
+            values = [float(rows.loc[g, column]) if g in rows.index else np.nan for g in groups]
+            ax.bar(np.arange(len(groups)) + (j - (len(masks) - 1) / 2) * width, values, width,
+                   color=PALETTE[j % len(PALETTE)], label=str(m))
+        ax.set_xticks(range(len(groups)), ["\n".join(map(str, g)) for g in groups], fontsize=7, rotation=30,
+                      ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.25)
+    axes[0, 1].legend(title="human explanation", fontsize=8, title_fontsize=8, frameon=False,
+                      loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
 
 
 def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, label: str = "model",

@@ -33,6 +33,7 @@ from xaibench.experiments.base import (
     Block,
     ExperimentConfig,
     ExperimentDir,
+    Figure,
     Recipe,
     Step,
     StepContext,
@@ -201,6 +202,8 @@ def report(exp: ExperimentDir) -> list[Block]:
         return blocks + [Text("No results yet.")]
     columns = ["model", "test_set", "mask", "accuracy", "iou", "pg", "gtc", "sc", "images", "undefined"]
     blocks.append(Table(al.rounded(exp.table("alignment")[columns]), "Overall, per model x test set x mask."))
+    blocks.append(Figure(al.alignment_bars(exp.table("alignment")), "Explanation alignment per model and test set, "
+                         "one bar per region (task and bias)."))
     groups = exp.table("alignment_groups")
     groups = groups[groups["mask"] == exp.config["data"]["masks"][0]]
     blocks.append(Table(al.rounded(groups[["model", "test_set", "group", "label", "images", "accuracy", "iou", "pg"]]),

@@ -27,6 +27,7 @@ from xaibench.experiments.base import (
     Block,
     ExperimentConfig,
     ExperimentDir,
+    Figure,
     Recipe,
     Step,
     StepContext,
@@ -93,6 +94,8 @@ def report(exp: ExperimentDir) -> list[Block]:
     blocks.append(Table(table, "One row per model x test set x ground truth (the paper's table); gtc / sc: "
                         "mean ground-truth / saliency coverage; undefined: images excluded (empty mask or constant "
                         "map)."))
+    blocks.append(Figure(al.alignment_bars(summary), "Explanation alignment per model and test set, one bar per "
+                         "human explanation."))
     cases = al.shown(exp.table("cases"))
     blocks.append(Table(cases, "Shared Interest's eight recurring cases: images per case (coverages >= 0.5 count "
                         "as high)."))

@@ -52,7 +52,10 @@ td small,th small{color:#5b6672;font-weight:400}
 .best{font-weight:700;background:#e3f4e6!important} .ctrl-win{background:#fff1d6!important;outline:2px solid #e0a526;outline-offset:-2px}
 .control td,.control th{color:#6b7580;font-style:italic} .tag{white-space:nowrap;font-size:.7rem;font-style:normal;background:#e6e9ed;border-radius:3px;padding:0 4px;margin-left:4px;color:#4a5561}
 .bad{color:#a3222b} .good{color:#1f7a35} .warn{color:#8a5a00}
-img.plot{max-width:100%;display:block;margin:6px 0 14px;background:#fff;border:1px solid #e3e7eb}
+#ranking-table td{white-space:normal;min-width:4em;max-width:5em}
+#ranking-table th.metric{min-width:4em;max-width:5em;overflow-wrap:anywhere} #ranking-table tbody th{white-space:normal;max-width:8em}
+#alignment-table th{white-space:normal;max-width:8em;overflow-wrap:anywhere}
+img.plot{max-width:100%;box-sizing:border-box;display:block;margin:6px 0 14px;background:#fff;border:1px solid #e3e7eb}
 nav{position:sticky;top:0;background:#fafbfc;padding:6px 0;border-bottom:1px solid #e3e7eb;z-index:5;display:flex;flex-wrap:wrap;gap:2px 14px}
 nav a{font-size:.85rem;white-space:nowrap} pre{background:#fff;border:1px solid #d6dbe1;padding:8px;font-size:.75rem;overflow-x:auto}
 .scroll{overflow-x:auto;max-width:100%} details{margin:4px 0 12px} summary{cursor:pointer;font-size:.9rem}
@@ -68,7 +71,8 @@ figure.tile{margin:0;display:inline-block} figure.tile img{display:block;image-r
 .wrong{color:#a3222b;font-weight:600}
 @page{size:A4 landscape;margin:10mm}
 @media print{nav{display:none} main{max-width:none;padding:0} body{background:#fff}
-.scroll{overflow:visible} table{font-size:7pt;break-inside:auto} th,td{padding:1px 3px;white-space:normal}
+.scroll{overflow:visible} table{font-size:6.5pt;break-inside:auto} th,td{padding:1px 2px;white-space:normal}
+td small{font-size:6pt}
 th.metric{min-width:0} .wrap{min-width:0}
 .sticky th:first-child,.sticky td:first-child{position:static;box-shadow:none}
 .gallery figure.tile img{width:56px} .gallery th{max-width:64px} img.plot{break-inside:avoid}}
@@ -150,11 +154,11 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
     for method in methods:
         row_cls = ' class="control"' if method in controls else ""
         twin = f' <small title="identical maps on this model">= {_e(same[method])}</small>' if method in same else ""
-        cells = [f"<th>{_method_label(method, controls)}{twin}</th>"]
+        cells = [f"<th>{_method_label(method, controls).replace('_', '_<wbr>')}{twin}</th>"]
         for metric in metrics:
             r = by_key.get((method, metric))
             if r is None:
-                cells.append("<td>NaN</td>")
+                cells.append('<td title="not computed">–</td>')
                 continue
             other = same.get(method) or next((a for a, b in same.items() if b == method), None)
             if other is not None and (other, metric) in by_key:  # one method here: one rank

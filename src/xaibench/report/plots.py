@@ -16,7 +16,15 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from xaibench.plotting import DIVERGING, OUTLINE, image_rgb, map_colours, mask_outline, text_colour  # noqa: E402
+from xaibench.plotting import (  # noqa: E402
+    DIVERGING,
+    OUTLINE,
+    PALETTE,
+    image_rgb,
+    map_colours,
+    mask_outline,
+    text_colour,
+)
 
 
 def _png_uri(png: bytes) -> str:
@@ -40,8 +48,6 @@ def _grid(n: int, width: float = 3.4, height: float = 2.6, cols: int = 4) -> tup
     return fig, axes
 
 
-# Okabe & Ito's colour-blind-safe palette (black left out: it is the colour of text and controls)
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 CONTROL_STYLES = (("0.2", "--", "x"), ("0.45", ":", "+"), ("0.6", "-.", "1"))
 MAP_CLIP = 99.5  # attribution maps: the colour scale ends at this percentile of |map|
