@@ -54,7 +54,7 @@ td small,th small{color:#5b6672;font-weight:400}
 .bad{color:#a3222b} .good{color:#1f7a35} .warn{color:#8a5a00}
 #ranking-table td{white-space:normal;min-width:4em;max-width:5em}
 #ranking-table th.metric{min-width:4em;max-width:5em;overflow-wrap:anywhere} #ranking-table tbody th{white-space:normal;max-width:8em}
-#alignment-table th{white-space:normal;max-width:8em;overflow-wrap:anywhere}
+#alignment-table th{white-space:normal}
 img.plot{max-width:100%;box-sizing:border-box;display:block;margin:6px 0 14px;background:#fff;border:1px solid #e3e7eb}
 nav{position:sticky;top:0;background:#fafbfc;padding:6px 0;border-bottom:1px solid #e3e7eb;z-index:5;display:flex;flex-wrap:wrap;gap:2px 14px}
 nav a{font-size:.85rem;white-space:nowrap} pre{background:#fff;border:1px solid #d6dbe1;padding:8px;font-size:.75rem;overflow-x:auto}
