@@ -14,7 +14,7 @@ import xaibench
 # ``__version__`` and imports nothing until a name of its lazy facade is used (``from xaibench import
 # load_model`` counts as importing the module behind the name, see `EXPORTS`).
 FLOORS: list[tuple[str, ...]] = [
-    ("", "errors", "config", "registry", "seeding", "files", "stats", "checks", "devices"),  # foundations
+    ("", "errors", "config", "registry", "seeding", "files", "stats", "checks", "devices", "colours"),  # foundations
     ("models", "data"),
     ("explainers",),
     ("perturbation",),
@@ -23,7 +23,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("training", "streaming"),
     ("experiments",),
     ("report", "plotting"),
-    ("cli", "harmony", "demo"),
+    ("cli", "harmony", "demo", "conformance"),
 ]
 EXPORTS: dict[str, str] = xaibench._EXPORTS
 FOUNDATIONS = set(FLOORS[0]) - {""}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 
 from xaibench.cli import main
 from xaibench.report.export import PRINT_WIDTH, latex_table, with_interval
-from xaibench.plotting import text_colour
+from xaibench.colours import text_colour
 from xaibench.report.plots import MAP_CLIP
 from xaibench.runner import parse_config, run
 
@@ -61,9 +60,9 @@ def test_run_export_gives_csv_latex_svg_pdf(runs, tmp_path, capsys):
 def test_experiment_export(tmp_path):
     from xaibench.experiments import run_experiment
     from xaibench.report.export import export
-    from xaibench.runner.config import example_config
+    from xaibench.config import read_toml
 
-    cfg = tomllib.loads(example_config("experiment-model-comparison").read_text())
+    cfg = read_toml("experiment-model-comparison")
     cfg["data"]["n"] = 12
     out = run_experiment("model-comparison", cfg, tmp_path / "mc")
     written = export(out, tmp_path / "paper")

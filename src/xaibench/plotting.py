@@ -26,9 +26,6 @@ from xaibench.errors import InputError  # noqa: E402
 
 DIVERGING = "RdBu_r"
 SEQUENTIAL = "inferno"
-# Okabe & Ito's colour-blind-safe palette without black (the colour of text and controls) and yellow (too
-# light on white), and Tol's wine as a seventh colour
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#882255")
 OUTLINE = (0, 230, 64)  # mask and box outlines: green, visible on both colour maps
 
 
@@ -79,13 +76,6 @@ def map_colours(heatmap: Tensor, size: tuple[int, int] | None = None,
     scaled = ((m - vmin) / (vmax - vmin)).clamp(0, 1).nan_to_num(0.5).numpy()
     rgb = plt.get_cmap(cmap)(scaled)[..., :3]
     return (rgb * 255).round().astype(np.uint8), vmin, vmax, cmap
-
-
-def text_colour(rgba: Sequence[float]) -> str:
-    """Black or white, whichever contrasts more with a cell of colour `rgba` (WCAG relative luminance):
-    the colour of a number written on a heat-map cell."""
-    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgba[:3])
-    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.179 else "white"
 
 
 def mask_outline(mask: Tensor) -> np.ndarray:

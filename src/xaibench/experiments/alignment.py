@@ -249,7 +249,7 @@ def alignment_bars(summary: pd.DataFrame, *, mask: str = "mask") -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xaibench.plotting import PALETTE
+    from xaibench.colours import PALETTE
 
     keys = [k for k in ("model", "test_set") if k in summary.columns]
     groups = list(dict.fromkeys(summary[keys].itertuples(index=False, name=None)))

@@ -565,7 +565,7 @@ def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_or
     value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
     star = sub.pivot(index="setting", columns="metric", values="significant").reindex(index=rows, columns=cols)
     limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
-    from xaibench.plotting import text_colour
+    from xaibench.colours import text_colour
 
     fig, ax = plt.subplots(figsize=(2.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
     cmap = plt.get_cmap("RdBu")

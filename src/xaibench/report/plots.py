@@ -16,15 +16,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from xaibench.plotting import (  # noqa: E402
-    DIVERGING,
-    OUTLINE,
-    PALETTE,
-    image_rgb,
-    map_colours,
-    mask_outline,
-    text_colour,
-)
+from xaibench.colours import PALETTE, text_colour  # noqa: E402
+from xaibench.plotting import DIVERGING, OUTLINE, image_rgb, map_colours, mask_outline  # noqa: E402
 
 
 def _png_uri(png: bytes) -> str:
