@@ -95,3 +95,36 @@ def test_clipped_colour_scale_keeps_a_map_with_a_few_extreme_pixels_visible():
     sparse = torch.zeros(20, 20)
     sparse[3, 4] = 2.0  # the percentile is 0: the maximum is kept
     assert colour_limits(sparse, clip=99.0)[1] == 2.0
+
+
+CUT = """() => {
+  const W = document.documentElement.clientWidth, cut = [];
+  for (const t of document.querySelectorAll('table, img.plot')) {
+    const box = t.parentElement;
+    if (t.getBoundingClientRect().right > W + 1 || box.scrollWidth > box.clientWidth + 1) cut.push(t.id || t.alt || t.tagName);
+  }
+  return cut;
+}"""
+
+
+def test_report_fits_1280_and_1440_px_and_prints_every_column(runs, chromium, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from xaibench.report import build_report
+
+    page_path = build_report(runs / "normal")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(page_path.as_uri())
+            for width in (1280, 1440):
+                page.set_viewport_size({"width": width, "height": 900})
+                assert page.evaluate(CUT) == [], width
+            page.set_viewport_size({"width": 1060, "height": 750})  # A4 landscape less the margins, at 96 dpi
+            page.emulate_media(media="print")
+            assert page.evaluate(CUT) == []
+            page.pdf(path=str(tmp_path / "report.pdf"), landscape=True, format="A4")
+        finally:
+            browser.close()
+    assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF")
