@@ -10,10 +10,11 @@ documentation claims is what a user regenerates on their own machine and version
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,11 +123,11 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def model_case() -> tuple[nn.Module, Tensor, Tensor, Tensor]:
-    """A seeded SmallCNN, images [5, 3, 8, 8] in [0, 1], signed maps [5, 8, 8] and targets [5]."""
+def model_case(size: int = 8) -> tuple[nn.Module, Tensor, Tensor, Tensor]:
+    """A seeded SmallCNN, images [5, 3, size, size] in [0, 1], signed maps [5, size, size] and targets [5]."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    return (SmallCNN().eval(), torch.rand(5, 3, 8, 8, generator=gen), torch.randn(5, 8, 8, generator=gen),
+    return (SmallCNN().eval(), torch.rand(5, 3, size, size, generator=gen), torch.randn(5, size, size, generator=gen),
             torch.randint(0, 4, (5,), generator=gen))
 
 
@@ -184,6 +185,46 @@ def _captum_explainer(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
             cam = LayerGradCam(model, model.features[2]).attribute(x, target=t, relu_attributions=True)
             theirs = LayerAttribution.interpolate(cam, x.shape[-2:], "bilinear")[:, 0]
         return _np(ours), _np(theirs)
+
+    return run
+
+
+@contextlib.contextmanager
+def _numpy_trapz() -> Iterator[None]:
+    """Quantus 0.6.0 calls ``np.trapz``, which NumPy 2 removed: alias it to ``np.trapezoid`` meanwhile."""
+    missing = not hasattr(np, "trapz")
+    if missing:
+        np.trapz = np.trapezoid  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if missing:
+            del np.trapz
+
+
+def _order_metric(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    """pixel_flipping (AUC of the softmax curve, 4 pixels a step) or region_perturbation (mean logit drop over
+    10 patches of 3x3) against Quantus with a black (0) baseline; Quantus counts channels x pixels."""
+
+    def run() -> tuple[np.ndarray, np.ndarray]:
+        import quantus
+
+        import xaibench.metrics as M
+
+        model, x, a, t = model_case(12)  # Quantus needs steps (channels x pixels) that divide 12 x 12
+        common = {"perturb_baseline": 0.0, "normalise": False, "disable_warnings": True, "display_progressbar": False}
+        if name == "pixel_flipping":
+            ours = M.pixel_flipping(model, x, a, t, features_per_step=4).scores
+            reference = quantus.PixelFlipping(features_in_step=3 * 4, return_auc_per_sample=True, **common)
+        else:
+            ours = M.region_perturbation(model, x, a, t, patch_size=3, regions_evaluation=10, output="logit").scores
+            reference = quantus.RegionPerturbation(patch_size=3, regions_evaluation=10, order="morf", **common)
+        with _numpy_trapz():
+            theirs = np.asarray(reference(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a[:, None].numpy(),
+                                          softmax=name == "pixel_flipping", device="cpu"), dtype=np.float64)
+        if name == "region_perturbation":
+            theirs = theirs.sum(1) / 11  # the mean over the 11 points of the drop curve (the first is 0)
+        return _np(ours), theirs
 
     return run
 
@@ -306,6 +347,10 @@ CASES: tuple[Case, ...] = (
          _complexity("complexity", "Complexity"), "Quantus adds 1e-7 to abs(a) before the entropy"),
     Case("effective_complexity", "quantus", "6 signed 12x12 maps, eps = 0.3", 0.0,
          _complexity("effective_complexity", "EffectiveComplexity", eps=0.3, normalise=False)),
+    Case("pixel_flipping", "quantus", "seeded CNN, 5 images 3x12x12, 4 pixels a step, black baseline", 1e-5,
+         _order_metric("pixel_flipping")),
+    Case("region_perturbation", "quantus", "seeded CNN, 5 images 3x12x12, 10 patches of 3x3 (MoRF), logits", 1e-5,
+         _order_metric("region_perturbation")),
     Case("saliency", "captum", "seeded 3x8x8 CNN, 5 images", 1e-6, _captum_explainer("saliency")),
     Case("integrated_gradients", "captum", "seeded 3x8x8 CNN, 5 images, 32 Gauss-Legendre steps", 1e-5,
          _captum_explainer("integrated_gradients")),
