@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 import xaibench.metrics as M
+from xaibench.conformance import quiet_quantus
 from xaibench.data.mosaics import build_mosaics
 from xaibench.metrics.localisation import boxes_to_masks
 from xaibench.metrics.robustness import gaussian_noise, uniform_noise
@@ -52,7 +53,6 @@ from .harness import (
     line,
     markdown,
     peak_memory,
-    quiet_quantus,
     timed_pair,
 )
 

@@ -36,10 +36,11 @@ import torch
 from torch import Tensor, nn
 
 import xaibench.metrics as M
+from xaibench.conformance import quiet_quantus
 from xaibench.metrics.base import MetricResult
 from xaibench.perturbation.forward import class_scores
 
-from .harness import Counting, agreement, best_of, clock, header, line, markdown, peak_memory, quiet_quantus, timed_pair
+from .harness import Counting, agreement, best_of, clock, header, line, markdown, peak_memory, timed_pair
 
 Reference = Callable[[nn.Module, Tensor, Tensor, Tensor, str], np.ndarray]
 

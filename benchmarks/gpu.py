@@ -66,9 +66,10 @@ import torch
 from torch import Tensor, nn
 
 import xaibench
-from benchmarks.harness import Counting, best_of, peak_memory, quiet_quantus
+from benchmarks.harness import Counting, best_of, peak_memory
 from benchmarks.training_cost import epoch_seconds
 from xaibench.compat import ExplanationMetrics
+from xaibench.conformance import quiet_quantus
 from xaibench.devices import resolve_device
 from xaibench.errors import InputError
 from xaibench.models import architecture, save_model, unwrap

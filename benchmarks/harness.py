@@ -10,15 +10,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import gc
 import math
 import os
 import platform
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -126,21 +124,6 @@ def peak_memory(fn: Callable[[], Any], device: str) -> int:
     before = _status("VmRSS")
     fn()
     return _status("VmHWM") - before
-
-
-@contextlib.contextmanager
-def quiet_quantus() -> Iterator[None]:
-    """Silence Quantus' warnings; alias ``np.trapz`` (removed in NumPy 2, called by Quantus 0.6.0)."""
-    added = not hasattr(np, "trapz")
-    if added:
-        np.trapz = np.trapezoid  # type: ignore[attr-defined]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if added:
-            del np.trapz  # type: ignore[attr-defined]
 
 
 def agreement(ours: np.ndarray, ref: np.ndarray, random_reference: bool) -> str:

@@ -190,16 +190,18 @@ def _captum_explainer(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
 
 
 @contextlib.contextmanager
-def _numpy_trapz() -> Iterator[None]:
-    """Quantus 0.6.0 calls ``np.trapz``, which NumPy 2 removed: alias it to ``np.trapezoid`` meanwhile."""
-    missing = not hasattr(np, "trapz")
-    if missing:
+def quiet_quantus() -> Iterator[None]:
+    """Silence Quantus' warnings; alias ``np.trapz`` (removed in NumPy 2, called by Quantus 0.6.0)."""
+    added = not hasattr(np, "trapz")
+    if added:
         np.trapz = np.trapezoid  # type: ignore[attr-defined]
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
-        if missing:
-            del np.trapz
+        if added:
+            del np.trapz  # type: ignore[attr-defined]
 
 
 def _order_metric(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
@@ -219,7 +221,7 @@ def _order_metric(name: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         else:
             ours = M.region_perturbation(model, x, a, t, patch_size=3, regions_evaluation=10, output="logit").scores
             reference = quantus.RegionPerturbation(patch_size=3, regions_evaluation=10, order="morf", **common)
-        with _numpy_trapz():
+        with quiet_quantus():
             theirs = np.asarray(reference(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a[:, None].numpy(),
                                           softmax=name == "pixel_flipping", device="cpu"), dtype=np.float64)
         if name == "region_perturbation":
