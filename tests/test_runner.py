@@ -269,7 +269,7 @@ def test_shipped_configs_are_found_by_name(tmp_path, monkeypatch, capsys):
     assert load_config("demo-digits").hash == load_config("demo-digits.toml").hash == load_config(
         EXAMPLES / "demo-digits.toml").hash
     assert example_config("runs/demo-digits") is None and example_config("no-such-config") is None
-    with pytest.raises(InputError, match="config file not found: demo-digitz"):
+    with pytest.raises(InputError, match="config file not found: demo-digitz. Did you mean 'demo-digits'"):
         load_config("demo-digitz")
     assert main(["experiment", "--list"]) == 0
     listed = [line.split("(example: ")[1].rstrip(")") for line in capsys.readouterr().out.splitlines()

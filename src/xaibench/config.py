@@ -75,7 +75,9 @@ def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise InputError(f"{what} file not found: {path}") from None
+        shipped = suggest(path.stem, [p.stem for p in EXAMPLES.glob("*.toml")]) if path.parent == Path(".") else ""
+        hint = f".{shipped[:-1]} (a shipped example)?" if shipped else ""
+        raise InputError(f"{what} file not found: {path}{hint}") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: invalid TOML: {err}") from None
 
