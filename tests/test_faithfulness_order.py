@@ -132,10 +132,10 @@ def test_granularity_patches_and_superpixels() -> None:
         metrics.deletion(SumModel(), X, X[:, 0], T, steps=2, granularity="segment")
 
 
-def test_constant_map_removes_pixels_in_raster_order() -> None:
-    """Documented tie rule at the metric level: a constant map deletes pixels in raster order."""
+def test_constant_map_is_undefined_not_scored_by_tie_order() -> None:
+    """The engine breaks ties in raster order, but a constant map ranks nothing: NaN with its reason."""
     r = metrics.deletion(SumModel(), X, torch.ones(1, 2, 2), T, steps=4, output="logit", normalize=None)
-    assert torch.allclose(r.curves, torch.tensor([[1.0, 0.6, 0.3, 0.1, 0.0]]), atol=1e-6)
+    assert torch.isnan(r.scores).all() and torch.isnan(r.curves).all() and "constant map" in str(r.reasons[0])
 
 
 def test_deletion_undefined_normalisation_is_nan_with_reason() -> None:

@@ -167,7 +167,7 @@ def test_constant_maps_give_nan_with_reason(cnn, batch):
     a[2] = 0.5
     res = M.faithfulness_correlation(cnn, x, a, y, nr_runs=10, subset_size=5)
     assert torch.isnan(res.scores[2]) and not torch.isnan(res.scores[[0, 1, 3, 4, 5]]).any()
-    assert "undefined" in res.reasons[2] and res.reasons[0] is None
+    assert "constant map" in res.reasons[2] and res.reasons[0] is None
     est = M.faithfulness_estimate(cnn, x, a, y, features_in_step=8)
     assert torch.isnan(est.scores[2]) and est.reasons[2]
 

@@ -1,15 +1,27 @@
-"""Input validation shared by explainers and metrics: clear errors instead of silent nonsense.
+"""Input validation shared by every public function: clear errors instead of silent nonsense.
 
 Images are checked against the pixel range their model takes: [0, 1] by default (xaibench's
 convention; normalisation lives inside the model). A model that takes another range declares it
 once with `set_input_range` (``None`` switches the check off for that model).
+
+Besides images, maps, targets and masks: class indices in range (`check_targets`), probability
+vectors that sum to 1 (`check_probabilities`), logits (`check_logits`), counts and numbers in
+range (`check_count`, `check_number`), non-empty batches of matching size (`check_nonempty`,
+`check_same_batch`). Every error names the argument and says how to fix it.
+
+A model in training mode is evaluated in eval mode and put back as it was, with a warning
+(`evaluation_mode`; the metrics' registry and the explainers apply it): batch-norm statistics
+and dropout must not change a score, nor a score the model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor, nn
@@ -57,28 +69,128 @@ def perturbed_inputs() -> Iterator[None]:
         _range_checked.reset(token)
 
 
-def _empty(t: Tensor, name: str, what: str) -> None:
-    if t.shape[0] == 0:
+TRAINING_MODE = (
+    "the model is in training mode: it is evaluated in eval mode (batch-norm running statistics and dropout "
+    "left alone) and put back in training mode afterwards; call model.eval() first to silence this warning"
+)
+
+
+def mode_dependent(module: nn.Module) -> bool:
+    """Whether `module` computes differently in training mode: batch / instance norm, dropout, and
+    layers named like dropout (timm's DropPath, DropBlock)."""
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)) or \
+        "Drop" in type(module).__name__
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Within the block `model` is in eval mode; every module's mode is restored afterwards, also on
+    errors. A model with a layer that behaves differently in training mode (`mode_dependent`) left
+    in training mode gets a `UserWarning` (`TRAINING_MODE`). Scores equal the eval-mode scores and
+    buffers (batch-norm statistics) stay unchanged."""
+    modes = [(m, m.training) for m in model.modules()]
+    if any(m.training and mode_dependent(m) for m in model.modules()):
+        warnings.warn(TRAINING_MODE, UserWarning, stacklevel=4)
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def check_nonempty(t: Tensor, name: str, what: str) -> None:
+    """`t` holds at least one row (dimension 0)."""
+    if t.ndim == 0 or t.shape[0] == 0:
         raise InputError(f"{name} is an empty batch (0 {what}); pass at least one")
 
 
-def check_images(inputs: Tensor, name: str = "inputs", model: nn.Module | None = None) -> None:
+def check_same_batch(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
+    """`a` and `b` have one row per item of the same batch."""
+    if a.shape[0] != b.shape[0]:
+        raise InputError(f"{names[0]} has {a.shape[0]} rows but {names[1]} has {b.shape[0]}: pass one per item of "
+                         "the same batch")
+
+
+def check_count(value: object, name: str, minimum: int = 1) -> int:
+    """An int >= `minimum` (a count of bins, samples, repeats, ...); returned as int."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise InputError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise InputError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_number(value: float | Tensor, name: str, low: float = 0.0, high: float = 1.0, *,
+                 open_low: bool = False) -> None:
+    """A finite number (or every entry of a tensor) in [low, high] (``open_low``: (low, high]); the
+    defaults check a fraction."""
+    if isinstance(value, Tensor):
+        if value.is_complex() or not torch.isfinite(value).all():
+            raise InputError(f"{name} must hold finite numbers in [{low:g}, {high:g}]")
+        lo, hi = (float(value.amin()), float(value.amax())) if value.numel() else (low + 1, low + 1)
+    elif isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value):
+        lo = hi = float(value)
+    else:
+        raise InputError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+    if lo < low or hi > high or (open_low and lo <= low):
+        bracket = "(" if open_low else "["
+        got = f"{lo:g}" if hi == lo else f"values from {lo:g} to {hi:g}"
+        raise InputError(f"{name} must be in {bracket}{low:g}, {high:g}], got {got}")
+
+
+def _finite_tensor(t: Tensor, name: str, ndim: int, kind: str, what: str) -> None:
+    """A non-empty finite floating tensor of `ndim` dimensions (`kind` describes it, `what` its rows)."""
+    if not isinstance(t, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor of {kind}, got {type(t).__name__}")
+    if t.ndim != ndim:
+        raise InputError(f"{name} must be {kind}, got shape {tuple(t.shape)}")
+    check_nonempty(t, name, what)
+    if not t.is_floating_point():
+        raise InputError(f"{name} must be floating point {kind}, got {t.dtype}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name}: some entries are NaN or Inf")
+
+
+def check_logits(logits: Tensor, name: str = "logits") -> None:
+    """Logits are a non-empty finite floating tensor [N, classes >= 2]."""
+    _finite_tensor(logits, name, 2, "scores [N, classes >= 2]", "rows")
+    if logits.shape[1] < 2:
+        raise InputError(f"{name} must be scores [N, classes >= 2], got shape {tuple(logits.shape)}")
+
+
+PROBABILITY_TOLERANCE = 1e-3
+
+
+def check_probabilities(probs: Tensor, name: str = "probs", atol: float = PROBABILITY_TOLERANCE) -> None:
+    """Probability vectors: a non-empty tensor [N, classes >= 2] with entries in [0, 1] and rows that
+    sum to 1 within `atol` (softmax outputs, not logits)."""
+    check_logits(probs, name)
+    if (probs < 0).any() or (probs > 1).any():
+        raise InputError(f"{name} must be probabilities in [0, 1] (softmax outputs), got values in "
+                         f"[{float(probs.amin()):.4g}, {float(probs.amax()):.4g}]; for logits apply .softmax(dim=1)")
+    sums = probs.double().sum(1)
+    bad = ((sums - 1).abs() > atol).nonzero().flatten().tolist()
+    if bad:
+        raise InputError(f"{name}: rows {bad[:10]} do not sum to 1 (e.g. {float(sums[bad[0]]):.4g}); pass probability "
+                         "vectors (softmax outputs over all classes)")
+
+
+def check_images(inputs: Tensor, name: str = "inputs", model: nn.Module | None = None,
+                 value_range: tuple[float, float] | None = None) -> None:
     """Images are a non-empty floating tensor [B, C, H, W] with finite values; with `model`, in the
-    pixel range the model takes (`input_range`)."""
-    if not isinstance(inputs, Tensor):
-        raise InputError(f"{name} must be a torch.Tensor of images, got {type(inputs).__name__}")
-    if inputs.ndim != 4:
-        raise InputError(f"{name} must be images [B, C, H, W], got shape {tuple(inputs.shape)}")
-    _empty(inputs, name, "images")
-    if not inputs.is_floating_point():
-        raise InputError(f"{name} must be floating point images in [0, 1], got {inputs.dtype}")
-    if not torch.isfinite(inputs).all():
-        raise InputError(f"{name}: some pixels are NaN or Inf")
-    if model is not None and _range_checked.get():
+    pixel range the model takes (`input_range`); without one, in `value_range` when given (functions
+    that use no model but assume images in [0, 1] pass `DEFAULT_RANGE`)."""
+    _finite_tensor(inputs, name, 4, "images [B, C, H, W]", "images")
+    if not _range_checked.get():
+        return
+    if model is not None:
         _check_range(inputs, name, input_range(model))
+    elif value_range is not None:
+        _check_range(inputs, name, value_range, by_model=False)
 
 
-def _check_range(inputs: Tensor, name: str, value_range: tuple[float, float] | None) -> None:
+def _check_range(inputs: Tensor, name: str, value_range: tuple[float, float] | None, by_model: bool = True) -> None:
     if value_range is None:
         return
     low, high = value_range
@@ -94,6 +206,9 @@ def _check_range(inputs: Tensor, name: str, value_range: tuple[float, float] | N
                 "the normalisation inside the model (load_model does).")
     else:
         hint = ""
+    if not by_model:
+        raise InputError(f"{name} hold pixel values in [{lo:.4g}, {hi:.4g}], but images in [{low:g}, {high:g}] are "
+                         f"expected.{hint}")
     raise InputError(
         f"{name} hold pixel values in [{lo:.4g}, {hi:.4g}], but the model takes images in [{low:g}, {high:g}]."
         f"{hint} For a model that takes another range, declare it: "
@@ -111,7 +226,7 @@ def check_maps(attributions: Tensor, batch: int | None = None, name: str = "attr
         raise InputError(
             f"{name} must have shape [B, H, W] (reduce channels first), got {tuple(attributions.shape)}"
         )
-    _empty(attributions, name, "maps")
+    check_nonempty(attributions, name, "maps")
     if batch is not None and attributions.shape[0] != batch:
         raise InputError(f"{name} has batch size {attributions.shape[0]}, expected {batch} (one map per image)")
     if not attributions.is_floating_point():
@@ -124,18 +239,24 @@ def check_maps(attributions: Tensor, batch: int | None = None, name: str = "attr
         raise InputError(f"{name}: the maps of images {idx[:10]} hold NaN or Inf values")
 
 
-def check_targets(targets: Tensor | int | list[int], batch: int, num_classes: int | None = None) -> Tensor:
-    """Return targets as a long tensor [B]; an int is broadcast. Out-of-range classes are an error."""
-    t = torch.as_tensor(targets)
-    if t.is_floating_point():
-        raise InputError(f"targets must be integer class indices, got {t.dtype}")
+def check_targets(targets: Tensor | int | list[int], batch: int, num_classes: int | None = None,
+                  name: str = "targets", broadcast: bool = True) -> Tensor:
+    """Return class indices as a long tensor [B]; an int is broadcast (unless ``broadcast=False``).
+    Floating values, a wrong count and classes outside [0, num_classes) are errors."""
+    try:
+        t = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"{name} must be integer class indices, got {type(targets).__name__}") from None
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"{name} must be integer class indices, got {t.dtype}")
     t = t.long().flatten()
-    if t.numel() == 1 and batch != 1:
+    if broadcast and t.numel() == 1 and batch != 1:
         t = t.expand(batch)
     if t.numel() != batch:
-        raise InputError(f"targets has {t.numel()} entries for {batch} images")
+        raise InputError(f"{name} has {t.numel()} entries for {batch} rows; pass one class index per row")
     if (t < 0).any() or (num_classes is not None and (t >= num_classes).any()):
-        raise InputError(f"targets out of range [0, {num_classes}): {t.tolist()[:10]}")
+        bad = t[(t < 0) | (t >= (num_classes if num_classes is not None else t.max() + 1))]
+        raise InputError(f"{name} out of range [0, {num_classes}): {bad.tolist()[:10]}; class indices count from 0")
     return t
 
 

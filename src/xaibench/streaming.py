@@ -20,6 +20,12 @@ the `METRICS` registry (names in CamelCase: ``PointingGame``, ``RelevanceMassAcc
   ``"cat"`` state of 8 bytes per image (gathered from every process at ``compute``), the one state
   that grows with the data. The scores are sorted before resampling, so the interval does not
   depend on how the images were split across processes. Curves are never accumulated.
+- Undefined scores (NaN with a reason in the metric's result) are counted in ``undefined`` and
+  their reasons kept per process (``nan_reasons``: reason -> number of images). When no image
+  has a defined score, ``compute()`` is NaN with a warning that says why (`nan_reason`).
+- Arguments are checked where they are given: the constructor's parameters against the metric's
+  signature, ``bootstrap`` (0 or >= 2), ``level`` in (0, 1), ``seed`` an int; ``update``'s model an
+  ``nn.Module`` and the tensors as the metric function checks them (one error, naming the argument).
 - Randomised metrics (``max_sensitivity``, ...) draw with the constructor's ``seed`` on every batch
   (unless the parameters set ``seed``), so a batch's scores do not depend on what came before it:
   not on batch order, resets, ``forward`` versus ``update``, or the number of processes.
@@ -28,6 +34,8 @@ the `METRICS` registry (names in CamelCase: ``PointingGame``, ``RelevanceMassAcc
 from __future__ import annotations
 
 import inspect
+import warnings
+from collections import Counter
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +43,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from xaibench.checks import check_count, check_number
 from xaibench.config import suggest
 from xaibench.errors import InputError
 from xaibench.metrics import METRICS
@@ -87,8 +96,15 @@ class ExplanationMetric(Metric):
                     f"{type(self).__name__}: unknown parameter {key!r}.{hint} "
                     f"Metric {self.metric_name!r} takes: {', '.join(allowed) or 'none'}."
                 )
-        if bootstrap < 0 or bootstrap == 1:
+        check_count(bootstrap, "bootstrap", 0)
+        if bootstrap == 1:
             raise InputError(f"{type(self).__name__}: bootstrap must be 0 (no interval) or >= 2, got {bootstrap}")
+        check_number(level, "level", 0.0, 1.0, open_low=True)
+        if level == 1:
+            raise InputError(f"{type(self).__name__}: level must be in (0, 1), e.g. 0.95, got {level}")
+        check_count(seed, "seed", 0)
+        if method_params is not None and not isinstance(method_params, dict):
+            raise InputError(f"method_params must be a dict of the method's parameters, got {type(method_params).__name__}")
         if method is not None:
             from xaibench.explainers import METHODS
 
@@ -105,6 +121,7 @@ class ExplanationMetric(Metric):
         self.add_state("undefined", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         if self.bootstrap:
             self.add_state("scores", [], dist_reduce_fx="cat")
+        self.nan_reasons: Counter[str] = Counter()
 
     def update(
         self,
@@ -126,6 +143,12 @@ class ExplanationMetric(Metric):
             "explainer": explainer,
             "labels": labels,
         }
+        if model is not None and not isinstance(model, nn.Module):
+            raise InputError(f"{type(self).__name__}.update: model must be a torch.nn.Module, got {type(model).__name__}")
+        for word in ("inputs", "attributions", "targets", "masks", "labels"):
+            if given[word] is not None and not isinstance(given[word], (Tensor, int)):
+                raise InputError(f"{type(self).__name__}.update: {word} must be a torch.Tensor, got "
+                                 f"{type(given[word]).__name__}")
         requires = self.entry.info.requires
         needs_method = ("attributions" in requires and attributions is None) or (
             "explainer" in requires and explainer is None
@@ -161,10 +184,30 @@ class ExplanationMetric(Metric):
         self.undefined.add_(n_nan)
         if self.bootstrap:
             self.scores.append(scores[~nan])
+        self.nan_reasons.update(r or "undefined (no reason given)" for r, n in
+                                zip(result.reasons or (None,) * len(nan), nan.tolist()) if n)
+
+    def reset(self) -> None:
+        super().reset()
+        self.nan_reasons = Counter()
+
+    @property
+    def nan_reason(self) -> str | None:
+        """Why ``compute()`` is NaN (no defined score: how many images, and their reasons), else None."""
+        if self.count > 0:
+            return None
+        if self.undefined == 0:
+            return "no image was scored: call update() first"
+        counts = "; ".join(f"{n} x {r}" for r, n in self.nan_reasons.most_common())
+        return f"every score is undefined ({int(self.undefined)} images: {counts or 'reasons on other processes'})"
 
     def compute(self) -> Tensor | dict[str, Tensor]:
         """Mean of the defined scores (NaN if none); with ``bootstrap``, ``{"mean", "low", "high"}``."""
-        mean = self.total / self.count if self.count > 0 else torch.full_like(self.total, float("nan"))
+        if self.count > 0:
+            mean = self.total / self.count
+        else:
+            warnings.warn(f"{type(self).__name__}.compute() is NaN: {self.nan_reason}", UserWarning, stacklevel=2)
+            mean = torch.full_like(self.total, float("nan"))
         if not self.bootstrap:
             return mean
         low = high = torch.full_like(mean, float("nan"))

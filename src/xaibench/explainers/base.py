@@ -8,7 +8,8 @@ Conventions shared by every method:
 - ``explainer(inputs, targets)`` returns float32 maps [B, H, W] on the model's device:
   the raw attribution (`attribute`) is reduced over channels (`reduce`), its sign handled (`sign`)
   and, for layer-resolution methods, upsampled bilinearly to the input size (`upsample`).
-- the model is used as given (call ``model.eval()`` first); it is never modified.
+- the model is explained in eval mode: one in training mode is switched to eval mode for the call
+  and put back, with a warning (`xaibench.checks.evaluation_mode`); it is never modified.
 - maps and raw attributions are detached from the autograd graph (`Explainer.differentiable`
   says when a method keeps it); images are checked against the model's pixel range
   (`xaibench.checks.check_images`).
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xaibench.checks import check_images, check_targets
+from xaibench.checks import check_images, check_targets, evaluation_mode
 from xaibench.devices import model_device
 from xaibench.errors import InputError
 from xaibench.models import unwrap
@@ -232,9 +233,10 @@ class Explainer:
     def attribute(self, inputs: Tensor, targets: Tensor | int | list[int]) -> Tensor:
         """Raw attribution [B, C', h, w] (C' = C for gradient methods, 1 for CAMs), detached from
         the autograd graph unless `differentiable` (the one place where maps are detached)."""
-        inputs, t = self._validate(inputs, targets)
-        with quiet_captum():
-            raw = self._attribute(inputs, t)
+        with evaluation_mode(self.model):
+            inputs, t = self._validate(inputs, targets)
+            with quiet_captum():
+                raw = self._attribute(inputs, t)
         return raw if self.differentiable else raw.detach()
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 from scipy.stats import norm, pearsonr
 from torch import Tensor
 
+from xaibench.checks import check_count, check_number, check_probabilities, check_targets
 from xaibench.errors import InputError
 
 IMAGE_COLUMNS = ("image", "image_index", "image_number", "image_num", "image_id")
@@ -35,16 +36,10 @@ DPRIME_CAP = 5.0
 
 
 def _check_probs(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    if probs.ndim != 2 or probs.shape[1] < 2:
-        raise InputError(f"probs must be softmax outputs [N, classes >= 2], got shape {tuple(probs.shape)}")
-    labels = torch.as_tensor(labels, device=probs.device).long().flatten()
-    if labels.numel() != probs.shape[0]:
-        raise InputError(f"labels has {labels.numel()} entries for {probs.shape[0]} rows of probs")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-        raise InputError(f"labels must be class indices in [0, {probs.shape[1] - 1}]")
-    if not torch.isfinite(probs).all() or (probs < 0).any():
-        raise InputError("probs must be finite and non-negative (softmax outputs, not logits)")
-    return probs.double(), labels
+    """Softmax outputs [N, classes >= 2] (rows sum to 1) and class indices [N] in range."""
+    check_probabilities(probs, "probs")
+    labels = check_targets(labels, probs.shape[0], probs.shape[1], name="labels", broadcast=False)
+    return probs.double(), labels.to(probs.device)
 
 
 def _two_afc(probs: Tensor, labels: Tensor, eps: float) -> Tensor:
@@ -55,8 +50,9 @@ def _two_afc(probs: Tensor, labels: Tensor, eps: float) -> Tensor:
 
 
 def i1(probs: Tensor, labels: Tensor, eps: float = 1e-5) -> Tensor:
-    """MAPS' B.I1 per image, float64 [N] (see the module docstring)."""
+    """MAPS' B.I1 per image, float64 [N] (see the module docstring). `eps` in [0, 1]."""
     probs, labels = _check_probs(probs, labels)
+    check_number(eps, "eps")
     return _two_afc(probs, labels, eps).nanmean(dim=1)
 
 
@@ -66,8 +62,9 @@ def _z(rate: Tensor) -> Tensor:
 
 
 def i1_dprime(probs: Tensor, labels: Tensor, *, normalise: bool = False, cap: float = DPRIME_CAP) -> Tensor:
-    """Rajalingham et al.'s I1 (``normalise=True``: I1n) per image as d', float64 [N]."""
+    """Rajalingham et al.'s I1 (``normalise=True``: I1n) per image as d', float64 [N]; `cap` > 0."""
     probs, labels = _check_probs(probs, labels)
+    check_number(cap, "cap", 0.0, float("inf"), open_low=True)
     pc = _two_afc(probs, labels, 0.0)
     hit = pc.nanmean(dim=1)
     k = probs.shape[1]
@@ -101,22 +98,44 @@ def load_trials(path: str | Path) -> pd.DataFrame:
     for col, names in ((image, IMAGE_COLUMNS), (correct, CORRECT_COLUMNS)):
         if col is None:
             raise InputError(f"{path}: no column named {' or '.join(names)} (columns: {', '.join(raw.columns)})")
-    trials = pd.DataFrame({"image": raw[image], "correct": raw[correct]})
-    if trials.isna().any().any():
-        raise InputError(f"{path}: empty cells in column {image!r} or {correct!r}")
-    if not set(np.unique(trials["correct"])) <= {0, 1, True, False}:
-        raise InputError(f"{path}: column {correct!r} must hold 0/1 (or true/false)")
+    return check_trials(pd.DataFrame({"image": raw[image], "correct": raw[correct]}), f"{path}: column")
+
+
+def check_trials(trials: pd.DataFrame, where: str = "trials column") -> pd.DataFrame:
+    """A trial table (at least one row; ``image``: integer indices >= 0, ``correct``: 0/1 or
+    true/false) with ``image`` as int64 and ``correct`` as float64; errors name the column."""
+    if not isinstance(trials, pd.DataFrame):
+        raise InputError(f"trials must be a pandas DataFrame with columns image and correct, got {type(trials).__name__}")
+    for col in ("image", "correct"):
+        if col not in trials.columns:
+            raise InputError(f"{where} {col!r} is missing (columns: {', '.join(map(str, trials.columns))}); "
+                             "load_trials renames MAPS' column names")
+    if trials.empty:
+        raise InputError("trials hold no trial (0 rows); pass at least one per image")
+    out = trials.copy()
+    for col in ("image", "correct"):
+        if out[col].isna().any():
+            raise InputError(f"{where} {col!r} has empty cells")
+    if not set(np.unique(out["correct"])) <= {0, 1, True, False}:
+        raise InputError(f"{where} 'correct' must hold 0/1 (or true/false), got {sorted(set(np.unique(out['correct'])))[:5]}")
     try:
-        trials["image"] = trials["image"].astype(np.int64)
+        image = out["image"].to_numpy()
+        if not np.array_equal(image, np.asarray(image, dtype=np.int64)):
+            raise ValueError
+        out["image"] = out["image"].astype(np.int64)
     except (TypeError, ValueError):
-        raise InputError(f"{path}: column {image!r} must hold integer image indices") from None
-    trials["correct"] = trials["correct"].astype(np.float64)
-    return trials
+        raise InputError(f"{where} 'image' must hold integer image indices") from None
+    if (out["image"] < 0).any():
+        raise InputError(f"{where} 'image' must hold image indices >= 0")
+    out["correct"] = out["correct"].astype(np.float64)
+    return out
 
 
 def _by_image(trials: pd.DataFrame, n_images: int | None) -> tuple[np.ndarray, list[np.ndarray], int]:
+    trials = check_trials(trials)
     images = np.sort(trials["image"].unique())
     if n_images is not None:
+        check_count(n_images, "n_images")
         images = np.arange(n_images)
         missing = np.setdiff1d(images, trials["image"].unique())
         if missing.size:
@@ -135,8 +154,20 @@ def trial_i1(trials: pd.DataFrame, *, seed: int = 0, n_images: int | None = None
 
 
 def spearman_brown(r: float | np.ndarray) -> float | np.ndarray:
-    """Reliability of the full set from the correlation r of two halves: 2r / (1 + r)."""
-    return 2 * r / (1 + r)
+    """Reliability of the full set from the correlation r in [-1, 1] of two halves: 2r / (1 + r).
+
+    NaN where r is NaN or -1 (halves that disagree perfectly: no reliability); r outside [-1, 1]
+    is an error (not a correlation)."""
+    try:
+        values = np.asarray(r, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"r must be a correlation in [-1, 1] (a number or an array), got {r!r}") from None
+    if (np.abs(values[~np.isnan(values)]) > 1 + 1e-12).any():
+        raise InputError(f"r must be a correlation in [-1, 1], got values in [{np.nanmin(values):.4g}, "
+                         f"{np.nanmax(values):.4g}]")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(values > -1, 2 * values / (1 + values), np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
 def split_half_reliability(trials: pd.DataFrame, *, repeats: int = 10, seed: int = 0,
@@ -144,6 +175,7 @@ def split_half_reliability(trials: pd.DataFrame, *, repeats: int = 10, seed: int
     """Spearman-Brown corrected split-half reliability of per-image I1, averaged over `repeats`
     random splits of a common number n of trials per image; with an odd n the first half holds
     the extra trial (``np.array_split``, as MAPS' ``maps_utils.py``)."""
+    check_count(repeats, "repeats")
     rng = np.random.default_rng(seed)
     _, outcomes, n = _by_image(trials, n_images)
     if n < 2:
@@ -165,8 +197,8 @@ def simulate_trials(i1_values: np.ndarray | Tensor, trials_per_image: int, *, se
     for recorded behaviour."""
     p = np.asarray(torch.as_tensor(i1_values).double().cpu().numpy() if isinstance(i1_values, Tensor) else i1_values,
                    dtype=np.float64)
-    if p.ndim != 1 or np.isnan(p).any() or (p < 0).any() or (p > 1).any():
-        raise InputError("an observer's I1 must be a vector of probabilities in [0, 1]")
+    _check_rates(p, "i1_values")
+    check_count(trials_per_image, "trials_per_image")
     rng = np.random.default_rng(seed)
     correct = rng.random((p.size, trials_per_image)) < p[:, None]
     return pd.DataFrame({
@@ -180,6 +212,15 @@ def expected_split_half_reliability(i1_values: np.ndarray, trials_per_image: int
     """The analytic reliability of binomial trials: true-score variance over observed variance of
     a per-image mean of n trials, var(p) / (var(p) + mean(p(1-p)) / n) (Spearman-Brown consistent)."""
     p = np.asarray(i1_values, dtype=np.float64)
+    _check_rates(p, "i1_values")
+    check_count(trials_per_image, "trials_per_image")
     true_var = p.var()
     noise = (p * (1 - p)).mean() / trials_per_image
-    return float(true_var / (true_var + noise))
+    total = true_var + noise
+    return float(true_var / total) if total > 0 else float("nan")  # every rate 0 or 1 and equal: undefined
+
+
+def _check_rates(p: np.ndarray, name: str) -> None:
+    if p.ndim != 1 or p.size == 0 or np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+        raise InputError(f"{name} (an observer's I1) must be a non-empty vector of probabilities in [0, 1], got "
+                         f"shape {p.shape}")

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from xaibench.checks import check_count, check_number
 from xaibench.errors import InputError
 from xaibench.stats import spearman_rows
 
@@ -53,8 +54,11 @@ class Estimate:
 
 def bootstrap_spearman(x: np.ndarray, y: np.ndarray, *, n_boot: int = 5000, level: float = 95.0,
                        seed: int = 0) -> Estimate:
-    """Spearman correlation across images, bootstrapped over images (all resamples in one pass)."""
+    """Spearman correlation across images, bootstrapped over images (all resamples in one pass);
+    `n_boot` >= 1 resamples, interval `level` in (0, 100] percent."""
     x, y = _vectors(x, y)
+    check_count(n_boot, "n_boot")
+    check_number(level, "level", 0.0, 100.0, open_low=True)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
     rho = spearman_rows(torch.from_numpy(x[idx]), torch.from_numpy(y[idx])).numpy()
@@ -73,6 +77,10 @@ def consistency(model_i1: np.ndarray, observer_i1: np.ndarray, reliability: floa
     Undefined (NaN, see `UNRELIABLE`) when the reliability is not positive, as happens with too few
     trials or an observer who is right on nearly every image.
     """
+    if isinstance(reliability, bool) or not isinstance(reliability, (int, float, np.floating)):
+        raise InputError(f"reliability must be a number (the observer's split-half reliability), got {reliability!r}")
+    if reliability > 1:
+        raise InputError(f"reliability must be at most 1 (a split-half reliability), got {reliability}")
     if not np.isfinite(reliability) or reliability <= 0:
         nan = float("nan")
         return Estimate(nan, nan, nan, level)
@@ -84,6 +92,7 @@ def consistency(model_i1: np.ndarray, observer_i1: np.ndarray, reliability: floa
 def rank_models(clean_i1: Mapping[str, np.ndarray], observer_i1: np.ndarray, reliability: float, *,
                 n_boot: int = 5000, level: float = 95.0, seed: int = 0) -> pd.DataFrame:
     """One row per model (model, mean I1, consistency, low, high, nan_reason), most consistent first."""
+    _models(clean_i1, 1)
     rows = []
     for name, values in clean_i1.items():
         est = consistency(values, observer_i1, reliability, n_boot=n_boot, level=level, seed=seed)
@@ -94,6 +103,8 @@ def rank_models(clean_i1: Mapping[str, np.ndarray], observer_i1: np.ndarray, rel
 
 def half_splits(n_images: int, repeats: int = 20, *, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:
     """`repeats` random splits of the images into two halves (sorted indices), as MAPS draws them."""
+    check_count(n_images, "n_images", 2)
+    check_count(repeats, "repeats")
     rng = np.random.default_rng(seed)
     splits = []
     for _ in range(repeats):
@@ -110,8 +121,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 def reference_models(clean_i1: Mapping[str, np.ndarray], splits: Sequence[tuple[np.ndarray, np.ndarray]]
                      ) -> dict[str, str]:
     """For each target model, the other model whose clean I1 correlates best with it (first halves)."""
-    if len(clean_i1) < 2:
-        raise InputError("choosing a reference model needs at least two models")
+    _models(clean_i1, 2)
+    _splits(splits)
     names = list(clean_i1)
     refs = {}
     for target in names:
@@ -127,6 +138,9 @@ def method_proxy(emi_i1: Mapping[tuple[str, str, str], np.ndarray], references: 
 
     ``emi_i1[(source, method, model)]`` is `model`'s I1 on EMIs made from `source`'s maps by `method`.
     """
+    if not references or not methods:
+        raise InputError("method_proxy needs at least one target model (references) and one method")
+    _splits(splits)
     rows = []
     for target, ref in references.items():
         for method in methods:
@@ -142,11 +156,32 @@ def method_proxy(emi_i1: Mapping[tuple[str, str, str], np.ndarray], references: 
 
 def best_method(proxy: pd.DataFrame) -> pd.DataFrame:
     """Methods by the median proxy over splits and target models, best first."""
+    _columns(proxy, "proxy", ("method", "proxy"))
     return (proxy.groupby("method")["proxy"].median().rename("median_proxy").sort_values(ascending=False)
             .reset_index())
 
 
 def proxy_vs_ground_truth(proxy: pd.DataFrame, ground_truth: pd.DataFrame) -> float:
     """Spearman across methods between the median proxy and the mean ground truth (column ``agreement``)."""
+    _columns(ground_truth, "ground_truth", ("method", "agreement"))
     merged = best_method(proxy).merge(ground_truth.groupby("method")["agreement"].mean().reset_index(), on="method")
     return _spearman(merged["median_proxy"].to_numpy(), merged["agreement"].to_numpy())
+
+
+def _models(clean_i1: Mapping[str, np.ndarray], least: int) -> None:
+    if not isinstance(clean_i1, Mapping) or len(clean_i1) < least:
+        raise InputError(f"clean_i1 must map model names to I1 vectors, with at least {least} model(s); got "
+                         f"{len(clean_i1) if isinstance(clean_i1, Mapping) else type(clean_i1).__name__}")
+
+
+def _splits(splits: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    if len(splits) == 0:
+        raise InputError("splits is empty: pass half_splits(n_images) (at least one split)")
+
+
+def _columns(frame: pd.DataFrame, name: str, needed: tuple[str, ...]) -> None:
+    if not isinstance(frame, pd.DataFrame) or frame.empty:
+        raise InputError(f"{name} must be a non-empty table with columns {', '.join(needed)}")
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise InputError(f"{name} lacks column(s) {', '.join(missing)} (columns: {', '.join(map(str, frame.columns))})")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from xaibench.checks import DEFAULT_RANGE, check_images, check_number
 from xaibench.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +39,11 @@ KINDS = ("positive", "negative")
 def normalised_fill(value: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN,
                     std: Sequence[float] = IMAGENET_STD) -> tuple[float, ...]:
     """The pixel-space colour that a model normalising with (mean, std) sees as `value` in every channel."""
+    check_number(value, "value", -1e6, 1e6)
+    if len(mean) != len(std) or not len(mean):
+        raise InputError(f"mean and std need one value per channel each, got {len(mean)} and {len(std)}")
+    for s in std:
+        check_number(s, "std", 0.0, float("inf"), open_low=True)
     return tuple(value * s + m for m, s in zip(mean, std))
 
 
@@ -68,10 +74,10 @@ def _as_channels(attributions: Tensor, inputs: Tensor) -> Tensor:
 
 def keep_mask(inputs: Tensor, attributions: Tensor, percentile: float) -> Tensor:
     """Bool [B, H, W]: the pixels a positive EMI at `percentile` keeps (see the module conventions)."""
-    if not 0.0 <= float(percentile) <= 100.0:
-        raise InputError(f"percentile must be in [0, 100], got {percentile!r}")
-    if inputs.ndim != 4:
-        raise InputError(f"inputs must be images [B, C, H, W], got shape {tuple(inputs.shape)}")
+    check_number(percentile, "percentile", 0.0, 100.0)
+    check_images(inputs)
+    if not isinstance(attributions, Tensor):
+        raise InputError(f"attributions must be a torch.Tensor, got {type(attributions).__name__}")
     maps = _as_channels(attributions, inputs).abs()
     peak = maps.amax(dim=(2, 3), keepdim=True)
     maps = torch.where(peak > 0, maps / torch.where(peak > 0, peak, 1.0), maps)
@@ -92,11 +98,16 @@ def emi(inputs: Tensor, attributions: Tensor, percentile: float, *,
     """
     if kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_images(inputs, value_range=DEFAULT_RANGE)
     keep = keep_mask(inputs, attributions, percentile).unsqueeze(1)
-    colour = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).flatten()
+    try:
+        colour = torch.as_tensor(fill, dtype=inputs.dtype, device=inputs.device).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"fill must be a pixel value in [0, 1] or one per channel, got {fill!r}") from None
     c = inputs.shape[1]
     if colour.numel() not in (1, c):
         raise InputError(f"fill must have 1 or {c} values (one per image channel), got {colour.numel()}")
+    check_number(colour, "fill (pixel-space colour)", *DEFAULT_RANGE)
     colour = colour.view(1, -1, 1, 1)
     return torch.where(keep if kind == "positive" else ~keep, inputs, colour)
 

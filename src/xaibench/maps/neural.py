@@ -16,6 +16,7 @@ from sklearn.cross_decomposition import PLSRegression
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold
 
+from xaibench.checks import check_count
 from xaibench.errors import InputError
 from xaibench.maps.behaviour import spearman_brown
 
@@ -24,9 +25,12 @@ ALPHAS = tuple(10.0**k for k in range(-3, 6))
 
 def neuron_reliability(responses: np.ndarray, *, repeats: int = 10, seed: int = 0) -> np.ndarray:
     """Per-neuron split-half reliability of repeated responses [R, N, neurons] (R >= 2)."""
-    r = np.asarray(responses, dtype=np.float64)
-    if r.ndim != 3 or r.shape[0] < 2:
+    r = _array(responses, "responses")
+    if r.ndim != 3 or r.shape[0] < 2 or 0 in r.shape:
         raise InputError(f"repeated responses must be [repetitions >= 2, images, neurons], got {r.shape}")
+    if not np.isfinite(r).all():
+        raise InputError("responses must be finite (no NaN or Inf)")
+    check_count(repeats, "repeats")
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(repeats):
@@ -41,8 +45,15 @@ def neuron_reliability(responses: np.ndarray, *, repeats: int = 10, seed: int = 
 def neural_predictivity(features: np.ndarray, responses: np.ndarray, *, method: str = "ridge",
                         n_components: int = 25, folds: int = 10, seed: int = 0) -> np.ndarray:
     """Cross-validated explained variance per neuron (noise-corrected for repeated recordings)."""
-    x = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    y = np.asarray(responses, dtype=np.float64)
+    x = _array(features, "features")
+    if x.ndim < 2 or 0 in x.shape:
+        raise InputError(f"features must be [images, features...] with at least one of each, got shape {x.shape}")
+    x = x.reshape(len(x), -1)
+    y = _array(responses, "responses")
+    check_count(n_components, "n_components")
+    check_count(folds, "folds", 2)
+    if folds > x.shape[0]:
+        raise InputError(f"folds={folds} exceeds the number of images ({x.shape[0]}); use fewer folds")
     ceiling = None
     if y.ndim == 3:
         ceiling = neuron_reliability(y, seed=seed)
@@ -69,3 +80,10 @@ def neural_predictivity(features: np.ndarray, responses: np.ndarray, *, method: 
         if ceiling is not None:
             ev = np.where(ceiling > 0, ev / ceiling, np.nan)
     return ev
+
+
+def _array(values: np.ndarray, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a numeric array, got {type(values).__name__}") from None

@@ -2,7 +2,9 @@
 
 - `l1_similarity`, `l2_similarity`: each map z-scored (mean 0, std 1, + 1e-8), then
   ``1 / (1 + d + 1e-8)`` with d the mean absolute difference (L1) or the root mean squared
-  difference (L2).
+  difference (L2). A constant map has no z-score: the pair's similarity is NaN (with MAPS'
+  ``+ 1e-8`` every constant map would z-score to zeros and count as identical to any other
+  constant map, e.g. an all-zero and an all-one map).
 - `lpips_similarity`: maps as 3 identical channels scaled by their maximum magnitude into
   [-1, 1], LPIPS (AlexNet backbone, the linear heads torchmetrics ships) d, then
   ``1 / (1 + sqrt(d) + 1e-8)``. The AlexNet weights must be on this machine (a file you pass, or
@@ -16,11 +18,13 @@ Maps are [B, H, W] or [B, C, H, W]; the two batches must have the same shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from xaibench.checks import check_nonempty
 from xaibench.devices import model_device
 from xaibench.errors import InputError, WeightsUnavailableError
 
@@ -29,13 +33,26 @@ ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet ImageNet weig
 
 
 def _pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Tensor):
+            raise InputError(f"{name} must be a torch.Tensor of maps, got {type(t).__name__}")
     if a.shape != b.shape or a.ndim not in (3, 4):
         raise InputError(f"maps must be two batches [B, H, W] or [B, C, H, W] of one shape, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     for name, t in (("first", a), ("second", b)):
         if not torch.isfinite(t).all():
             raise InputError(f"the {name} maps contain NaN or Inf values")
+    check_nonempty(a, "a", "maps")
+    if a.is_complex() or a.dtype == torch.bool or b.is_complex() or b.dtype == torch.bool:
+        raise InputError(f"maps must be real numbers, got {a.dtype} and {b.dtype}")
     return a.flatten(1).double(), b.flatten(1).double()
+
+
+def _zscored_distance(a: Tensor, b: Tensor, distance: Callable[[Tensor], Tensor]) -> Tensor:
+    """``1 / (1 + distance(z(a) - z(b)) + 1e-8)``, NaN for a pair with a constant map."""
+    constant = (a.amax(1) == a.amin(1)) | (b.amax(1) == b.amin(1))
+    sim = 1.0 / (1.0 + distance(_zscore(a) - _zscore(b)) + EPS)
+    return torch.where(constant, torch.full_like(sim, float("nan")), sim)
 
 
 def _zscore(x: Tensor) -> Tensor:
@@ -44,15 +61,13 @@ def _zscore(x: Tensor) -> Tensor:
 
 
 def l1_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """``1 / (1 + mean|z(a) - z(b)| + 1e-8)`` per image, float64 [B]."""
-    a, b = _pair(a, b)
-    return 1.0 / (1.0 + (_zscore(a) - _zscore(b)).abs().mean(1) + EPS)
+    """``1 / (1 + mean|z(a) - z(b)| + 1e-8)`` per image, float64 [B] (NaN with a constant map)."""
+    return _zscored_distance(*_pair(a, b), lambda d: d.abs().mean(1))
 
 
 def l2_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """``1 / (1 + rms(z(a) - z(b)) + 1e-8)`` per image, float64 [B]."""
-    a, b = _pair(a, b)
-    return 1.0 / (1.0 + (_zscore(a) - _zscore(b)).pow(2).mean(1).sqrt() + EPS)
+    """``1 / (1 + rms(z(a) - z(b)) + 1e-8)`` per image, float64 [B] (NaN with a constant map)."""
+    return _zscored_distance(*_pair(a, b), lambda d: d.pow(2).mean(1).sqrt())
 
 
 def inverse_l2(a: Tensor, b: Tensor) -> Tensor:
@@ -98,6 +113,8 @@ def lpips_similarity(a: Tensor, b: Tensor, *, model: nn.Module | None = None,
                      alexnet_weights: str | Path | None = None) -> Tensor:
     """``1 / (1 + sqrt(LPIPS) + 1e-8)`` per image pair, float64 [B] (see the module docstring)."""
     _pair(a, b)
+    if model is not None and not isinstance(model, nn.Module):
+        raise InputError(f"model must be an LPIPS module (lpips_model()), got {type(model).__name__}")
     model = model or lpips_model(alexnet_weights)
 
     def prep(m: Tensor) -> Tensor:

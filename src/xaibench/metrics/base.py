@@ -14,10 +14,23 @@ can call any metric by name:
 Everything else is a parameter with a default. ``MetricInfo.requires`` lists the vocabulary
 words a metric takes; `Metric.score` calls a registered metric by name with them (and with
 ``seed`` and ``max_batch`` where it takes them).
+
+Two policies apply to every registered metric, in `register_metric` (so also to direct calls):
+
+- a ``model`` in training mode is evaluated in eval mode and put back as it was, with a warning
+  (`xaibench.checks.evaluation_mode`): scores equal the eval-mode scores, batch-norm statistics
+  are left alone;
+- a metric that ranks the map's features (``MetricInfo.ranks_map``: deletion, insertion, IROF,
+  ROAD, AOPC, ...) is undefined for a constant map, which ranks no feature above another: its
+  score, curve and per-image extras are NaN with the reason `CONSTANT_MAP` (as sparseness and
+  the pointing game), not a number set by how ties are broken. ``order="random"`` uses no
+  ranking and is exempt.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -25,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from xaibench.checks import evaluation_mode
 from xaibench.errors import InputError
 from xaibench.registry import Registry
 
@@ -46,6 +60,7 @@ class MetricInfo:
     cost: str  # forward/backward passes per image as a formula of the parameters, e.g. "steps + 1 forwards"
     references: tuple[str, ...] = ()
     description: str = ""
+    ranks_map: bool = False  # scores rank the map's features: a constant map gives NaN (`CONSTANT_MAP`)
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
@@ -148,11 +163,54 @@ def info_of(fn: Callable[..., MetricResult]) -> MetricInfo:
 
 
 def register_metric(info: MetricInfo) -> Callable[[Callable[..., MetricResult]], Callable[..., MetricResult]]:
-    """Register a metric function under ``info.name``; the function is returned unchanged."""
+    """Register a metric function under ``info.name``; returned wrapped in the two policies of the
+    module doc (training mode, constant maps), with its signature and ``info``."""
 
     def wrap(fn: Callable[..., MetricResult]) -> Callable[..., MetricResult]:
-        METRICS.add(info.name, Metric(fn, info))
-        fn.info = info  # type: ignore[attr-defined]
-        return fn
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> MetricResult:
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            model = bound.get("model")
+            with evaluation_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext():
+                result = fn(*args, **kwargs)
+            if info.ranks_map and bound.get("order", "morf") != "random":
+                result = undefined_where(result, constant_maps(bound["attributions"]), CONSTANT_MAP)
+            return result
+
+        METRICS.add(info.name, Metric(run, info))
+        run.info = info  # type: ignore[attr-defined]
+        return run
 
     return wrap
+
+
+CONSTANT_MAP = "constant map: it ranks no feature above another"
+
+
+def constant_maps(attributions: Tensor) -> Tensor:
+    """Bool [B]: maps [B, ...] whose values are all equal."""
+    flat = attributions.detach().flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
+
+
+def undefined_where(result: MetricResult, undefined: Tensor, reason: str) -> MetricResult:
+    """`result` with the scores, curves and per-image floating extras of the `undefined` images [B]
+    set to NaN, and `reason` as their NaN reason (replacing any other)."""
+    if not undefined.any():
+        return result
+    b = result.scores.shape[0]
+
+    def blank(t: Tensor) -> Tensor:
+        if not t.is_floating_point() or t.ndim == 0 or t.shape[0] != b:
+            return t
+        mask = undefined.to(t.device).view(-1, *[1] * (t.ndim - 1))
+        return torch.where(mask, torch.full_like(t, float("nan")), t)
+
+    old = result.reasons or (None,) * b
+    reasons = tuple(reason if u else r for u, r in zip(undefined.tolist(), old))
+    return dataclasses.replace(
+        result, scores=blank(result.scores), curves=None if result.curves is None else blank(result.curves),
+        reasons=reasons, extras={k: blank(v) for k, v in result.extras.items()},
+    )

@@ -119,6 +119,7 @@ def _random_subset_correlations(
         ),
         description="Pearson correlation, over nr_runs random subsets of subset_size features, between the "
         "subset's attribution sum and the drop of the target score when the subset is set to the baseline.",
+        ranks_map=True,
     )
 )
 def faithfulness_correlation(
@@ -169,6 +170,7 @@ def faithfulness_correlation(
         ),
         description="For each subset size n, Pearson correlation over nr_runs random n-subsets between their "
         "attribution sum and the target score drop when they are set to the baseline; score = mean over n.",
+        ranks_map=True,
     )
 )
 def sensitivity_n(
@@ -268,6 +270,7 @@ def _group_drops(
         ),
         description="Features sorted by descending attribution are removed one group of features_in_step at a "
         "time (each group alone); Pearson correlation between group attribution sums and target score drops.",
+        ranks_map=True,
     )
 )
 def faithfulness_estimate(
@@ -319,6 +322,7 @@ def faithfulness_estimate(
         description="Spearman correlation between the attribution sum of each feature group (ascending order, "
         "features_in_step per group) and the mean squared change of the target score when that group alone is "
         "perturbed nr_samples times.",
+        ranks_map=True,
     )
 )
 def monotonicity_correlation(

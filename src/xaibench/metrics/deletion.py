@@ -134,6 +134,7 @@ def _run(
         cost="steps + 1 forwards",
         references=_REFS,
         description="Area under the target score while the most relevant features are removed.",
+        ranks_map=True,
     )
 )
 def deletion(
@@ -172,6 +173,7 @@ def deletion(
         cost="steps + 1 forwards (+ 1 with normalize='original')",
         references=_REFS,
         description="Area under the target score while the most relevant features are revealed on the baseline.",
+        ranks_map=True,
     )
 )
 def insertion(

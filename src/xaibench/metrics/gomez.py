@@ -188,6 +188,7 @@ _CORR_COST = "ceil(F / (F // min(steps, F))) + 1 forwards, F = number of feature
         name="deletion_correlation", category="faithfulness", higher_is_better=True, range=(-1.0, 1.0),
         requires=_REQ, cost=_CORR_COST, references=_GOMEZ,
         description="Correlation between the saliency of deleted features and the score drop they cause (DC).",
+        ranks_map=True,
     )
 )
 def deletion_correlation(
@@ -206,6 +207,7 @@ def deletion_correlation(
         name="insertion_correlation", category="faithfulness", higher_is_better=True, range=(-1.0, 1.0),
         requires=_REQ, cost=_CORR_COST, references=_GOMEZ,
         description="Correlation between the saliency of inserted features and the score rise they cause (IC).",
+        ranks_map=True,
     )
 )
 def insertion_correlation(

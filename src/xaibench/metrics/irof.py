@@ -42,6 +42,7 @@ from xaibench.perturbation.engine import (
             "Rieger, Hansen. IROF: a low resource evaluation metric for explanation methods. ICLR workshop 2020.",
         ),
         description="Area over the curve while superpixels are removed in order of mean attribution.",
+        ranks_map=True,
     )
 )
 def irof(

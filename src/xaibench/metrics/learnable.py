@@ -29,6 +29,13 @@ xaibench's ordinary metric (tested side by side):
 Undefined scores (no positive relevance, every copy changed the class) are NaN, as in the ordinary
 metrics; `finite_mean` averages the defined ones for a loss.
 
+Inputs are checked as the ordinary metrics check them (`xaibench.checks`): images [B, C, H, W]
+in the model's pixel range (in [0, 1] for ``perturb_input`` without a model), at least one;
+targets one class index per image; masks [B, H, W] like the images; the explainer's maps one
+finite map [H, W] per image at the input resolution; removal fractions in [0, 1]; counts
+(``n_samples``, ``n_segments``) >= 1, ``radius`` / ``eps_min`` / ``compactness`` > 0, ROAD's
+percentages in (0, 100] and ``noise`` >= 0.
+
 ``preset="harmony"`` (every class; the fine-tuner passes its config's preset) computes what
 HARMONY's ``harmony_finetune/metric.py`` computes instead (docs/harmony.md lists each constant):
 
@@ -47,6 +54,7 @@ HARMONY's ``harmony_finetune/metric.py`` computes instead (docs/harmony.md lists
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
@@ -54,7 +62,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xaibench.checks import perturbed_inputs
+from xaibench.checks import (
+    DEFAULT_RANGE,
+    check_count,
+    check_images,
+    check_maps,
+    check_masks,
+    check_number,
+    check_targets,
+    perturbed_inputs,
+)
 from xaibench.data.mosaics import tile_masks
 from xaibench.errors import InputError
 from xaibench.metrics.irof import irof
@@ -78,6 +95,8 @@ def positive_share(maps: Tensor, masks: Tensor, eps: float | None = None) -> Ten
     """Differentiable ``sum(max(m, 0) in mask) / sum(max(m, 0))`` per map [B, H, W]; NaN without
     positive relevance (the gradient of defined entries is unaffected). With `eps` the denominator
     is ``sum(max(m, 0)) + eps`` (HARMONY's), and a map without positive relevance scores 0."""
+    check_maps(maps, name="maps")
+    check_masks(masks, maps.shape)
     pos = maps.clamp(min=0).flatten(1)
     total = pos.sum(1)
     inside = (pos * masks.flatten(1).to(pos.dtype)).sum(1)
@@ -89,7 +108,9 @@ def positive_share(maps: Tensor, masks: Tensor, eps: float | None = None) -> Ten
 
 def model_space(model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor | float]:
     """(`inputs` as the network sees them, the per-channel scale from pixels to that space): inside
-    xaibench's normalisation wrapper (`Normalized`) ``(x - mean) / std`` and ``1 / std``, else `inputs` and 1."""
+    xaibench's normalisation wrapper (`Normalized`) ``(x - mean) / std`` and ``1 / std``, else `inputs` and 1
+    (images [B, C, H, W]; noisy copies may leave the pixel range, so it is not checked)."""
+    check_images(inputs)
     if isinstance(model, Normalized):
         return (inputs - model.mean) / model.std, 1 / model.std
     return inputs, 1.0
@@ -97,22 +118,36 @@ def model_space(model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor | floa
 
 def max_abs_normalise(maps: Tensor, eps: float) -> Tensor:
     """HARMONY's ``backprop_normalize_to_one``: each map divided by its maximum absolute value plus `eps`."""
+    _check_normalise(maps, eps)
     return maps / (maps.flatten(1).abs().amax(1) + eps).view(-1, *([1] * (maps.ndim - 1)))
 
 
 def l1_normalise_eps(maps: Tensor, eps: float) -> Tensor:
     """HARMONY's ``backprop_normalize``: each map divided by its L1 norm plus `eps`."""
+    _check_normalise(maps, eps)
     return maps / (maps.flatten(1).abs().sum(1) + eps).view(-1, *([1] * (maps.ndim - 1)))
+
+
+def _check_normalise(maps: Tensor, eps: float) -> None:
+    if not isinstance(maps, Tensor) or maps.ndim < 2 or not maps.is_floating_point() or maps.shape[0] == 0:
+        raise InputError(f"maps must be a non-empty float tensor [B, ...], got {getattr(maps, 'shape', type(maps).__name__)}")
+    check_number(eps, "eps", 0.0, float("inf"), open_low=True)
 
 
 def finite_mean(scores: Tensor) -> Tensor:
     """Mean of the defined (finite) scores; 0 with a graph when none is defined."""
+    if not isinstance(scores, Tensor) or scores.ndim != 1 or not scores.is_floating_point():
+        raise InputError(f"scores must be a float tensor [B], got {getattr(scores, 'shape', type(scores).__name__)}")
     keep = torch.isfinite(scores)
     return scores[keep].mean() if keep.any() else scores.nan_to_num(0.0).sum() * 0
 
 
 def rows_where(fraction: Tensor, ranks: Tensor, num_features: Tensor) -> Tensor:
     """Removed [B, H, W]: features ranked below ``int(num_features * fraction)`` per image."""
+    if ranks.ndim != 3 or fraction.shape != (ranks.shape[0],) or num_features.shape != (ranks.shape[0],):
+        raise InputError(f"need fraction [B], ranks [B, H, W] and num_features [B], got {tuple(fraction.shape)}, "
+                         f"{tuple(ranks.shape)} and {tuple(num_features.shape)}")
+    check_number(fraction, "fraction")
     k = (num_features.double() * fraction.double()).long()
     return ranks < k[:, None, None]
 
@@ -140,12 +175,50 @@ class LearnableMetric:
     def evaluate(self, model: nn.Module, inputs: Tensor, targets: Tensor, explain: Explain,
                  masks: Tensor | None = None, generator: torch.Generator | None = None,
                  reference: Tensor | None = None) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement evaluate")
 
     @staticmethod
     def fractions(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
         """HARMONY's removal fractions u ~ U[0.05, 0.95], one per image."""
+        check_count(n, "n")
+        _check_generator(generator)
         return torch.rand(n, generator=generator, device=device) * 0.9 + 0.05
+
+
+def check_batch(model: nn.Module, inputs: Tensor, targets: Tensor | None = None, masks: Tensor | None = None) -> None:
+    """The arguments of ``evaluate`` (see the module doc); targets and masks when given."""
+    check_images(inputs, model=model)
+    if targets is not None:
+        with torch.no_grad():
+            classes = int(model(inputs[:1]).shape[1])
+        check_targets(targets, inputs.shape[0], classes, broadcast=False)
+    if masks is not None:
+        check_masks(masks, (inputs.shape[0], *inputs.shape[-2:]))
+
+
+def explained(explain: Explain, inputs: Tensor, targets: Tensor) -> Tensor:
+    """``explain(inputs, targets)``, checked: one finite map [H, W] per image at the input resolution."""
+    maps = explain(inputs, targets)
+    check_maps(maps, batch=inputs.shape[0], name="the explainer's maps")
+    if maps.shape[-2:] != inputs.shape[-2:]:
+        raise InputError(f"the explainer's maps are {tuple(maps.shape[-2:])} for images {tuple(inputs.shape[-2:])}: "
+                         "learnable metrics need maps at the input resolution (an explainer with upsample=True)")
+    return maps
+
+
+def _check_perturbation(inputs: Tensor, maps: Tensor, fraction: Tensor | None) -> None:
+    check_images(inputs, value_range=DEFAULT_RANGE)
+    check_maps(maps.detach(), batch=inputs.shape[0], name="maps")
+    if fraction is not None:
+        if not isinstance(fraction, Tensor) or fraction.shape != (inputs.shape[0],):
+            raise InputError(f"fraction must be a tensor [B] with one removal fraction per image (B = {inputs.shape[0]})")
+        check_number(fraction, "fraction")
+
+
+def _check_generator(generator: torch.Generator | None) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise InputError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                         f"{type(generator).__name__}")
 
 
 def _register(*names: str):
@@ -170,7 +243,8 @@ class Focus(LearnableMetric):
     def mosaics(self, model: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(mosaics [B/4, C, H, W], their predicted classes [B/4], positive-tile masks [B/4, H, W])."""
         b, _, h, w = inputs.shape
-        if b % 4 or b == 0:
+        check_images(inputs, model=model)
+        if b % 4:
             raise InputError(f"HARMONY's Focus builds mosaics of four images: the batch size must be divisible by 4, got {b}")
         if h % 2 or w % 2:
             raise InputError(f"HARMONY's Focus needs even image sizes, got {h}x{w}")
@@ -190,9 +264,10 @@ class Focus(LearnableMetric):
         if self.variant == "original":
             if masks is None:
                 raise InputError("focus variant 'original' needs the mosaics' target-tile masks (Mosaics.masks)")
-            return positive_share(explain(inputs, targets), masks, eps)
+            check_batch(model, inputs, targets, masks)
+            return positive_share(explained(explain, inputs, targets), masks, eps)
         mosaic, predicted, positive = self.mosaics(model, inputs)
-        return positive_share(explain(mosaic, predicted), positive, eps)
+        return positive_share(explained(explain, mosaic, predicted), positive, eps)
 
 
 @_register("relevance_mass_accuracy", "rma")
@@ -203,7 +278,8 @@ class RMA(LearnableMetric):
     def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
         if masks is None:
             raise InputError("relevance_mass_accuracy needs masks (the data set's object masks)")
-        maps = explain(inputs, targets)
+        check_batch(model, inputs, targets, masks)
+        maps = explained(explain, inputs, targets)
         # IoULearnableMetric: sum(r * m) / sum(r + 1e-9), the 1e-9 added to every pixel
         eps = HARMONY_EPS * maps[0].numel() if self.preset == "harmony" else None
         return positive_share(maps, masks, eps)
@@ -217,12 +293,19 @@ class ROAD(LearnableMetric):
     def __init__(self, percentages: Sequence[float] = HARMONY_PERCENTAGES, noise: float = 0.01,
                  preset: str = "xaibench") -> None:
         super().__init__(preset)
-        self.percentages, self.noise = tuple(percentages), noise
+        percentages = tuple(percentages)
+        if not percentages:
+            raise InputError("percentages is empty: pass at least one removal percentage in (0, 100]")
+        for p in percentages:
+            check_number(p, "percentages", 0.0, 100.0, open_low=True)
+        check_number(noise, "noise", 0.0, float("inf"))
+        self.percentages, self.noise = percentages, noise
 
     def perturb_input(self, inputs, maps, generator, fraction: Tensor | None = None):
         """The top `fraction` [B] (default: HARMONY's draw) of the pixels removed, noisy linear
         imputation; preset ``harmony``: ``floor(H x W x p / 100)`` pixels, p the evaluation
         percentage at index ``floor(fraction x len(percentages))`` (``ROADLearnableMetric.mask``)."""
+        _check_perturbation(inputs, maps, fraction)
         u = self.fractions(inputs.shape[0], generator, inputs.device) if fraction is None else fraction
         ranking = rank_features(maps.detach(), tuple(inputs.shape[-2:]), order="morf", resample="upsample")
         if self.preset == "harmony":
@@ -234,7 +317,8 @@ class ROAD(LearnableMetric):
         return noisy_linear_impute(inputs.detach(), removed, noise=self.noise, generator=generator)
 
     def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
-        maps = explain(inputs, targets).detach()
+        check_batch(model, inputs, targets)
+        maps = explained(explain, inputs, targets).detach()
         result = road(model, inputs, maps, targets if reference is None else reference,
                       percentages=self.percentages, noise=self.noise, lerf=False, seed=generator)
         return 1 - result.scores
@@ -247,10 +331,12 @@ class IROF(LearnableMetric):
 
     def __init__(self, n_segments: int = 100, compactness: float = 10.0, preset: str = "xaibench") -> None:
         super().__init__(preset)
-        self.n_segments, self.compactness = n_segments, compactness
+        check_number(compactness, "compactness", 0.0, float("inf"), open_low=True)
+        self.n_segments, self.compactness = check_count(n_segments, "n_segments"), compactness
 
     def perturb_input(self, inputs, maps, generator, fraction: Tensor | None = None):
         """The top `fraction` [B] of the SLIC superpixels (mean attribution) set to the per-channel image mean."""
+        _check_perturbation(inputs, maps, fraction)
         u = self.fractions(inputs.shape[0], generator, inputs.device) if fraction is None else fraction
         segments = superpixel_segments(inputs, n_segments=self.n_segments, compactness=self.compactness)
         ranking = rank_features(maps.detach(), tuple(inputs.shape[-2:]), granularity="superpixel", segments=segments,
@@ -260,7 +346,8 @@ class IROF(LearnableMetric):
         return torch.where(removed, x.mean(dim=(2, 3), keepdim=True), x)
 
     def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
-        maps = explain(inputs, targets).detach()
+        check_batch(model, inputs, targets)
+        maps = explained(explain, inputs, targets).detach()
         return irof(model, inputs, maps, targets if reference is None else reference, n_segments=self.n_segments,
                     compactness=self.compactness).extras["normalised"]
 
@@ -275,6 +362,10 @@ class IS(LearnableMetric):
                  preset: str = "xaibench") -> None:
         super().__init__(preset)
         harmony = preset == "harmony"
+        check_number(radius, "radius", 0.0, float("inf"), open_low=True)
+        check_number(eps_min, "eps_min", 0.0, float("inf"), open_low=True)
+        if n_samples is not None:
+            check_count(n_samples, "n_samples")
         self.radius, self.eps_min = radius, eps_min
         self.n_samples = n_samples if n_samples is not None else HARMONY_IS_SAMPLES if harmony else 10
         self._noise = uniform_noise(radius)
@@ -282,6 +373,7 @@ class IS(LearnableMetric):
     def perturb_input(self, inputs, maps=None, generator=None, model: nn.Module | None = None):
         """A noisy copy of each row: uniform in the L-inf ball of `radius`; preset ``harmony``: Gaussian
         noise of sigma 0.05 in the model's input space (`model_space`)."""
+        check_images(inputs, model=model, value_range=DEFAULT_RANGE)
         gen = make_generator(generator, inputs.device)
         if self.preset == "xaibench":
             return self._noise(inputs.detach(), gen)
@@ -292,6 +384,7 @@ class IS(LearnableMetric):
     def ratio(self, x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, model: nn.Module | None = None) -> Tensor:
         """The evaluated ratio per row: ``||(e - e')/e|| / max(||(x - x')/x||, eps_min)`` (zero
         entries divide by eps_min); preset ``harmony``: ISLearnableMetric's (module doc)."""
+        _check_pairs(x, xp, e, ep)
         if self.preset == "harmony":
             e, ep = max_abs_normalise(e, HARMONY_EPS), max_abs_normalise(ep, HARMONY_EPS)
             return _relative(e, ep).sum(1) / (_relative(*self._space(model, x, xp)).sum(1) + HARMONY_EPS)
@@ -303,6 +396,7 @@ class IS(LearnableMetric):
     def objective(self, x: Tensor, xp: Tensor, e: Tensor, ep: Tensor, model: nn.Module | None = None) -> Tensor:
         """The training term per row: `ratio`; preset ``harmony``: the trainer's, maps L1-normalised
         (``AttributionSimilarityLearnableMetricTrainer.train``)."""
+        _check_pairs(x, xp, e, ep)
         if self.preset == "xaibench":
             return self.ratio(x, xp, e, ep)
         e, ep = l1_normalise_eps(e, HARMONY_EPS), l1_normalise_eps(ep, HARMONY_EPS)
@@ -313,6 +407,7 @@ class IS(LearnableMetric):
         return (x, xp) if model is None else (model_space(model, x)[0], model_space(model, xp)[0])
 
     def evaluate(self, model, inputs, targets, explain, masks=None, generator=None, reference=None):
+        check_batch(model, inputs, targets)
         n = self.n_samples
         rows = inputs.repeat_interleave(n, dim=0)
         noisy = self.perturb_input(rows, generator=generator, model=model)
@@ -322,10 +417,17 @@ class IS(LearnableMetric):
         if self.preset == "harmony":  # ISLearnableMetric keeps every copy
             keep = torch.ones_like(keep)
         with perturbed_inputs():  # noisy copies may leave the pixel range
-            noisy_maps = explain(noisy, t)
-        values = self.ratio(rows, noisy, explain(inputs, targets).repeat_interleave(n, dim=0), noisy_maps, model)
+            noisy_maps = explained(explain, noisy, t)
+        values = self.ratio(rows, noisy, explained(explain, inputs, targets).repeat_interleave(n, dim=0), noisy_maps,
+                            model)
         values = torch.where(keep, values, torch.full_like(values, -torch.inf)).view(-1, n).amax(1)
         return torch.where(torch.isfinite(values), values, torch.full_like(values, torch.nan))
+
+
+def _check_pairs(x: Tensor, xp: Tensor, e: Tensor, ep: Tensor) -> None:
+    if not (x.shape == xp.shape and e.shape == ep.shape and x.shape[0] == e.shape[0]):
+        raise InputError(f"need x, x' of one shape and e, e' of one shape with the same batch, got "
+                         f"{tuple(x.shape)}, {tuple(xp.shape)}, {tuple(e.shape)}, {tuple(ep.shape)}")
 
 
 def _relative(before: Tensor, after: Tensor) -> Tensor:
@@ -335,4 +437,10 @@ def _relative(before: Tensor, after: Tensor) -> Tensor:
 
 def learnable_metric(name: str, **params) -> LearnableMetric:
     """The learnable metric registered as `name` (close names suggested for unknown ones)."""
-    return LEARNABLE.get(name)(**params)
+    cls = LEARNABLE.get(name)
+    try:
+        inspect.signature(cls).bind(**params)
+    except TypeError as err:
+        takes = ", ".join(inspect.signature(cls).parameters) or "no parameters"
+        raise InputError(f"learnable metric {name!r}: {err}; it takes {takes}") from None
+    return cls(**params)

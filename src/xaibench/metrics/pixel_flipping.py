@@ -77,6 +77,7 @@ def _aopc(curves: Tensor) -> Tensor:
         cost="ceil(H * W / features_per_step) + 1 forwards",
         references=_BACH,
         description="Area under the target score while pixels are flipped to the baseline in MoRF order.",
+        ranks_map=True,
     )
 )
 def pixel_flipping(
@@ -110,6 +111,7 @@ def pixel_flipping(
         cost="min(regions_evaluation, ceil(H/patch_size) * ceil(W/patch_size)) + 1 forwards",
         references=_SAMEK,
         description="AOPC while square regions are perturbed one by one in MoRF / LeRF / random order.",
+        ranks_map=True,
     )
 )
 def region_perturbation(
@@ -152,6 +154,7 @@ def region_perturbation(
         cost="steps + 1 forwards",
         references=_SAMEK,
         description="Area over the perturbation curve: mean drop of the target score over evenly spaced MoRF steps.",
+        ranks_map=True,
     )
 )
 def aopc(
@@ -189,6 +192,7 @@ def aopc(
             "Schulz, Sixt, Tombari, Landgraf. Restricting the Flow: Information Bottlenecks for Attribution. ICLR 2020.",
         ),
         description="Area between the LeRF and MoRF deletion curves.",
+        ranks_map=True,
     )
 )
 def abpc(

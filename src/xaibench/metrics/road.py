@@ -63,6 +63,7 @@ def _impute(
             "Attribution Methods. ICML 2022.",
         ),
         description="Accuracy after removing MoRF (and LeRF) pixels with noisy linear imputation.",
+        ranks_map=True,
     )
 )
 def road(

@@ -13,6 +13,10 @@ confidence ``max_c p_c`` and the hit ``argmax_c p_c == label``. Every error is
   belongs to the first bin (their code drops it);
 - `classwise_calibration_error` (Kull et al. 2019): for every class c, the ECE of the
   one-vs-rest pair (p_c, 1[label = c]) with equal-width bins, averaged over the classes.
+
+Inputs are checked (`xaibench.checks`): probabilities are rows in [0, 1] summing to 1 (logits
+are refused: apply softmax first), labels class indices in [0, C), confidences in [0, 1] with
+0/1 hits, at least one sample, and ``n_bins`` an int >= 1.
 """
 
 from __future__ import annotations
@@ -22,22 +26,36 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from xaibench.checks import check_count, check_number, check_probabilities, check_targets
 from xaibench.errors import InputError
 
 N_BINS = 15
 
 
-def _check(probs: Tensor, labels: Tensor) -> None:
-    if probs.ndim != 2 or labels.ndim != 1 or probs.shape[0] != labels.shape[0] or probs.shape[0] == 0:
-        raise InputError(f"need probabilities [N, C] and labels [N] with N > 0, got {tuple(probs.shape)} and "
-                         f"{tuple(labels.shape)}")
+def _check(probs: Tensor, labels: Tensor) -> Tensor:
+    """Labels [N] as long on the probabilities' device (see module doc for what is checked)."""
+    check_probabilities(probs, "probs")
+    return check_targets(labels, probs.shape[0], probs.shape[1], name="labels", broadcast=False).to(probs.device)
+
+
+def _check_confidences(conf: Tensor, hits: Tensor, n_bins: int) -> None:
+    for name, t in (("conf", conf), ("hits", hits)):
+        if not isinstance(t, Tensor) or t.ndim != 1 or t.numel() == 0:
+            raise InputError(f"{name} must be a non-empty tensor [N], got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    if conf.shape != hits.shape:
+        raise InputError(f"conf has {conf.numel()} entries but hits has {hits.numel()}: one per sample")
+    check_number(conf.float(), "conf (top-label confidences)")
+    if not ((hits == 0) | (hits == 1)).all():
+        raise InputError("hits must be 0 or 1 (whether the top label is right)")
+    check_count(n_bins, "n_bins")
 
 
 def top_label(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """(confidence [N] float, hit [N] float 0/1) of probabilities [N, C] and labels [N]."""
-    _check(probs, labels)
+    labels = _check(probs, labels)
     conf, pred = probs.float().max(dim=1)
-    return conf, (pred == labels.to(pred.device)).float()
+    return conf, (pred == labels).float()
 
 
 def _gap(conf: Tensor, hits: Tensor, bins: Tensor, n_bins: int) -> Tensor:
@@ -69,6 +87,7 @@ def _equal_mass(conf: Tensor, n_bins: int) -> Tensor:
 
 def expected_calibration_error(probs: Tensor, labels: Tensor, *, n_bins: int = N_BINS) -> Tensor:
     """ECE with `n_bins` equal-width bins (torchmetrics), a 0-d float tensor."""
+    check_count(n_bins, "n_bins")
     conf, hits = top_label(probs, labels)
     return confidence_calibration_error(conf, hits, n_bins=n_bins)
 
@@ -77,25 +96,29 @@ def confidence_calibration_error(conf: Tensor, hits: Tensor, *, n_bins: int = N_
     """ECE of top-label confidences [N] and hits [N] (0/1), equal-width bins (torchmetrics)."""
     from torchmetrics.functional.classification import binary_calibration_error
 
+    _check_confidences(conf, hits, n_bins)
     return binary_calibration_error(conf.float(), hits.long(), n_bins=n_bins, norm="l1")
 
 
 def adaptive_calibration_error(probs: Tensor, labels: Tensor, *, n_bins: int = N_BINS) -> Tensor:
     """AdaECE with `n_bins` equal-mass bins (see module doc), a 0-d float tensor."""
+    check_count(n_bins, "n_bins")
     conf, hits = top_label(probs, labels)
     return confidence_adaptive_error(conf, hits, n_bins=n_bins)
 
 
 def confidence_adaptive_error(conf: Tensor, hits: Tensor, *, n_bins: int = N_BINS) -> Tensor:
     """AdaECE of top-label confidences [N] and hits [N] (0/1)."""
+    _check_confidences(conf, hits, n_bins)
     return _gap(conf, hits, _equal_mass(conf, n_bins), n_bins)
 
 
 def classwise_calibration_error(probs: Tensor, labels: Tensor, *, n_bins: int = N_BINS) -> Tensor:
     """Class-wise ECE: the mean over classes of the one-vs-rest ECE (see module doc), a 0-d tensor."""
-    _check(probs, labels)
+    check_count(n_bins, "n_bins")
+    labels = _check(probs, labels)
     p = probs.float().T  # [C, N]
-    hits = (labels.to(p.device)[None, :] == torch.arange(p.shape[0], device=p.device)[:, None]).float()
+    hits = (labels[None, :] == torch.arange(p.shape[0], device=p.device)[:, None]).float()
     return _gap(p, hits, _equal_width(p, n_bins), n_bins).mean()
 
 
@@ -112,8 +135,7 @@ class ReliabilityBins:
 
 def reliability_bins(conf: Tensor, hits: Tensor, *, n_bins: int = N_BINS, adaptive: bool = False) -> ReliabilityBins:
     """The bins of a reliability diagram: equal-width (as ECE) or equal-mass (as AdaECE)."""
-    if conf.ndim != 1 or conf.shape != hits.shape or conf.numel() == 0:
-        raise InputError(f"need confidences [N] and hits [N] with N > 0, got {tuple(conf.shape)}, {tuple(hits.shape)}")
+    _check_confidences(conf, hits, n_bins)
     if adaptive:
         edges = _equal_mass_edges(conf, n_bins)
         bins = _equal_mass(conf, n_bins)
