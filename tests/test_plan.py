@@ -108,3 +108,15 @@ def test_plan_errors(tmp_path, capsys):
     assert "--workers: expected numbers" in capsys.readouterr().err
     assert main(["plan", str(path), "--forward-ms", "1"]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_plan_on_a_device_this_machine_lacks_is_a_clear_error(tmp_path, capsys, monkeypatch, device):
+    from xaibench import devices
+
+    monkeypatch.setattr(devices, "_backend_count", lambda kind: 1 if kind == "cpu" else 0)
+    path = tmp_path / "plan.toml"
+    path.write_text(TOML)
+    assert main(["plan", str(path), "--device", device, "--images", "8", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert f"device '{device}' is not available" in err and "Available: cpu" in err and "Traceback" not in err

@@ -161,6 +161,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.images is not None and args.images < 1:
         raise InputError(f"--images: must be >= 1, got {args.images}")
     cfg = load_config(args.config).with_device(args.device)
+    from xaibench.devices import resolve_device
+
+    device = str(resolve_device(cfg.device))  # a device this machine lacks: the error every command gives
     start = time.perf_counter()
     from xaibench import load_model
 
@@ -168,11 +171,11 @@ def handle(args: argparse.Namespace) -> int:
 
     mkw = {k: cfg.model[k] for k in ("weights", "num_classes") if cfg.model.get(k) is not None}
     try:
-        model = load_model(cfg.model["spec"], seed=cfg.seed, device=cfg.device, **mkw).eval()
+        model = load_model(cfg.model["spec"], seed=cfg.seed, device=device, **mkw).eval()
     except WeightsUnavailableError as err:  # timing does not depend on the weights' values
         print(f"note: timing the architecture with random weights ({err})", file=sys.stderr)
         mkw.pop("weights")
-        model = load_model(cfg.model["spec"], seed=cfg.seed, device=cfg.device, **mkw).eval()
+        model = load_model(cfg.model["spec"], seed=cfg.seed, device=device, **mkw).eval()
     load = time.perf_counter() - start
     if args.images is None:
         from xaibench.data import load_dataset
@@ -188,9 +191,9 @@ def handle(args: argparse.Namespace) -> int:
             raise InputError("--images without the data set: give --image-size (or [data].image_size in the config)")
         n_images, image_size = args.images, (side, side)
     if args.forward_ms is not None:
-        cal = Calibration(cfg.device, 0, args.forward_ms / 1e3, args.backward_ms / 1e3, load, False)
+        cal = Calibration(device, 0, args.forward_ms / 1e3, args.backward_ms / 1e3, load, False)
     else:
-        cal = calibrate(model, image_size, batch=min(cfg.max_batch, 64), device=cfg.device,
+        cal = calibrate(model, image_size, batch=min(cfg.max_batch, 64), device=device,
                         repeats=max(1, args.batches), load=load)
     rows = cost_table(cfg, image_size, model)
     plan = estimate(rows, cal, n_images, cfg.shard_size, workers, args.task_overhead)
