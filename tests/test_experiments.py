@@ -135,3 +135,25 @@ def test_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path, capsys):
     assert main(["experiment", "toy-interrupted", str(cfg), "--out", str(tmp_path / "e")]) == 130
     err = capsys.readouterr().err
     assert "1 of 2 steps are saved" in err and f"--out {tmp_path / 'e'} --resume" in err
+
+
+def test_failed_validation_writes_nothing(tmp_path, monkeypatch):
+    """A missing data set folder, a missing model file or a device this machine lacks is refused
+    before DIR/experiment.json exists, so the corrected config runs in the same folder."""
+    from xaibench import devices
+
+    monkeypatch.setattr(devices, "_backend_count", lambda kind: 1 if kind == "cpu" else 0)
+    schema = {"n": ((int,), REQUIRED), "data": ((dict,), {}), "models": ((dict,), {})}
+    recipe = Recipe("toy-data", "reads a data set", schema, lambda cfg: [Step("make", _make)], _report)
+    out = tmp_path / "exp"
+    bad = [({"data": {"spec": f"folder:{tmp_path / 'missing'}"}}, InputError, r"config \[data\]: .*does not exist"),
+           ({"data": {"spec": "builtin:digts"}}, UnknownNameError, r"config \[data\]: unknown built-in"),
+           ({"models": {"a": {"spec": f"file:{tmp_path / 'no.pt'}"}}}, InputError, r"config \[models.a\]: model file"),
+           ({"device": "cuda"}, InputError, "device 'cuda' is not available")]
+    for extra, error, message in bad:
+        with pytest.raises(error, match=message):
+            run_recipe(recipe, recipe.parse({"n": 2, **extra}), out)
+        assert not (out / "experiment.json").exists()
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    run_recipe(recipe, recipe.parse({"n": 2, "data": {"spec": f"folder:{tmp_path / 'images'}"}}), out)
+    assert (out / "experiment.json").exists()

@@ -24,6 +24,19 @@ from xaibench.errors import InputError, UnknownNameError
 
 BUILTIN = ("digits", "digits-spurious", "digits-hard")
 SCHEMES = ("builtin", "folder", "imagenet")
+ON_DISK = ("folder", "imagenet", "celeba", "celebamask-hq", "cifar100", "subset")  # spec = scheme:<path>[#...][?...]
+
+
+def check_spec(spec: str) -> None:
+    """A cheap check of a data set spec before anything is written: a set on disk names a path that
+    exists (its files are read when used); any other spec is one `load_dataset` knows."""
+    scheme, sep, rest = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if sep and scheme in ON_DISK:
+        root = os.path.expanduser(rest.partition("?")[0].partition("#")[0])
+        if not os.path.exists(root):
+            raise InputError(f"data set {spec!r}: {root} does not exist")
+    elif not (isinstance(spec, str) and not sep and os.path.isdir(os.path.expanduser(spec))):
+        load_dataset(spec)
 
 
 def load_dataset(spec: str, split: str = "test", image_size: int | None = None,

@@ -53,7 +53,7 @@ from typing import Any
 import pandas as pd
 
 from xaibench.config import REQUIRED, config_hash, load_toml, section
-from xaibench.errors import InputError
+from xaibench.errors import InputError, XaibenchError
 from xaibench.runner import layout
 from xaibench.seeding import derive_seed
 
@@ -321,8 +321,38 @@ def run_recipe(recipe: Recipe, cfg: ExperimentConfig, out: str | Path, *, resume
     out = Path(out)
     steps = recipe.plan(cfg)
     _check_plan(steps, recipe.name)
+    dry_run(cfg)
     with layout.run_lock(out):
         return _run_locked(steps, cfg, out, resume=resume, overwrite=overwrite)
+
+
+DATA_TABLES = ("data", "benchmark", "source", "target")  # tables whose ``spec`` names a data set
+
+
+def dry_run(cfg: ExperimentConfig) -> None:
+    """What can be checked before anything is written, beyond the recipe's validation: the device
+    exists on this machine, every data set (``spec`` of a table named in `DATA_TABLES`) and every
+    ``file:`` model named exists. Errors name the config table."""
+    from xaibench.data import check_spec
+    from xaibench.devices import resolve_device
+
+    resolve_device(cfg.device)
+    tables: list[tuple[str, Mapping[str, Any]]] = [("", cfg.raw)]
+    while tables:
+        where, table = tables.pop()
+        for key, value in table.items():
+            if isinstance(value, Mapping):
+                tables.append((f"{where}.{key}".lstrip("."), value))
+        spec = table.get("spec")
+        if not isinstance(spec, str):
+            continue
+        try:
+            if where.rsplit(".", 1)[-1] in DATA_TABLES:
+                check_spec(spec)
+            elif spec.startswith("file:") and not Path(spec[5:]).expanduser().is_file():
+                raise InputError(f"model file {spec[5:]} does not exist")
+        except XaibenchError as err:
+            raise type(err)(f"config [{where}]: {err}") from None
 
 
 def _contents(out: Path) -> list[Path]:
