@@ -151,6 +151,51 @@ def test_a_corrupt_results_file_is_named_never_a_traceback(copy_of, damage):
         _quiet_run(_cfg(), copy_of, resume=True)
 
 
+def test_a_same_size_bit_flip_is_caught_by_the_recorded_hash(copy_of):
+    """A flipped bit that leaves the file readable and its size unchanged: load_results verifies the
+    sha256 by default; verify=False compares sizes only and reads the changed rows."""
+    before = load_results(copy_of)
+    path = layout.results_path(copy_of, 0)
+    data = bytearray(path.read_bytes())
+    for pos in range(len(data) // 4, len(data)):  # the first flip that leaves the table readable and changed
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x01
+        path.write_bytes(flipped)
+        try:
+            changed = not load_results(copy_of, verify=False).equals(before)
+        except InputError:
+            changed = False
+        if changed:
+            break
+    else:
+        pytest.fail("no readable single-bit change found")
+    with pytest.raises(InputError, match=rf"{path} is corrupt \(its sha256 differs"):
+        load_results(copy_of)
+    load_maps(copy_of, "grad", verify=True)  # the other files are intact
+
+
+@pytest.mark.parametrize(("key", "value"), [("positions", None), ("n_shards", "2"), ("positions", [0, "1"]),
+                                             ("config", []), ("n_shards", True)])
+def test_a_manifest_with_wrong_types_is_named(copy_of, key, value):
+    path = copy_of / layout.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest[key] = value
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=rf"run.json is corrupt \('{key}' must be .*--overwrite"):
+        _quiet_run(_cfg(), copy_of, resume=True)
+    with pytest.raises(InputError, match="run.json is corrupt"):
+        load_results(copy_of)
+
+
+def test_a_commit_record_with_wrong_types_is_named(copy_of):
+    path = layout.commit_path(copy_of, 0)
+    record = json.loads(path.read_text())
+    next(iter(record["files"].values()))["size"] = "12"
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"commit record .* is corrupt \(files\[.*'size' must be int"):
+        load_results(copy_of)
+
+
 def test_corrupt_caches_are_recomputed_on_resume(finished, copy_of):
     for path in (layout.curves_path(copy_of, 0), layout.images_path(copy_of, 1), layout.maps_path(copy_of, "grad", 0)):
         data = path.read_bytes()

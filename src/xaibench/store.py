@@ -21,9 +21,11 @@ One row per (image, method, metric) with columns
   ``captum_version``, ``python_version``
 
 Only committed shards are read (those whose results file exists). Each file read is checked
-against the size in its shard's commit record, and a file that does not match or cannot be read
-is an `InputError` naming it (``xaibench run CONFIG --out DIR --resume`` verifies every hash,
-recomputes corrupt caches and names corrupt results).
+against its shard's commit record, and a file that does not match or cannot be read is an
+`InputError` naming it (``xaibench run CONFIG --out DIR --resume`` verifies every hash, recomputes
+corrupt caches and names corrupt results). ``verify=True`` compares the recorded sha256 (a flipped
+bit in a file of the right size is caught), ``verify=False`` the size only: the results and
+curves tables (small) are verified by default, the cached maps and images (large) are not.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def _shard_files(out: Path, folder: str, suffix: str) -> list[Path]:
     return [f for f in files if (out / "shards" / f"{f.name[: -len(suffix)]}.parquet").exists()]
 
 
-def _read(out: Path, path: Path, reader: Callable[[Path], T]) -> T:
+def _read(out: Path, path: Path, reader: Callable[[Path], T], verify: bool) -> T:
     """`reader(path)`, or an `InputError` naming the file when it differs from its commit record
-    (size) or cannot be read."""
+    (size; with `verify` also sha256) or cannot be read."""
     why = None
     try:
         commit = layout.read_commit(out, int(path.stem.split("-")[-1]))
@@ -58,7 +60,7 @@ def _read(out: Path, path: Path, reader: Callable[[Path], T]) -> T:
         raise InputError(f"{err} (needed to read {path})") from None
     record = None if commit is None else commit["files"].get(path.relative_to(out).as_posix())
     if record is not None:
-        why = layout.check_file(path, record, full=False)
+        why = layout.check_file(path, record, full=verify)
     if why is None:
         try:
             return reader(path)
@@ -76,8 +78,9 @@ def load_manifest(out: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_results(out: str | Path) -> pd.DataFrame:
-    """All committed rows of the run in `out`, in shard order. Warns if the run is unfinished."""
+def load_results(out: str | Path, *, verify: bool = True) -> pd.DataFrame:
+    """All committed rows of the run in `out`, in shard order. Warns if the run is unfinished.
+    `verify`: compare each file's sha256 with its commit record (else its size only)."""
     out = Path(out)
     manifest = load_manifest(out)
     files = _shard_files(out, "shards", ".parquet")
@@ -89,7 +92,7 @@ def load_results(out: str | Path) -> pd.DataFrame:
         )
     if not files:
         raise InputError(f"{out}: no finished shard yet")
-    return pd.concat([_read(out, f, pd.read_parquet) for f in files], ignore_index=True)
+    return pd.concat([_read(out, f, pd.read_parquet, verify) for f in files], ignore_index=True)
 
 
 def committed_shards(out: str | Path) -> int:
@@ -97,24 +100,26 @@ def committed_shards(out: str | Path) -> int:
     return len(_shard_files(Path(out), "shards", ".parquet"))
 
 
-def load_curves(out: str | Path) -> pd.DataFrame:
-    """Per-image curves (columns image_id, method, metric, curve: list of floats, step 0 first)."""
+def load_curves(out: str | Path, *, verify: bool = True) -> pd.DataFrame:
+    """Per-image curves (columns image_id, method, metric, curve: list of floats, step 0 first);
+    `verify` as `load_results`."""
     out = Path(out)
     files = _shard_files(out, "curves", ".parquet")
     if not files:
         return pd.DataFrame({"image_id": [], "method": [], "metric": [], "curve": []})
-    return pd.concat([_read(out, f, pd.read_parquet) for f in files], ignore_index=True)
+    return pd.concat([_read(out, f, pd.read_parquet, verify) for f in files], ignore_index=True)
 
 
 def _torch_load(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_images(out: str | Path) -> dict[str, Any]:
-    """The run's images as stored for galleries: ids, positions, images uint8 [N, C, H, W], labels, targets."""
+def load_images(out: str | Path, *, verify: bool = False) -> dict[str, Any]:
+    """The run's images as stored for galleries: ids, positions, images uint8 [N, C, H, W], labels, targets;
+    `verify` as `load_results`."""
     out = Path(out)
     files = _shard_files(out, "images", ".pt")
-    parts = [_read(out, f, _torch_load) for f in files]
+    parts = [_read(out, f, _torch_load, verify) for f in files]
     if not parts:
         return {"ids": [], "positions": [], "images": torch.empty(0, dtype=torch.uint8), "labels": torch.empty(0)}
     return {
@@ -126,10 +131,11 @@ def load_images(out: str | Path) -> dict[str, Any]:
     }
 
 
-def load_maps(out: str | Path, method: str) -> torch.Tensor:
-    """Cached maps of one method (label in the config) for all finished shards, float32 [N, H, W]."""
+def load_maps(out: str | Path, method: str, *, verify: bool = False) -> torch.Tensor:
+    """Cached maps of one method (label in the config) for all finished shards, float32 [N, H, W];
+    `verify` as `load_results`."""
     out = Path(out)
     files = _shard_files(out, f"maps/{method}", ".pt")
     if not files:
         raise InputError(f"{out}: no cached maps for method {method!r}")
-    return torch.cat([_read(out, f, _torch_load)["maps"] for f in files])
+    return torch.cat([_read(out, f, _torch_load, verify)["maps"] for f in files])

@@ -137,11 +137,47 @@ def read_commit(out: Path, index: int) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        record["files"].items()
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"commit record {path} is corrupt ({err}); delete it and run with --resume "
-                         "to rebuild it") from None
+        wrong = _wrong_types(record, COMMIT_TYPES, ("files",))
+        files = record["files"] if not wrong else {}
+        wrong += [f"files[{name!r}]: {why}" for name, rec in files.items()
+                  for why in _wrong_types(rec, FILE_RECORD_TYPES, tuple(FILE_RECORD_TYPES))]
+    except (ValueError, UnicodeDecodeError) as err:
+        wrong = [f"not valid JSON: {err}"]
+    if wrong:
+        raise InputError(f"commit record {path} is corrupt ({'; '.join(wrong[:3])}); delete it and run with --resume "
+                         "to rebuild it")
     return record
+
+
+# What the files a run writes hold: key -> (accepted types, element type of a list or None).
+_INT = (int,)
+MANIFEST_TYPES: dict[str, tuple[tuple[type, ...], type | None]] = {
+    "config_hash": ((str,), None), "config": ((dict,), None), "n_shards": (_INT, None), "model_hash": ((str,), None),
+    "positions": ((list,), int), "n_total": (_INT, None), "image_ids": ((list,), str),
+    "image_hashes": ((list,), str), "data_hash": ((str,), None), "n_images": (_INT, None),
+    "methods": ((list,), str), "metrics": ((list,), str), "classes": ((list,), None), "started": ((str,), None),
+}
+MANIFEST_REQUIRED = ("config_hash", "config", "n_shards")
+COMMIT_TYPES: dict[str, tuple[tuple[type, ...], type | None]] = {"shard": (_INT, None), "files": ((dict,), None)}
+FILE_RECORD_TYPES: dict[str, tuple[tuple[type, ...], type | None]] = {"size": (_INT, None), "sha256": ((str,), None)}
+
+
+def _wrong_types(obj: Any, types: dict[str, tuple[tuple[type, ...], type | None]], required: tuple[str, ...]
+                 ) -> list[str]:
+    """What in the JSON object `obj` is missing or of the wrong type (empty when it is as written)."""
+    if not isinstance(obj, dict):
+        return [f"expected a JSON object, got {type(obj).__name__}"]
+    wrong = [f"no {key!r}" for key in required if key not in obj]
+    for key, (accepted, element) in types.items():
+        if key not in obj:
+            continue
+        value = obj[key]
+        names = " or ".join(t.__name__ for t in accepted)
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            wrong.append(f"{key!r} must be {names}, got {json.dumps(value)[:40]}")
+        elif element is not None and any(isinstance(v, bool) or not isinstance(v, element) for v in value):
+            wrong.append(f"{key!r} must be a list of {element.__name__}")
+    return wrong
 
 
 # --- the manifest --------------------------------------------------------------------------------
@@ -154,12 +190,12 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(path.read_text())
-        missing = [k for k in ("config_hash", "config", "n_shards") if k not in manifest]
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, UnicodeDecodeError) as err:
         raise InputError(f"{path} is corrupt (not valid JSON: {err}); the run's identity is lost: "
                          "start it again with --overwrite") from None
-    if missing:
-        raise InputError(f"{path} is corrupt (no {', '.join(missing)}); start the run again with --overwrite")
+    wrong = _wrong_types(manifest, MANIFEST_TYPES, MANIFEST_REQUIRED)
+    if wrong:
+        raise InputError(f"{path} is corrupt ({'; '.join(wrong[:3])}); start the run again with --overwrite")
     return manifest
 
 
