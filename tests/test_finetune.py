@@ -120,6 +120,32 @@ def test_interrupted_finetuning_resumes_from_its_last_checkpoint(tmp_path, monke
     assert ft.finetune(_cfg(), out, resume=True, progress=False).evaluation == evaluation  # finished: returned as is
 
 
+def test_a_damaged_last_checkpoint_falls_back_to_the_best_one(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original_step = ft.HarmonyModule.training_step
+
+    def crash_at_three(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("power cut")
+        return original_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(ft.HarmonyModule, "training_step", crash_at_three)
+    with pytest.raises(RuntimeError, match="power cut"):
+        ft.finetune(_cfg(), out, progress=False)
+    monkeypatch.setattr(ft.HarmonyModule, "training_step", original_step)
+    last, best = out / "checkpoints" / "last.ckpt", out / "checkpoints" / "best.ckpt"
+    assert best.is_file()
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    saved = best.read_bytes()
+    best.write_bytes(b"")
+    with pytest.raises(InputError, match=rf"checkpoint {last} is damaged .*no earlier full checkpoint"):
+        ft.finetune(_cfg(), out, resume=True, progress=False)
+    best.write_bytes(saved)
+    with pytest.warns(UserWarning, match=rf"{last} is damaged .*resuming from the earlier checkpoint {best}"):
+        result = ft.finetune(_cfg(), out, resume=True, progress=False)
+    assert result.log["step"].tolist() == [0, 2, 4] and (out / "model.pt").is_file()
+
+
 @pytest.mark.parametrize("metric", ["focus", "road", "irof", "is"])
 def test_every_objective_gives_a_finite_loss_with_gradient(metric):
     import copy

@@ -44,6 +44,23 @@ def test_train_writes_model_log_and_config(tmp_path):
         train({**TINY, "seed": 4}, out, resume=True, progress=False)
 
 
+def test_a_damaged_last_checkpoint_is_named_with_what_to_do(tmp_path, capsys):
+    from xaibench.cli import main
+
+    out = tmp_path / "run"
+    train(TINY, out, progress=False)
+    (out / "model.pt").unlink()  # as if interrupted before the end
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:2000])  # truncated
+    with pytest.raises(InputError, match=rf"checkpoint {last} is damaged \(.*\).*delete it to run again from the start"):
+        train(TINY, out, resume=True, progress=False)
+    assert main(["train", str(out / "train.toml"), "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "last.ckpt is damaged" in err and "Traceback" not in err
+    last.unlink()  # what the message says: the run starts again in the same directory
+    assert list(train(TINY, out, resume=True, progress=False).log["epoch"]) == [0, 1]
+
+
 def test_fp_needs_a_feature_map(tmp_path):
     with pytest.raises(InputError, match=r"feature map \[B, K, h, w\].*'fc'"):
         train({**TINY, "setting": "fp", "feature_layer": "fc"}, tmp_path / "run", progress=False)

@@ -53,6 +53,7 @@ from xaibench.training.runtime import (
     lightning_accelerator,
     progress_callbacks,
     rank,
+    resume_checkpoint,
 )
 from xaibench.training.selection import candidate_count, select_epoch, top_epochs
 
@@ -413,8 +414,7 @@ def train(config: TrainConfig | Mapping[str, Any] | str | Path, out_dir: str | P
             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
             limit_val_batches=1.0 if val_set is not None else 0, deterministic="warn" if on_gpu else True,
         )
-        last = out / CHECKPOINTS / LAST
-        trainer.fit(module, ckpt_path=last if resume and last.is_file() else None)
+        trainer.fit(module, ckpt_path=resume_checkpoint(out / CHECKPOINTS / LAST) if resume else None)
         if not trainer.is_global_zero:
             return TrainResult(out / MODEL_FILE, recorder.table(), -1, cfg.hash)
         log = recorder.table()

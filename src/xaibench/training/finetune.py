@@ -81,8 +81,15 @@ from xaibench.metrics.learnable import LEARNABLE, LearnableMetric, finite_mean
 from xaibench.models import load_model, save_model
 from xaibench.reliability import MeanStatistic, bootstrap_ci
 from xaibench.seeding import derive_seed
-from xaibench.training.engine import split_data
-from xaibench.training.runtime import arch_spec, check_out, isolated, lightning_accelerator, progress_callbacks
+from xaibench.training.engine import LAST, split_data
+from xaibench.training.runtime import (
+    arch_spec,
+    check_out,
+    isolated,
+    lightning_accelerator,
+    progress_callbacks,
+    resume_checkpoint,
+)
 
 CONFIG_FILE = "finetune.toml"
 LOG_FILE = "log.csv"
@@ -90,6 +97,7 @@ MODEL_FILE = "model.pt"
 EVALUATION_FILE = "evaluation.json"
 GALLERY_FILE = "gallery.pt"
 CHECKPOINTS = "checkpoints"
+BEST = "best.ckpt"  # the selected step's full checkpoint: the fallback when last.ckpt is damaged
 LOG_COLUMNS = ("step", "metric", "agreement", "seconds")
 PRESETS = ("harmony", "xaibench")
 # HARMONY's loss weights per metric (trainer.py), and its learning rates (train.py: 3e-6 for the
@@ -605,9 +613,9 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         )
         if harmony:
             harmony_schedule(trainer, cfg.val_every, per_epoch)
-        last = out / CHECKPOINTS / "last.ckpt"
-        if resume and last.is_file():
-            trainer.fit(module, ckpt_path=last)
+        start = resume_checkpoint(out / CHECKPOINTS / LAST, (out / CHECKPOINTS / BEST,)) if resume else None
+        if start is not None:
+            trainer.fit(module, ckpt_path=start)
         else:
             trainer.validate(module, verbose=False)  # step 0: the original's score, logged by ValidationLog
             trainer.fit(module)

@@ -1,6 +1,7 @@
 """What the trainer and the fine-tuner share around Lightning: the accelerator of a config's device,
 the process's rank, isolation of the caller's global state, progress for a terminal or a log, the
-output folder's resume check and the architecture spec a model file stores."""
+output folder's resume check, the checkpoint to resume from and the architecture spec a model file
+stores."""
 
 from __future__ import annotations
 
@@ -122,3 +123,33 @@ def check_out(cfg: Any, existing: Path, resume: bool, load: Callable[[Path], Any
     if before.hash != cfg.hash:
         raise InputError(f"refusing to resume {out}: it was started with config {before.hash[:12]}, this config "
                          f"hashes to {cfg.hash[:12]}; use a new output directory for a changed config")
+
+
+def resume_checkpoint(last: Path, fallbacks: tuple[Path, ...] = ()) -> Path | None:
+    """The checkpoint to resume from: `last` when it loads; when it is damaged (a truncated write,
+    a full disk), the first of `fallbacks` that loads, with a warning naming both; None without
+    `last`. A damaged `last` and no usable fallback is an `InputError` naming the file and what to do."""
+    if not last.is_file():
+        return None
+    why = _unloadable(last)
+    if why is None:
+        return last
+    for other in fallbacks:
+        if other.is_file() and _unloadable(other) is None:
+            warnings.warn(f"{last} is damaged ({why}); resuming from the earlier checkpoint {other} instead: the "
+                          "steps after it are run again", UserWarning, stacklevel=2)
+            return other
+    raise InputError(f"checkpoint {last} is damaged ({why}) and there is no earlier full checkpoint to resume from: "
+                     f"delete it to run again from the start with --resume (the directory and config are kept), or "
+                     "restore it from a copy")
+
+
+def _unloadable(path: Path) -> str | None:
+    """Why Lightning could not resume from checkpoint `path`, or None when it loads."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # zip, pickle and torch raise many types for a damaged file
+        return f"{type(err).__name__}: {str(err)[:120]}"
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        return "not a Lightning checkpoint"
+    return None
