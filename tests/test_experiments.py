@@ -7,6 +7,7 @@ import json
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+import torch
 
 from xaibench.cli import main
 from xaibench.errors import InputError, UnknownNameError
@@ -157,3 +158,59 @@ def test_failed_validation_writes_nothing(tmp_path, monkeypatch):
     (tmp_path / "images" / "a").mkdir(parents=True)
     run_recipe(recipe, recipe.parse({"n": 2, "data": {"spec": f"folder:{tmp_path / 'images'}"}}), out)
     assert (out / "experiment.json").exists()
+
+
+def _save_model(ctx):
+    from xaibench.experiments.base import stored_path
+    from xaibench.models import DigitsCNN, save_model
+
+    path = ctx.root / "models" / "cnn" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_model(DigitsCNN().eval(), path, spec="builtin:digits-cnn")
+    ctx.write_table("models", pd.DataFrame({"model_path": [stored_path(ctx.root, path)]}))
+
+
+def _benchmark(ctx):
+    from xaibench.experiments.base import located_path
+    from xaibench.store import load_results
+
+    path = located_path(ctx.root, ctx.experiment.table("models")["model_path"].iloc[0])
+    config = {"shard_size": 2, "model": {"spec": f"file:{path}"}, "data": {"spec": "builtin:digits", "n": 2},
+              "methods": {"grad": {"method": "saliency"}}, "metrics": {"deletion": {"steps": 2}}}
+    out = ctx.run_benchmark("bench", config)
+    if INTERRUPT:
+        raise KeyboardInterrupt
+    ctx.write_table("scores", load_results(out)[["image_id", "score"]])
+
+
+INTERRUPT: list[str] = []
+
+
+def test_a_moved_experiment_resumes(tmp_path):
+    """Paths inside the experiment are stored and hashed relative to it: moved after an
+    interruption, it resumes at its new place (its benchmark run is resumed, not refused)."""
+    import shutil
+
+    from xaibench.runner import parse_config
+    from xaibench.runner.config import paths_relative_to
+
+    recipe = Recipe("toy-moved", "a model file and a benchmark of it", {},
+                    lambda cfg: [Step("model", _save_model), Step("bench", _benchmark, needs=("model",))], _report)
+    INTERRUPT.append("once")
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe, recipe.parse({}), tmp_path / "a" / "exp")
+    INTERRUPT.clear()
+    moved = tmp_path / "b" / "deeper" / "exp"
+    shutil.move(tmp_path / "a" / "exp", moved)
+    run_recipe(recipe, recipe.parse({}), moved, resume=True)
+    assert load_table(moved, "models")["model_path"].iloc[0] == "models/cnn/model.pt"
+    assert len(load_table(moved, "scores")) == 2
+    # the hash sees paths under the root relative to it, everything else as written
+    raw = {"model": {"spec": f"file:{moved}/models/m.pt"}, "data": {"spec": "builtin:digits"}, "name": "/abs"}
+    with paths_relative_to(moved):
+        portable = parse_config({**raw, "methods": {"g": {"method": "saliency"}}, "metrics": {"deletion": {}}}).hash
+    with paths_relative_to(tmp_path / "elsewhere"):
+        moved_raw = {**raw, "model": {"spec": f"file:{tmp_path}/elsewhere/models/m.pt"}}
+        assert parse_config({**moved_raw, "methods": {"g": {"method": "saliency"}}, "metrics": {"deletion": {}}}).hash \
+            == portable

@@ -1,5 +1,6 @@
 """Config files: TOML reading, sections checked against a schema, registry lookups, parameter checks
-against signatures, the config hash, and the one "did you mean" for every unknown name.
+against signatures, the config hash (paths under a moved directory hashed relative to it:
+`paths_relative_to`), and the one "did you mean" for every unknown name.
 
 Every config reader (runs, training, fine-tuning, experiments, HARMONY studies) is built from these
 pieces, so an unknown key, a wrong type or an unknown name reads the same everywhere:
@@ -13,12 +14,14 @@ round trip through a file.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import inspect
 import json
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -45,10 +48,46 @@ def unknown_key(place: str, key: str, known: Iterable[str]) -> InputError:
     return InputError(f"{place}: unknown key {key!r}.{suggest(key, known)} Allowed: {', '.join(known)}.")
 
 
+_HASH_ROOT: ContextVar[Path | None] = ContextVar("xaibench_hash_root", default=None)
+ROOT_MARK = "<root>"
+
+
+@contextlib.contextmanager
+def paths_relative_to(root: str | Path) -> Iterator[None]:
+    """Within the block, `config_hash` sees absolute paths under `root` (also after a spec's
+    ``scheme:``) as ``<root>/relative/path``: the configs of runs inside a directory tree that is
+    moved (an experiment's trainings and benchmarks) hash the same at the new place, so they resume."""
+    token = _HASH_ROOT.set(Path(root).resolve())
+    try:
+        yield
+    finally:
+        _HASH_ROOT.reset(token)
+
+
+def _portable(value: Any, root: Path) -> Any:
+    """`value` with absolute paths under `root` written relative to it (see `paths_relative_to`)."""
+    if isinstance(value, Mapping):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, root) for v in value]
+    if not isinstance(value, str):
+        return value
+    scheme, sep, rest = value.partition(":")
+    prefix, path = (scheme + sep, rest) if sep and len(scheme) > 1 else ("", value)
+    if not path.startswith("/"):
+        return value
+    try:
+        return f"{prefix}{ROOT_MARK}/{Path(path).relative_to(root).as_posix()}"
+    except ValueError:
+        return value
+
+
 def config_hash(raw: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of a validated config, without ``device`` and ``resources``
-    (where a run executes does not change its results)."""
-    body = {k: v for k, v in raw.items() if k not in NOT_HASHED}
+    (where a run executes does not change its results); paths under the root of `paths_relative_to`
+    are hashed relative to it."""
+    root = _HASH_ROOT.get()
+    body = {k: v if root is None else _portable(v, root) for k, v in raw.items() if k not in NOT_HASHED}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -138,7 +138,7 @@ def run_all(ctx: StepContext, runs: Sequence[Run]) -> pd.DataFrame:
     for run in runs:
         ctx.log(f"{run.label}: {run.config['model']['spec']} on {run.config['data']['spec']} "
                 f"({run.config['data']['split']})")
-        frame = per_image(ctx.run_benchmark(run.label, run.config))
+        frame = per_image(ctx.run_benchmark(run.label, run.config), run.config["data"])
         for i, (key, value) in enumerate(run.keys.items()):
             frame.insert(i, key, value)
         frames.append(frame)
@@ -156,8 +156,9 @@ def validate_benchmark(config: Mapping[str, Any]) -> None:
     parse_config(config)
 
 
-def per_image(run_dir: str | Path) -> pd.DataFrame:
-    """One row per (image, mask) of a run made from `benchmark_config`.
+def per_image(run_dir: str | Path, data: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per (image, mask) of a run made from `benchmark_config`; `data`: its [data] table as
+    the data set is found now (default: as the run recorded it; a moved experiment's paths differ).
 
     Columns: image_id, image_index, label, prediction, correct, mask, iou, gtc, sc, pg, case,
     nan_reason, model_spec, model_hash, dataset_spec, dataset_split.
@@ -178,7 +179,7 @@ def per_image(run_dir: str | Path) -> pd.DataFrame:
     # Cases from the maps the run cached per shard, with the same images' masks (one shard at a time).
     config = load_manifest(run_dir)["config"]
     saliency = next(iter(config["methods"]))
-    dataset = _dataset(config["data"])
+    dataset = _dataset(config["data"] if data is None else data)
     case: dict[tuple[str, str], str] = {}
     for shard, part in iou.groupby("shard"):
         path = layout.maps_path(run_dir, saliency, int(shard))

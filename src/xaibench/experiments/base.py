@@ -52,7 +52,7 @@ from typing import Any
 
 import pandas as pd
 
-from xaibench.config import REQUIRED, config_hash, load_toml, section
+from xaibench.config import REQUIRED, config_hash, load_toml, paths_relative_to, section
 from xaibench.errors import InputError, XaibenchError
 from xaibench.runner import layout
 from xaibench.seeding import derive_seed
@@ -217,6 +217,18 @@ class ExperimentDir:
         return step in self.manifest.get("steps", {})
 
 
+def stored_path(root: str | Path, path: str | Path) -> str:
+    """How a step writes a path into its tables: relative to the experiment directory `root` when
+    inside it (the experiment can be moved), else absolute. `located_path` reads it back."""
+    path, root = Path(path).resolve(), Path(root).resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def located_path(root: str | Path, stored: str | Path) -> Path:
+    """The path a `stored_path` value names, with the experiment directory `root` where it is now."""
+    return Path(root).resolve() / stored
+
+
 def _table_path(out: Path, name: str) -> Path | None:
     found = sorted(Path(out).glob(f"steps/*/tables/{name}.parquet"))
     return found[0] if found else None
@@ -317,12 +329,14 @@ def run_recipe(recipe: Recipe, cfg: ExperimentConfig, out: str | Path, *, resume
     resuming requires the same recipe and config hash. Steps already committed whose files are
     unchanged are skipped; an uncommitted step's folder is cleared before it runs again. The
     directory's lock (`xaibench.runner.layout.run_lock`) is held throughout: one writer at a time.
+    Paths inside `out` enter the hashes of its trainings and benchmarks relative to it, and steps
+    store them relative (`stored_path`), so a moved experiment resumes at its new place.
     """
     out = Path(out)
     steps = recipe.plan(cfg)
     _check_plan(steps, recipe.name)
     dry_run(cfg)
-    with layout.run_lock(out):
+    with layout.run_lock(out), paths_relative_to(out):  # trainings and benchmarks inside resume after a move
         return _run_locked(steps, cfg, out, resume=resume, overwrite=overwrite)
 
 

@@ -39,6 +39,8 @@ from xaibench.experiments.base import (
     StepContext,
     Table,
     Text,
+    located_path,
+    stored_path,
 )
 
 DATA = {
@@ -157,7 +159,7 @@ def train_models(ctx: StepContext) -> None:
         ctx.log(f"training on the {setting} set")
         result = train(_train_config(ctx.cfg, str(subsets), setting), ctx.root.resolve() / "models" / setting,
                        resume=True, progress=False)
-        rows.append({"setting": setting, "model_path": str(result.model_path), "best_epoch": result.best_epoch,
+        rows.append({"setting": setting, "model_path": stored_path(ctx.root, result.model_path), "best_epoch": result.best_epoch,
                      "train_config_hash": result.config_hash})
     ctx.write_table("models", pd.DataFrame(rows))
 
@@ -171,7 +173,7 @@ def evaluate(ctx: StepContext) -> None:
     for model in SETTINGS:
         for test in SETTINGS:
             run_data = {"spec": f"subset:{subsets}", "split": f"test-{test}", "image_size": data["image_size"]}
-            config = al.benchmark_config({"spec": f"file:{models[model]}"}, run_data, data["masks"],
+            config = al.benchmark_config({"spec": f"file:{located_path(ctx.root, models[model])}"}, run_data, data["masks"],
                                          ctx.cfg["saliency"], batch=ctx.cfg["batch"],
                                          name=f"{model} model, {test} test")
             runs.append(al.Run(f"{model}-model-{test}-test", {"model": model, "test_set": test}, config))

@@ -58,7 +58,19 @@ import torch
 
 from xaibench.config import entries, lookup
 from xaibench.errors import InputError
-from xaibench.experiments.base import REQUIRED, ExperimentConfig, ExperimentDir, Figure, Recipe, Step, StepContext, Table, Text
+from xaibench.experiments.base import (
+    REQUIRED,
+    ExperimentConfig,
+    ExperimentDir,
+    Figure,
+    Recipe,
+    Step,
+    StepContext,
+    Table,
+    Text,
+    located_path,
+    stored_path,
+)
 from xaibench.files import write_atomic, write_text
 
 DEFAULT_PERCENTILES = [50, 60, 65, 70, 75, 80, 85, 90, 95, 97, 98, 99]
@@ -156,8 +168,11 @@ def _batches(cfg: ExperimentConfig, device: str) -> Iterator[tuple[slice, torch.
 
 
 def _models(exp: ExperimentDir | StepContext) -> dict[str, str]:
-    root = exp.root
-    return json.loads((root / "steps" / "models" / "models.json").read_text())
+    """Label -> model spec (trained models are stored relative to the experiment directory)."""
+    specs = json.loads((exp.root / "steps" / "models" / "models.json").read_text())
+    config = exp.cfg.raw if isinstance(exp, StepContext) else exp.config
+    return {label: f"file:{located_path(exp.root, spec[len('file:'):])}" if "train" in config["models"][label] else spec
+            for label, spec in specs.items()}
 
 
 def _load(spec: str, device: str) -> torch.nn.Module:
@@ -190,7 +205,7 @@ def _step_models(ctx: StepContext) -> None:
         raw = {"seed": ctx.seed("train", label), "device": ctx.cfg.device, **table["train"]}
         # outside the step's folder, so an interrupted training resumes from its checkpoint
         result = train(raw, ctx.root.resolve() / "models" / label, resume=True, progress=False)
-        specs[label] = f"file:{result.model_path}"
+        specs[label] = f"file:{stored_path(ctx.root, result.model_path)}"
     write_text(ctx.folder / "models.json", json.dumps(specs, indent=1))
     ctx.write_table("models", pd.DataFrame({"model": list(specs), "spec": list(specs.values())}))
 

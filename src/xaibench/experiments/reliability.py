@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +70,8 @@ from xaibench.experiments.base import (
     StepContext,
     Table,
     Text,
+    located_path,
+    stored_path,
 )
 from xaibench.reliability import (
     AlphaStatistic,
@@ -290,7 +291,7 @@ def _train_step(label: str, setting: str, k: int, permuted: bool):  # noqa: ANN2
         result = train(train_config(ctx.cfg, setting, k, permuted), ctx.folder / "model")
         ctx.write_table(f"training_{label}", pd.DataFrame([{
             "model": label, "setting": setting, "model_seed": k, "label_permutation": permuted,
-            "model_path": str(Path(result.model_path).resolve()), "best_epoch": int(result.best_epoch),
+            "model_path": stored_path(ctx.root, result.model_path), "best_epoch": int(result.best_epoch),
             "train_config_hash": result.config_hash,
         }]))
         log = result.log.copy()
@@ -301,7 +302,9 @@ def _train_step(label: str, setting: str, k: int, permuted: bool):  # noqa: ANN2
 
 
 def _trained(exp: ExperimentDir, label: str) -> dict[str, Any]:
-    return exp.table(f"training_{label}").iloc[0].to_dict()
+    """The training row of model `label`, its ``model_path`` located where the experiment is now."""
+    row = exp.table(f"training_{label}").iloc[0].to_dict()
+    return {**row, "model_path": str(located_path(exp.root, row["model_path"]))}
 
 
 def _load(path: str, device: str) -> torch.nn.Module:
