@@ -225,7 +225,8 @@ def test_train_mode_model_keeps_its_statistics_and_mode(setup) -> None:
         model.eval()  # an explainer that changes the mode
         return Saliency(model)(inputs, targets)
 
-    model_parameter_randomisation(model, x, y, explainer, order="bottom_up")
+    with pytest.warns(UserWarning, match="training mode"):  # the one policy of every metric
+        model_parameter_randomisation(model, x, y, explainer, order="bottom_up")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert model.training and model.bn.training and not model.fc.training
