@@ -193,7 +193,7 @@ def test_a_moved_experiment_resumes(tmp_path):
     import shutil
 
     from xaibench.runner import parse_config
-    from xaibench.runner.config import paths_relative_to
+    from xaibench.config import paths_relative_to
 
     recipe = Recipe("toy-moved", "a model file and a benchmark of it", {},
                     lambda cfg: [Step("model", _save_model), Step("bench", _benchmark, needs=("model",))], _report)
