@@ -72,6 +72,14 @@ def test_reliability_tables_on_a_known_case() -> None:
     base = alpha[alpha.setting == "baseline"]
     assert (base["low"] < 0).all() and (base["high"] > 0).all() and (base["high"] - base["low"] < 0.5).all()
     assert list(diffs["metric"]) == ["dauc", "dc"] and diffs["significant"].all()
+    assert (diffs["effect"] == "effect").all() and (diffs["correction"] == "holm").all()
+    assert (diffs["low"] > 0).all() and (diffs["seed_spread"] < diffs["difference"]).all()
+    # the same scores in both settings: no difference, never significant, the paper's columns kept
+    same = _scores()
+    same = pd.concat([same[same.setting == "baseline"], same[same.setting == "baseline"].assign(setting="fl")])
+    _, none, *_ = rel.reliability_tables(same, ["baseline", "fl"], n_boot=300, seed=0)
+    assert (none["difference"] == 0).all() and not none["significant"].any()
+    assert (none["effect"] == "not significant").all() and {"paper_p", "paper_test"} <= set(none.columns)
     np.testing.assert_allclose(diffs["difference"], 100 * (1 - base["alpha"].to_numpy()))
     # lower-is-better metric: 'a' has the lowest dauc in fl, the highest dc: first in both
     first = ranks[(ranks.setting == "fl") & (ranks["rank"] == 1)]
