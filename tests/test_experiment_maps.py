@@ -114,3 +114,15 @@ def test_a_best_method_claim_contradicted_by_its_ground_truth_is_not_highlighted
     close = best_method_claim(pd.DataFrame({"target": "t", "reference": "r", "method": ["a"] * 8 + ["b"] * 8,
                                             "split": list(range(8)) * 2, "proxy": a + b}), None)
     assert not close["separated"] and not close["highlight"] and "not separated" in close["text"]
+
+
+def test_a_best_model_is_claimed_only_when_its_interval_clears_the_runner_up():
+    from xaibench.experiments.maps import best_model_claims
+
+    ranking = pd.DataFrame({"observer": ["h"] * 3 + ["k"] * 2, "model": ["a", "b", "c", "a", "b"],
+                            "consistency": [0.9, 0.5, 0.4, 0.8, 0.7], "low": [0.8, 0.4, 0.3, 0.6, 0.5],
+                            "high": [1.0, 0.6, 0.5, 0.9, 0.85]})
+    claims, rows = best_model_claims(ranking)
+    assert rows == [0]  # observer h: [0.8, 1.0] above [0.4, 0.6]; observer k: [0.6, 0.9] overlaps [0.5, 0.85]
+    assert claims[0].startswith("Best model for h: a 0.900 [0.800, 1.000]; runner-up b")
+    assert claims[1].startswith("No best model for k")

@@ -427,6 +427,32 @@ def best_method_claim(proxy: pd.DataFrame, ground_truth: pd.DataFrame | None, le
     return out
 
 
+def best_model_claims(ranking: pd.DataFrame) -> tuple[list[str], list[int]]:
+    """Per observer, the best model with its interval and the runner-up's; a best model is claimed
+    (its row position returned for highlighting) only when its interval lies above the runner-up's."""
+    claims, rows = [], []
+    for obs, part in ranking.groupby("observer", sort=False):
+        part = part[part["consistency"].notna()]
+        if part.empty:
+            claims.append(f"{obs}: no model has a defined consistency.")
+            continue
+        top = part.iloc[0]
+        text = f"{obs}: {top.model} {top.consistency:.3f} [{top.low:.3f}, {top.high:.3f}]"
+        if len(part) < 2:
+            rows.append(int(part.index[0]))
+            claims.append(f"Best model for {text} (the only model with a defined consistency).")
+            continue
+        second = part.iloc[1]
+        runner = f"runner-up {second.model} {second.consistency:.3f} [{second.low:.3f}, {second.high:.3f}]"
+        if top.low > second.high:
+            rows.append(int(part.index[0]))
+            claims.append(f"Best model for {text}; {runner}: the intervals do not overlap.")
+        else:
+            claims.append(f"No best model for {obs}: {top.model} {top.consistency:.3f} [{top.low:.3f}, "
+                          f"{top.high:.3f}] and {runner} overlap.")
+    return claims, rows
+
+
 def _ceiling_note(table: pd.DataFrame, what: str) -> Text | None:
     """A note on consistency values above 1 (the noise-ceiling correction), with their intervals."""
     over = table[table["consistency"] > 1]
@@ -452,10 +478,13 @@ def _report(exp: ExperimentDir) -> list[Any]:
         blocks.append(Text("SIMULATED OBSERVERS: the behaviour of observers marked simulated was drawn from a "
                            "model's I1 plus binomial trial noise; it is not human or monkey data."))
     if len(ranking):
+        claims, shown_best = best_model_claims(ranking)
         blocks.append(Table(ranking[["observer", "model", "mean_i1", "consistency", "low", "high", "nan_reason"]],
                             "Model consistency with each observer on clean images (bootstrap mean Spearman "
-                            "across images / sqrt(observer reliability), 95 % percentile interval); best first.",
-                            {(i, "model"): "best" for i in np.flatnonzero(ranking["best"].to_numpy())}))
+                            "across images / sqrt(observer reliability), 95 % percentile interval); best first, "
+                            "highlighted only when its interval lies above the runner-up's.",
+                            {(i, "model"): "best" for i in shown_best}))
+        blocks.append(Text(" ".join(claims)))
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(ranking)))
         labels = [f"{r.observer}: {r.model}" for r in ranking.itertuples()]
         y = np.arange(len(ranking))
@@ -527,7 +556,7 @@ def _emi_gallery(exp: ExperimentDir, best: str, worst: str) -> Figure:
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(title, fontsize=8)
-    return Figure(fig, f"EMIs of {source}'s maps at percentile {p:g}: best method ({best}) and worst ({worst}).")
+    return Figure(fig, f"EMIs of {source}'s maps at percentile {p:g}: highest proxy ({best}) and lowest ({worst}).")
 
 
 RECIPE = Recipe(

@@ -84,6 +84,7 @@ from xaibench.reliability import (
     CORRECTION_NAMES,
     AlphaStatistic,
     MeanStatistic,
+    accuracy_check,
     adjust_p,
     bootstrap_ci,
     first_place_rates,
@@ -669,8 +670,15 @@ def _comparison_table(diffs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "setting": diffs["setting"], "metric": diffs["metric"], "difference [CI]": diffs.apply(interval, axis=1),
         "p_adj": diffs["p_adj"].round(4), "seed spread": diffs["seed_spread"].round(1), "verdict": diffs["effect"],
-        "n images": diffs["n_images"], "paper p": diffs["paper_p"].map(lambda p: f"{p:.2g}"),
+        "n images": diffs["n_images"], "paper p": diffs["paper_p"].map(lambda p: f"{p:.2g}" if np.isfinite(p) else ""),
         "paper test": diffs["paper_test"]})
+
+
+def _classes(cfg: ExperimentConfig) -> list[str]:
+    from xaibench.data import load_dataset
+
+    bench = benchmark(cfg)
+    return list(load_dataset(bench["spec"], split=bench["split"]).classes)
 
 
 def _interval(row: pd.Series, key: str = "alpha") -> str:
@@ -698,8 +706,18 @@ def report(exp: ExperimentDir) -> list[Block]:
         calib = exp.table("calibration")
         cols = ["model", "setting", "model_seed", "label_permutation", "accuracy", "ece", "adaece", "confidence",
                 "best_epoch"]
-        blocks.append(Table(calib[cols].round(4), "Calibration per setting: accuracy, ECE (15 bins) and AdaECE on "
-                                                  "the whole test split, mean confidence, selected epoch."))
+        checks = [accuracy_check(np.arange(int(r.n_images)) < round(r.accuracy * r.n_images), len(_classes(cfg)))
+                  for r in calib.itertuples()]
+        calib = calib.assign(**{"accuracy CI": [f"[{c.accuracy.low:.3f}, {c.accuracy.high:.3f}]" for c in checks],
+                                "vs chance": ["at or near chance" if c.near_chance else "above chance" for c in checks]})
+        blocks.append(Table(calib[cols[:5] + ["accuracy CI", "vs chance"] + cols[5:]].round(4),
+                            "Calibration per setting: accuracy (95 % Wilson interval; at or near chance when its lower "
+                            "bound is not 5 points above 1 / classes), ECE (15 bins) and AdaECE on the whole test "
+                            "split, mean confidence, selected epoch."))
+        at_chance = [r.model for r, c in zip(calib.itertuples(), checks) if c.near_chance and not r.label_permutation]
+        if at_chance:
+            blocks.append(Text(f"NOT MEANINGFUL for {', '.join(at_chance)}: these models are at or near chance, so "
+                               "their benchmark's alpha, rankings and comparisons say nothing about the methods."))
     if not exp.has_table("alpha"):
         return blocks + [Text("Benchmark statistics not computed yet.")]
     alpha, diffs = exp.table("alpha"), exp.table("alpha_difference")
@@ -714,7 +732,8 @@ def report(exp: ExperimentDir) -> list[Block]:
     for group in pd.unique(alpha.group):
         if not diffs.empty and (diffs.group == group).any():
             blocks.append(Figure(heatmap(diffs, group, order, metric_order),
-                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * significant."))
+                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * an effect "
+                                 "(significant after correction and beyond the seed spread), ° significant only."))
         cells = alpha[alpha.group == group].assign(value=lambda f: f.apply(_interval, axis=1))
         wide = cells.pivot(index="setting", columns="metric", values="value").reindex(index=order, columns=metric_order)
         blocks.append(Table(wide.reset_index(), f"{group}: alpha [{100 * cfg['level']:.0f}% BCa interval]."))
