@@ -526,3 +526,8 @@ def test_cli_folder_of_runs_tags_controls_and_compares_the_runs(tmp_path, synthe
     assert data["runs"]["a"]["controls"] == ["random"] and data["runs"]["a"]["verdicts"][0]["verdict"] == "reliable"
     same = [c for c in data["comparisons"] if c["quantity"] == "alpha"]
     assert same and all(c["diff"] == 0 and not c["significant"] for c in same)  # identical runs
+
+
+def test_images_needed_is_not_stated_when_alpha_sits_on_the_threshold():
+    v = reliability_verdict(0.67, 0.47, 0.83, 40)
+    assert v.label == "inconclusive" and "many more images would be needed (more than 400" in str(v)

@@ -375,3 +375,30 @@ def test_a_model_at_chance_gets_a_banner_and_not_meaningful_labels(tmp_path):
     check, origin, meaningful = model_sanity(xaibench.load_results(tmp_path / "run"),
                                              xaibench.store.load_manifest(tmp_path / "run"))
     assert check.near_chance and not meaningful and check.n == 10 and "model file" in origin
+
+
+def test_weights_origin_from_the_run_config():
+    from xaibench.report.summary import weights_origin
+
+    assert weights_origin({"spec": "torchvision:resnet18"}, 3) == (
+        "random initialisation (seed 3): no trained weights", True)
+    assert not weights_origin({"spec": "torchvision:resnet18", "weights": "DEFAULT"}, 0)[1]
+    assert weights_origin({"spec": "builtin:digits-cnn"}, 0)[0].startswith("trained by xaibench")
+    assert weights_origin({"spec": "file:/m.pt"}, 0)[0].startswith("model file /m.pt")
+    assert weights_origin({}, 0) == ("unknown (model spec '?')", False)
+
+
+def test_demo_summary_and_report_give_the_same_alignment_numbers():
+    from xaibench.demo import DemoResult, alignment_table
+
+    rows = [("pg", "pointing_game", m, method, s) for m, method, s in
+            [("digit", "a", 0.2), ("square", "a", 0.8), ("digit", "b", 0.4), ("square", "b", 0.6),
+             ("digit", "b", 0.6), ("square", "b", 0.2), ("digit", "random", 1.0), ("square", "random", 0.0)]]
+    results = pd.DataFrame(rows, columns=["metric", "metric_name", "mask", "method", "score"]).assign(
+        category="localisation")
+    table, _ = alignment_finding(results, control_methods(results))
+    demo = DemoResult(Path("."), {}, {}, alignment_table({"m": results}), 0.0).alignment_summary()
+    # controls left out of both; the mean over methods of each method's mean (b: 0.5 on the digit)
+    assert table.set_index("metric").loc["pointing_game"].to_dict() == pytest.approx({"digit": 0.35, "square": 0.6})
+    assert demo.set_index("metric").loc["pointing_game", ["digit", "square"]].to_dict() == pytest.approx(
+        {"digit": 0.35, "square": 0.6})

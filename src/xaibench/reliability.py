@@ -782,7 +782,8 @@ def reliability_verdict(alpha: float, low: float, high: float, n_images: int, *,
     (`TENTATIVE`; Krippendorff 2004: tentative conclusions only), "unreliable" when the upper bound is
     below 0.667, all three only with at least ``min_images`` images; otherwise "inconclusive (n = …,
     α CI […])", with, when the point estimate clears a threshold, the number of images about needed
-    for the lower bound to clear it too (the interval's half-width taken to shrink as 1/sqrt(n)).
+    for the lower bound to clear it too (the interval's half-width taken to shrink as 1/sqrt(n); beyond
+    ten times n the sentence says only that many more are needed).
     "undefined" when alpha is NaN. The point estimate alone never makes a metric reliable.
     """
     if alpha is None or not np.isfinite(alpha):
@@ -815,6 +816,8 @@ def _images_needed(alpha: float, low: float, n: int, threshold: float) -> str:
     if alpha <= threshold or alpha <= low:
         return ""
     need = math.ceil(round(n * ((alpha - low) / (alpha - threshold)) ** 2, 6))  # round: no 901 for 900.0000001
+    if need > 10 * n:
+        return f"; many more images would be needed (more than {10 * n}: α is close to {threshold})"
     return f"; about {need} images are needed (minimum-size estimate)"
 
 

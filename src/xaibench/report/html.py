@@ -249,8 +249,8 @@ def _best_rows(best: pd.DataFrame, first: pd.DataFrame, same: dict[str, str], me
                         "methods from a model-independent baseline here")
             flags[(i, "note")] = "warn"
         if not r.clear:
-            note.append("not significantly better than every other (non-control) method: the intervals do not "
-                        "separate it from the runner-up")
+            note.append("not significantly better than every other (non-control) method (paired Wilcoxon tests, "
+                        "Holm-corrected; see the significant differences below)")
         best_name = r.best or "none"
         twin = same.get(r.best) or next((a for a, b in same.items() if b == r.best), None)
         if twin:
@@ -258,7 +258,7 @@ def _best_rows(best: pd.DataFrame, first: pd.DataFrame, same: dict[str, str], me
         holds = meaningful and r.clear and r.best is not None
         rows.append({"metric": r.metric, "claim": "best" if holds else "not meaningful" if not meaningful else "no clear best",
                      "best method": best_name, "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]",
-                     "runner-up [CI]": (f"{r.runner_up} [{_fmt(r.runner_low)}, {_fmt(r.runner_high)}]"
+                     "runner-up [CI]": (f"{r.runner_up} {_fmt(r.runner_mean)} [{_fmt(r.runner_low)}, {_fmt(r.runner_high)}]"
                                         if r.runner_up else "none"),
                      "reliability": r.verdict, "note": "; ".join(note)})
         if holds:

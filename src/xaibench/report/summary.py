@@ -97,7 +97,7 @@ def twins(results: pd.DataFrame) -> dict[str, str]:
 def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
     """One row per metric: alpha, interpretation, verdict (the reliability verdict's sentence),
     reliable (the metric may rank methods: `Verdict.rankable`), best (non-control, rank order), mean,
-    low, high, runner_up (the next non-control method) with runner_low, runner_high, clear
+    low, high, runner_up (the next non-control method) with runner_mean, runner_low, runner_high, clear
     (significantly better than every other non-control method), beaten_by (controls with a better
     mean than the best method)."""
     verdicts = alpha_verdicts(rel.alpha, getattr(rel, "level", 0.95)).set_index("metric")
@@ -112,7 +112,8 @@ def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
                "interpretation": alpha.at[metric, "interpretation"] if metric in alpha.index else "",
                "verdict": verdicts.at[metric, "reason"] if known else "undefined: no alpha",
                "reliable": bool(verdicts.at[metric, "rankable"]) if known else False, "best": None,
-               "mean": math.nan, "low": math.nan, "high": math.nan, "runner_up": None, "runner_low": math.nan,
+               "mean": math.nan, "low": math.nan, "high": math.nan, "runner_up": None, "runner_mean": math.nan,
+               "runner_low": math.nan,
                "runner_high": math.nan, "clear": False, "beaten_by": []}
         if not real.empty:
             top = real.iloc[0]
@@ -125,10 +126,12 @@ def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
                        beaten_by=list(ordered.loc[ordered["method"].isin(controls) & (ordered["rank"] < top["rank"]), "method"]))
             if len(real) > 1:
                 second = real.iloc[1]
-                row.update(runner_up=second["method"], runner_low=float(second["low"]), runner_high=float(second["high"]))
+                row.update(runner_up=second["method"], runner_mean=float(second["mean"]), runner_low=float(second["low"]),
+                           runner_high=float(second["high"]))
         rows.append(row)
     return pd.DataFrame(rows, columns=["metric", "alpha", "interpretation", "verdict", "reliable", "best", "mean", "low",
-                                       "high", "runner_up", "runner_low", "runner_high", "clear", "beaten_by"])
+                                       "high", "runner_up", "runner_mean", "runner_low", "runner_high", "clear",
+                                       "beaten_by"])
 
 
 def weights_origin(model: dict[str, Any], seed: int) -> tuple[str, bool]:
@@ -142,6 +145,8 @@ def weights_origin(model: dict[str, Any], seed: int) -> tuple[str, bool]:
         return f"trained by xaibench: the built-in recipe of {name} (cached model file)", False
     if scheme == "file":
         return f"model file {name} (written by save_model, e.g. by xaibench train)", False
+    if scheme not in ("torchvision", "timm"):
+        return f"unknown (model spec {spec!r})", False
     if weights is None:
         return f"random initialisation (seed {seed}): no trained weights", True
     if str(weights).lower() in PRETRAINED_NAMES or str(weights).isupper():
