@@ -111,14 +111,14 @@ def _text(rel: Any, max_pairs: int | None = 20, controls: set[str] | None = None
     return "\n".join(lines)
 
 
-def _comparisons(table: Any, correction: str, level: float) -> str:
+def _comparisons(table: Any, correction: str, level: float, controls: set[str]) -> str:
     from xaibench.reliability import CORRECTION_NAMES
 
     sig = table[table["significant"]]
     lines = [f"Comparisons between runs (paired bootstrap over shared images, {level:.0%} percentile intervals; "
              f"{CORRECTION_NAMES[correction]} over {len(table)} comparisons): {len(sig)} significant"]
     for r in table.itertuples(index=False):
-        what = "alpha" if r.quantity == "alpha" else f"mean of {r.method}"
+        what = "alpha" if r.quantity == "alpha" else f"mean of {r.method}" + (" (control)" if r.method in controls else "")
         mark = "significant" if r.significant else "not significant"
         lines.append(f"  {r.metric}: {what}  {r.run_a} {_f(r.a)} - {r.run_b} {_f(r.b)} = {_f(r.diff)} "
                      f"[{_f(r.low)}, {_f(r.high)}], p_adj {_f(r.p_adj)}, n = {r.n_images} images: {mark}")
@@ -158,7 +158,8 @@ def handle(args: argparse.Namespace) -> int:
     table = None
     if len(runs) > 1:
         table = compare_runs(results, level=args.level, n_boot=args.n_boot, seed=args.seed, correction=args.correction)
-        texts.append(_comparisons(table, args.correction, args.level))
+        all_controls = set().union(*(control_methods(df) for df in results.values()))
+        texts.append(_comparisons(table, args.correction, args.level, all_controls))
     if args.json:
         from xaibench.reliability import jsonable
 
