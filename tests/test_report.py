@@ -363,7 +363,7 @@ def test_a_model_at_chance_gets_a_banner_and_not_meaningful_labels(tmp_path):
     cfg = {"name": "chance", "seed": 0, "shard_size": 10, "model": {"spec": f"file:{path}"},
            "data": {"spec": "builtin:digits", "n": 10},
            "methods": {"saliency": {}, "random": {}},
-           "metrics": {"sparseness": {}, "mprt": {"metric": "model_parameter_randomisation"}}}
+           "metrics": {"sparseness": {}, "random_logit": {}}}
     run(parse_config(cfg), tmp_path / "run")
     page = build_report(tmp_path / "run").read_text(encoding="utf-8")
     assert 'id="chance"' in page and "Model at or near chance" in page

@@ -1030,15 +1030,17 @@ CORRELATIONS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "kendall": "K
 
 
 def _corr(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
-    """Row-wise correlation of x, y [B, n] (NaN where a row is constant)."""
+    """Row-wise correlation of x, y [B, n] (NaN where a row is constant; `xaibench.stats` for Pearson
+    and Spearman)."""
     if method == "kendall":
         return np.array([stats.kendalltau(a, b).statistic if np.ptp(a) and np.ptp(b) else np.nan for a, b in zip(x, y)])
-    if method == "spearman":
-        x, y = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
-    xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
-    den = np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (xc * yc).sum(1) / den, np.nan)
+    import torch
+
+    from xaibench.stats import pearson_rows, spearman_rows
+
+    rows = spearman_rows if method == "spearman" else pearson_rows
+    as_tensor = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
+    return rows(as_tensor(x), as_tensor(y)).numpy()
 
 
 def correlation_verdict(x: Any, y: Any, *, method: str = "spearman", level: float = 0.95, n_boot: int = 2000,
