@@ -24,6 +24,9 @@ def test_demo_shows_the_shortcut(tmp_path, capsys) -> None:
     result = run_demo(tmp_path / "demo", n=24)
     printed = capsys.readouterr().out
     assert "NOT as expected" not in printed and "as expected" in printed
+    # the verdicts of the report: model accuracy with its interval, 24 images too few for a reliability verdict
+    assert "model: accuracy" in printed and "Wilson CI" in printed and "inconclusive (n = 24" in printed
+    assert "mean over the non-control methods" in printed
     for which, path in result.reports.items():
         assert path.is_file() and path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>"), which
     summary = result.alignment_summary().set_index(["model", "metric"])

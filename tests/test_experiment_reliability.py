@@ -66,12 +66,20 @@ def _scores(n: int = 40, seeds: int = 2) -> pd.DataFrame:
 
 
 def test_reliability_tables_on_a_known_case() -> None:
-    alpha, diffs, sizes, ranks = rel.reliability_tables(_scores(), ["baseline", "fl"], n_boot=300, seed=0)
+    alpha, diffs, sizes, ranks, _ = rel.reliability_tables(_scores(), ["baseline", "fl"], n_boot=300, seed=0)
     fl = alpha[alpha.setting == "fl"]
     assert np.allclose(fl["alpha"], 1.0) and (fl["n_images"] == 40).all() and (fl["n_models"] == 2).all()
     base = alpha[alpha.setting == "baseline"]
     assert (base["low"] < 0).all() and (base["high"] > 0).all() and (base["high"] - base["low"] < 0.5).all()
     assert list(diffs["metric"]) == ["dauc", "dc"] and diffs["significant"].all()
+    assert (diffs["effect"] == "effect").all() and (diffs["correction"] == "holm").all()
+    assert (diffs["low"] > 0).all() and (diffs["seed_spread"] < diffs["difference"]).all()
+    # the same scores in both settings: no difference, never significant, the paper's columns kept
+    same = _scores()
+    same = pd.concat([same[same.setting == "baseline"], same[same.setting == "baseline"].assign(setting="fl")])
+    _, none, *_ = rel.reliability_tables(same, ["baseline", "fl"], n_boot=300, seed=0)
+    assert (none["difference"] == 0).all() and not none["significant"].any()
+    assert (none["effect"] == "not significant").all() and {"paper_p", "paper_test"} <= set(none.columns)
     np.testing.assert_allclose(diffs["difference"], 100 * (1 - base["alpha"].to_numpy()))
     # lower-is-better metric: 'a' has the lowest dauc in fl, the highest dc: first in both
     first = ranks[(ranks.setting == "fl") & (ranks["rank"] == 1)]
@@ -117,7 +125,7 @@ def test_map_similarity_oracles_and_data_randomisation_test() -> None:
 
 def _config(**over: object) -> dict:
     cfg = {
-        "name": "tiny", "seed": 0, "settings": ["baseline", "fl"], "n_boot": 100, "steps": 4,
+        "name": "tiny", "seed": 0, "settings": ["baseline", "fl"], "repeats": 1, "n_boot": 100, "steps": 4,
         "data_randomisation": True,
         "train": {"epochs": 1, "batch_size": 64, "optimizer": "adam", "lr": 0.003,
                   "model": {"spec": "builtin:digits-cnn"},
@@ -140,7 +148,7 @@ def test_shipped_config_is_valid() -> None:
     recipe = recipes().get("reliability")
     text = resources.files("xaibench.configs").joinpath(recipe.example).read_text()
     cfg = recipe.parse(tomllib.loads(text))
-    assert rel.settings(cfg)[0] == "baseline" and len(rel.settings(cfg)) == 8 and cfg["data_randomisation"]
+    assert rel.settings(cfg) == ["baseline", "fp", "ap", "fl"] and cfg["repeats"] == 2 and cfg["data_randomisation"]
 
 
 def test_bad_configs_give_clear_errors() -> None:
@@ -183,10 +191,12 @@ def test_end_to_end_on_a_tiny_budget(tmp_path) -> None:
     alpha = exp.table("alpha")
     assert len(alpha) == 2 * 2 * 3 and {"alpha", "low", "high"} <= set(alpha.columns)
     diffs = exp.table("alpha_difference")
-    assert set(diffs["setting"]) == {"fl"} and diffs["test"].notna().all()
+    assert set(diffs["setting"]) == {"fl"} and diffs["paper_test"].notna().all() and (diffs["correction"] == "holm").all()
+    assert diffs["effect"].isin(["undefined", "not significant", "significant; seed spread unknown (one model per setting)"]).all()
     assert len(exp.table("data_randomisation")) == 4 * 8
     html = build_experiment_report(out).read_text()
     for section in ("Calibration per setting", "alpha difference to Baseline", "Normalised minimum benchmark size",
+                    "Holm (1979)-adjusted p", "overstates significance",
                     "Per-setting rankings", "Data randomisation test", "Validity rate"):
         assert section in html, section
     assert html.count("data:image/png;base64") >= 2  # one heat map per group

@@ -3,6 +3,7 @@ Wilcoxon test, Gomez et al.'s published minimum benchmark sizes, and synthetic r
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from itertools import product
@@ -19,15 +20,24 @@ from xaibench.errors import InputError
 from xaibench.reliability import (
     AlphaStatistic,
     MeanStatistic,
+    accuracy_check,
+    adjust_p,
+    alpha_verdicts,
+    benjamini_hochberg,
     bootstrap_ci,
+    compare_runs,
+    correlation_verdict,
     first_place_rates,
     holm,
     interpret_alpha,
     krippendorff_alpha,
     minimum_benchmark_size,
+    paired_bootstrap,
     per_image_ranks,
+    reliability_verdict,
     summarize,
     top_stays_first_probability,
+    wilson_interval,
 )
 from xaibench.runner import layout
 
@@ -383,3 +393,141 @@ def test_cli_text(run_dir, capsys):
     for text in ("Krippendorff", "reliable", "Ranking", "#1", "Minimum benchmark size", "ordered", "Notes"):
         assert text in out
     assert main(["reliability", str(run_dir), "--level", "2"]) == 2
+
+
+# --------------------------------------------------------------------------- verdicts and comparisons
+
+
+def test_six_images_are_inconclusive_whatever_alpha():
+    v = reliability_verdict(1.0, 1.0, 1.0, 6)
+    assert v.label == "inconclusive" and not v.rankable and v.threshold is None
+    assert str(v).startswith("inconclusive (n = 6, α 1.00, 95% CI [1.00, 1.00])")
+    # the same perfectly agreeing rankings: 6 images inconclusive, 60 images reliable
+    ordered = np.column_stack([np.arange(60.0) + 2, np.arange(60.0) + 1, np.arange(60.0)])
+    few = summarize(_table({"m": ordered[:6]}, {"m": True}, ["A", "B", "C"]), n_boot=200)
+    many = summarize(_table({"m": ordered}, {"m": True}, ["A", "B", "C"]), n_boot=200)
+    assert alpha_verdicts(few.alpha).at[0, "verdict"] == "inconclusive"
+    assert alpha_verdicts(many.alpha).at[0, "verdict"] == "reliable"
+    assert alpha_verdicts(many.alpha).at[0, "threshold"] == 0.8
+
+
+def test_verdict_reads_the_lower_bound_against_krippendorffs_thresholds():
+    assert reliability_verdict(0.95, 0.85, 0.99, 100).label == "reliable"
+    tentative = reliability_verdict(0.85, 0.70, 0.95, 100)
+    assert tentative.label == "tentative" and tentative.threshold == 0.667 and tentative.rankable
+    # 0.8 crossed: the half-width 0.15 must shrink to 0.05, so n grows by (0.15 / 0.05)^2 = 9
+    assert "about 900 images" in str(tentative)
+    assert reliability_verdict(0.3, 0.2, 0.4, 100).label == "unreliable"
+    crossing = reliability_verdict(0.75, 0.60, 0.85, 40)  # the point estimate clears 0.667, the interval does not
+    assert crossing.label == "inconclusive" and "crosses 0.667" in str(crossing)
+    assert f"about {math.ceil(40 * (0.15 / (0.75 - 0.667)) ** 2)} images" in str(crossing)
+    assert reliability_verdict(float("nan"), float("nan"), float("nan"), 100).label == "undefined"
+
+
+def test_wilson_interval_is_the_closed_form():
+    for k, n in ((0, 6), (3, 10), (17, 20), (40, 40)):
+        z = stats.norm.ppf(0.975)
+        p = k / n
+        centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+        half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+        ci = wilson_interval(k, n)
+        assert ci.estimate == p and (ci.low, ci.high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert math.isnan(wilson_interval(0, 0).estimate)
+
+
+def test_accuracy_check_flags_a_model_at_chance():
+    at_chance = accuracy_check(np.arange(100) % 10 == 0, 10)  # 10 % on 10 classes
+    assert at_chance.near_chance and "at or near chance" in at_chance.text
+    random_net = accuracy_check(np.zeros(6, bool), 10)  # 0 of 6: below chance, not shown above it
+    assert random_net.near_chance
+    few_good = accuracy_check(np.ones(6, bool), 10)  # 6 of 6: Wilson lower bound 0.61 > 0.15
+    assert not few_good.near_chance and "above chance" in few_good.text
+    assert accuracy_check([], 10).near_chance is None
+
+
+def test_benjamini_hochberg_matches_scipy():
+    p = np.random.default_rng(0).random(30) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), stats.false_discovery_control(p), rtol=1e-12)
+    out = adjust_p([0.01, np.nan, 0.04], "bh")
+    assert np.isnan(out[1]) and out[0] == pytest.approx(0.02) and out[2] == pytest.approx(0.04)
+    np.testing.assert_allclose(adjust_p([0.01, 0.04], "holm"), holm([0.01, 0.04]))
+    with pytest.raises(InputError, match="correction"):
+        adjust_p([0.1], "bonferonni")
+
+
+def test_paired_bootstrap_uses_the_same_images_on_both_sides():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 2)), rng.normal(size=(50, 2))
+    d = paired_bootstrap(MeanStatistic(), a, b, n_boot=400, level=0.9, seed=3)
+    index = np.random.default_rng(3).integers(0, 50, (400, 50))  # bootstrap_ci's draws
+    direct = a[index].mean(1) - b[index].mean(1)  # [400, 2], the same resampled images for a and b
+    np.testing.assert_allclose(d.estimate, a.mean(0) - b.mean(0))
+    np.testing.assert_allclose(d.low, np.percentile(direct, 5, axis=0))
+    np.testing.assert_allclose(d.high, np.percentile(direct, 95, axis=0))
+    np.testing.assert_allclose(d.p, 2 * stats.norm.sf(np.abs(d.estimate) / direct.std(0, ddof=1)))
+    with pytest.raises(InputError, match="same images"):
+        paired_bootstrap(MeanStatistic(), a, b[:10])
+
+
+def _settings(n: int, shift: float, seed: int) -> dict[str, pd.DataFrame]:
+    """Two runs on the same n images; run 'b' adds `shift` to method A's score on every image."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)) + np.array([0.6, 0.3, 0.0])
+    y = x + rng.normal(scale=0.5, size=(n, 3)) + np.array([shift, 0.0, 0.0])
+    return {"a": _table({"m": x}, {"m": True}, ["A", "B", "C"]), "b": _table({"m": y}, {"m": True}, ["A", "B", "C"])}
+
+
+def test_overlapping_settings_are_not_significant():
+    runs = _settings(40, 0.0, seed=1)
+    table = compare_runs(runs, n_boot=500).set_index(["quantity", "method"])
+    alpha = [summarize(df, n_boot=500).alpha.iloc[0] for df in runs.values()]
+    assert alpha[0]["low"] < alpha[1]["high"] and alpha[1]["low"] < alpha[0]["high"]  # intervals overlap
+    assert not table["significant"].any() and (table["p_adj"] >= table["p"]).all()
+
+
+def test_a_planted_difference_over_200_images_is_significant_after_correction():
+    table = compare_runs(_settings(200, 0.8, seed=2), n_boot=500, correction="holm").set_index(["quantity", "method"])
+    row = table.loc[("mean", "A")]
+    assert row["diff"] == pytest.approx(-0.8, abs=0.1) and row["high"] < 0 and row["significant"]
+    assert row["p_adj"] <= 4 * row["p"] + 1e-15  # Holm over the 4 comparisons (alpha and 3 means)
+    assert not table.loc[("mean", "C"), "significant"]  # untouched method: no difference
+    # alpha: A moves further ahead in run b, so the images agree more on the ranking
+    alpha = table.loc[("alpha", None)] if ("alpha", None) in table.index else table.xs("alpha", level=0).iloc[0]
+    assert alpha["diff"] < 0 and alpha["significant"]
+
+
+def test_correlation_over_few_units():
+    few = correlation_verdict([0.1, 0.5, 0.9], [1, 2, 3])
+    assert not few.conclusive and few.n == 3 and str(few).startswith("too few models to conclude")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=7)
+    y = x + rng.normal(scale=0.5, size=7)
+    c = correlation_verdict(x, y, unit="methods")
+    assert c.conclusive and c.estimate == pytest.approx(stats.spearmanr(x, y).statistic)
+    # exact permutation p: the share of the 7! orders of y whose |rho| reaches the observed one
+    null = [stats.spearmanr(x, y[list(order)]).statistic for order in itertools.permutations(range(7))]
+    assert c.p == pytest.approx(np.mean(np.abs(null) >= abs(c.estimate) - 1e-12), abs=1e-12)
+    assert c.low <= c.estimate <= c.high and "n = 7 methods" in str(c)
+
+
+def test_cli_folder_of_runs_tags_controls_and_compares_the_runs(tmp_path, synthetic, capsys):
+    df = synthetic.assign(method=synthetic["method"].replace({"C": "random"}))
+    for name in ("a", "b"):
+        layout.write_json(tmp_path / name / layout.MANIFEST, {"config_hash": "h", "n_shards": 1, "config": {}})
+        layout.write_parquet(layout.results_path(tmp_path / name, 0), df)
+    assert main(["reliability", str(tmp_path), "--n-boot", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "=== a ===" in out and "=== b ===" in out and "random (control)" in out
+    assert "Comparisons between runs" in out and "Holm (1979)" in out and "0 significant" in out
+    assert "inconclusive" not in out.split("Verdict")[1].split("ordered:")[1].split("\n")[0]  # 60 images, alpha 1
+    assert main(["reliability", str(tmp_path), "--n-boot", "100", "--json", "--correction", "bh"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["runs"]) == {"a", "b"} and data["correction"] == "bh"
+    assert data["runs"]["a"]["controls"] == ["random"] and data["runs"]["a"]["verdicts"][0]["verdict"] == "reliable"
+    same = [c for c in data["comparisons"] if c["quantity"] == "alpha"]
+    assert same and all(c["diff"] == 0 and not c["significant"] for c in same)  # identical runs
+
+
+def test_images_needed_is_not_stated_when_alpha_sits_on_the_threshold():
+    v = reliability_verdict(0.67, 0.47, 0.83, 40)
+    assert v.label == "inconclusive" and "many more images would be needed (more than 400" in str(v)

@@ -5,6 +5,7 @@ headless Chromium a fixed first column and a gallery of every method on the same
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -15,8 +16,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import xaibench
+from xaibench.reliability import alpha_verdicts
 from xaibench.report import build_report
 from xaibench.report.curves import curve_panels
 from xaibench.report.html import ranking_table
@@ -26,6 +29,7 @@ from xaibench.report.summary import (
     best_per_metric,
     control_methods,
     effective_params,
+    model_sanity,
     sanity_verdicts,
     twins,
 )
@@ -82,8 +86,9 @@ def test_numbers_come_from_the_reliability_summary(report):
         assert f"#{int(r.rank)}" in ranking
         assert f"{r.mean:.3f}" in ranking, (r.metric, r.method)
     alpha = page[page.index('id="alpha-table"') :]
-    for r in rel.alpha.itertuples(index=False):
-        assert r.metric in alpha and str(r.interpretation) in alpha
+    for r in alpha_verdicts(rel.alpha, rel.level).itertuples(index=False):
+        assert r.metric in alpha and html.escape(r.reason) in alpha
+        assert r.verdict == "inconclusive"  # 12 images: below the minimum for any verdict
     for section in ("summary", "curves", "distributions", "sanity", "alignment", "gallery", "size", "provenance"):
         assert f'<section id="{section}">' in page
     assert parse_config(CONFIG).hash[:16] in page
@@ -120,8 +125,9 @@ def _rel(means: list[tuple], alpha: dict[str, float], significant: bool = True) 
         methods = list(group["method"])
         pairs += [{"metric": metric, "method_a": a, "method_b": b, "significant": significant}
                   for i, a in enumerate(methods) for b in methods[i + 1:]]
-    alpha_frame = pd.DataFrame({"metric": list(alpha), "alpha": list(alpha.values()),
-                                "interpretation": ["x"] * len(alpha)})
+    alpha_frame = pd.DataFrame({"metric": list(alpha), "alpha": list(alpha.values()), "low": list(alpha.values()),
+                                "high": list(alpha.values()), "n_images": [100] * len(alpha),
+                                "interpretation": ["x"] * len(alpha), "reason": [None] * len(alpha)})
     return SimpleNamespace(means=frame, alpha=alpha_frame, pairwise=pd.DataFrame(pairs))
 
 
@@ -137,7 +143,7 @@ def test_best_method_skips_controls_and_flags_a_winning_control():
                                {"random"}).set_index("metric").at["m", "clear"]
     results = pd.DataFrame({"metric": ["m"] * 3, "method": ["random", "gradcam", "saliency"],
                             "higher_is_better": [True] * 3})
-    table = ranking_table(rel.means[rel.means["metric"] == "m"], results, rel.alpha, {"random"})
+    table = ranking_table(rel.means[rel.means["metric"] == "m"], results, rel.alpha, {"random"}, {"m"})
     rows = {r.split("</th>")[0].split(">")[-1] if "<span" not in r else "random": r for r in table.split("<tr")[2:]}
     assert 'class="ctrl-win"' in rows["random"] and 'class="best"' not in rows["random"]
     assert 'class="best"' in rows["gradcam"] and 'class="best"' not in rows["saliency"]
@@ -149,7 +155,7 @@ def test_identical_methods_share_one_rank_and_are_named():
     results = pd.DataFrame({"metric": ["m"] * 3, "method": ["saliency", "guided_backprop", "gradcam"],
                             "higher_is_better": [True] * 3, "same_as": [None, "saliency", None]})
     assert twins(results) == {"guided_backprop": "saliency"}
-    table = ranking_table(rel.means, results, rel.alpha, set())
+    table = ranking_table(rel.means, results, rel.alpha, set(), {"m"})
     rows = table.split("<tr")[2:]
     assert "= saliency" in rows[1] and "#1" in rows[0] and "#1" in rows[1] and 'class="best"' in rows[1]
     assert twins(results.drop(columns="same_as")) == {}  # runs written before the column existed
@@ -343,3 +349,56 @@ def test_gallery_masks_come_from_the_data_set_only_if_it_is_unchanged(report):
     assert masks == {} and "the data set has changed since the run" in problem
     gone = {**cfg, "data": {**cfg["data"], "spec": "builtin:nothing"}}
     assert "could not be read" in _gallery_masks(gone, positions, ids, ["digit"])[2]
+
+
+def test_a_model_at_chance_gets_a_banner_and_not_meaningful_labels(tmp_path):
+    from xaibench.models import load_model, save_model
+
+    model = load_model("builtin:digits-cnn")
+    last = [m for m in model.modules() if hasattr(m, "out_features")][-1]
+    with torch.no_grad():  # a constant prediction: class 9 for every image, right only on the 9s
+        last.weight.zero_()
+        last.bias.copy_(torch.arange(10.0))
+    path = save_model(model, tmp_path / "chance.pt", "builtin:digits-cnn")
+    cfg = {"name": "chance", "seed": 0, "shard_size": 10, "model": {"spec": f"file:{path}"},
+           "data": {"spec": "builtin:digits", "n": 10},
+           "methods": {"saliency": {}, "random": {}},
+           "metrics": {"sparseness": {}, "random_logit": {}}}
+    run(parse_config(cfg), tmp_path / "run")
+    page = build_report(tmp_path / "run").read_text(encoding="utf-8")
+    assert 'id="chance"' in page and "Model at or near chance" in page
+    summary, sanity, ranking = (_section(page, s) for s in ("summary", "sanity", "ranking"))
+    assert "not meaningful" in summary and "at or near chance" in summary and " of 10 images, 95% Wilson CI" in summary
+    assert "Not meaningful" in sanity and "Not meaningful" in ranking
+    assert 'class="best"' not in ranking  # no method is highlighted on a model at chance
+    # the same numbers through the function the report uses
+    check, origin, meaningful = model_sanity(xaibench.load_results(tmp_path / "run"),
+                                             xaibench.store.load_manifest(tmp_path / "run"))
+    assert check.near_chance and not meaningful and check.n == 10 and "model file" in origin
+
+
+def test_weights_origin_from_the_run_config():
+    from xaibench.report.summary import weights_origin
+
+    assert weights_origin({"spec": "torchvision:resnet18"}, 3) == (
+        "random initialisation (seed 3): no trained weights", True)
+    assert not weights_origin({"spec": "torchvision:resnet18", "weights": "DEFAULT"}, 0)[1]
+    assert weights_origin({"spec": "builtin:digits-cnn"}, 0)[0].startswith("trained by xaibench")
+    assert weights_origin({"spec": "file:/m.pt"}, 0)[0].startswith("model file /m.pt")
+    assert weights_origin({}, 0) == ("unknown (model spec '?')", False)
+
+
+def test_demo_summary_and_report_give_the_same_alignment_numbers():
+    from xaibench.demo import DemoResult, alignment_table
+
+    rows = [("pg", "pointing_game", m, method, s) for m, method, s in
+            [("digit", "a", 0.2), ("square", "a", 0.8), ("digit", "b", 0.4), ("square", "b", 0.6),
+             ("digit", "b", 0.6), ("square", "b", 0.2), ("digit", "random", 1.0), ("square", "random", 0.0)]]
+    results = pd.DataFrame(rows, columns=["metric", "metric_name", "mask", "method", "score"]).assign(
+        category="localisation")
+    table, _ = alignment_finding(results, control_methods(results))
+    demo = DemoResult(Path("."), {}, {}, alignment_table({"m": results}), 0.0).alignment_summary()
+    # controls left out of both; the mean over methods of each method's mean (b: 0.5 on the digit)
+    assert table.set_index("metric").loc["pointing_game"].to_dict() == pytest.approx({"digit": 0.35, "square": 0.6})
+    assert demo.set_index("metric").loc["pointing_game", ["digit", "square"]].to_dict() == pytest.approx(
+        {"digit": 0.35, "square": 0.6})

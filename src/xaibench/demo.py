@@ -64,20 +64,20 @@ def _prepare(out: Path, cfg: RunConfig) -> bool:
 
 
 def alignment_table(results: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Mean localisation score per (model, metric, method) on the digit and on the square mask."""
+    """Mean localisation score per (model, metric, method) on the digit and on the square mask, control
+    methods left out as in the report (`xaibench.report.summary.alignment_by_method`)."""
+    from xaibench.report.summary import alignment_by_method, control_methods
+
     frames = []
     for model, df in results.items():
-        loc = df[(df["category"] == "localisation") & df["mask"].isin(ALIGNMENT_MASKS)]
-        table = loc.pivot_table(index=["metric_name", "method"], columns="mask", values="score", aggfunc="mean", sort=False)
-        table = table.reset_index().rename(columns={"metric_name": "metric"})
+        table = alignment_by_method(df, control_methods(df))
         table.insert(0, "model", model)
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
     missing = [m for m in ALIGNMENT_MASKS if m not in out]
     if missing:
         raise RuntimeError(f"the demo configs score no localisation metric on mask(s) {missing}")
-    out.columns.name = None
-    return out
+    return out[["model", "metric", "method", *ALIGNMENT_MASKS]]
 
 
 def run_demo(out: str | Path = "runs/demo", n: int | None = None, device: str | None = None, quiet: bool = False) -> DemoResult:
@@ -112,19 +112,23 @@ def run_demo(out: str | Path = "runs/demo", n: int | None = None, device: str | 
 
 def _print_summary(result: DemoResult, results: dict[str, pd.DataFrame]) -> None:
     from xaibench.reliability import summarize
-    from xaibench.report.summary import best_per_metric, control_methods
+    from xaibench.report.summary import best_per_metric, control_methods, model_sanity
+    from xaibench.store import load_manifest
 
     pd.set_option("display.width", 160)
     for which, df in results.items():
+        check, origin, meaningful = model_sanity(df, load_manifest(result.runs[which]))
         best = best_per_metric(summarize(df), control_methods(df))
-        print(f"\n[{which}] best method per metric, controls excluded (Krippendorff's alpha of the metric; "
-              f"* = reliable enough to rank by):")
+        print(f"\n[{which}] model: {check.text}; weights: {origin}")
+        print(f"[{which}] best method per metric, controls excluded; reliability verdict of the metric "
+              f"(Krippendorff's alpha, {'' if meaningful else 'NOT MEANINGFUL: model at or near chance; '}"
+              "* = reliable enough to rank by):")
         for r in best.itertuples(index=False):
             note = f"   (control {', '.join(r.beaten_by)} scores better)" if r.beaten_by else ""
-            print(f"  {r.metric:<29} {r.best or 'none':<22} {r.mean:8.3f}   alpha {r.alpha:.2f}"
-                  f"{' *' if r.reliable else '  '}{note}")
+            print(f"  {r.metric:<29} {r.best or 'none':<22} {r.mean:8.3f}{' *' if r.reliable and meaningful else '  '} "
+                  f"{r.verdict}{note}")
     summary = result.alignment_summary()
-    print("\nHuman alignment with each mask (mean over methods; higher is more aligned)")
+    print("\nHuman alignment with each mask (mean over the non-control methods; higher is more aligned)")
     print(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for metric, group in summary.groupby("metric", sort=False):
         g = group.set_index("model")

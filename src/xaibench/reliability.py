@@ -38,19 +38,32 @@ from scipy import signal, special, stats
 from xaibench.errors import InputError
 
 __all__ = [
+    "AccuracyCheck",
     "AlphaStatistic",
     "ConfidenceInterval",
     "MeanStatistic",
+    "PairedDifference",
     "ReliabilitySummary",
+    "Verdict",
+    "accuracy_check",
+    "adjust_p",
+    "alpha_verdicts",
+    "benjamini_hochberg",
     "bootstrap_ci",
+    "compare_runs",
+    "correlation_verdict",
     "first_place_rates",
     "holm",
     "interpret_alpha",
+    "jsonable",
     "krippendorff_alpha",
     "minimum_benchmark_size",
+    "paired_bootstrap",
     "per_image_ranks",
+    "reliability_verdict",
     "summarize",
     "top_stays_first_probability",
+    "wilson_interval",
 ]
 
 LEVELS = ("nominal", "ordinal", "interval", "ratio")
@@ -459,18 +472,21 @@ def first_place_rates(ranks: Any) -> np.ndarray:
 # --------------------------------------------------------------------------- multiple comparisons
 
 
-def holm(p: Any) -> np.ndarray:
-    """Holm (1979) step-down adjusted p-values; NaN entries stay NaN and are not counted."""
+def _adjusted(p: Any, rule: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``rule`` (sorted finite p-values -> adjusted ones) applied to ``p``, capped at 1; NaN stays NaN."""
     p = _as_numpy(p).ravel()
     out = np.full(p.shape, np.nan)
     ok = np.nonzero(np.isfinite(p))[0]
-    m = ok.size
-    if m == 0:
+    if ok.size == 0:
         return out
     order = ok[np.argsort(p[ok], kind="stable")]
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out[order] = np.minimum(adj, 1.0)
+    out[order] = np.minimum(rule(p[order]), 1.0)
     return out
+
+
+def holm(p: Any) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values; NaN entries stay NaN and are not counted."""
+    return _adjusted(p, lambda s: np.maximum.accumulate((s.size - np.arange(s.size)) * s))
 
 
 # --------------------------------------------------------------------------- summary of a run
@@ -501,7 +517,7 @@ class ReliabilitySummary:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data: lists of records, NaN as None, agreement as {metric: {metric: tau}}."""
-        return _jsonable(
+        return jsonable(
             {
                 "level": self.level,
                 "means": self.means.to_dict(orient="records"),
@@ -514,11 +530,12 @@ class ReliabilitySummary:
         )
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """Plain JSON-ready data: mappings and sequences recursively, numpy scalars as Python ones, NaN as None."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.bool_ | bool):
         return bool(obj)
     if isinstance(obj, np.integer):
@@ -728,3 +745,349 @@ def _agreement(goodness: Mapping[str, pd.Series]) -> pd.DataFrame:
             t = stats.kendalltau(goodness[a][common].to_numpy(), goodness[b][common].to_numpy()).statistic
             tau[i, j] = float(t)
     return pd.DataFrame(tau, index=names, columns=names)
+
+
+# --------------------------------------------------------------------------- verdicts
+
+MIN_IMAGES = 30  # fewer images: no reliability verdict (the bootstrap interval itself is unsure)
+CORRECTIONS = ("holm", "bh")  # multiple-comparison corrections: Holm (1979), Benjamini & Hochberg (1995)
+NEAR_CHANCE_MARGIN = 0.05  # accuracy not shown to exceed chance by more than this: model at or near chance
+MIN_UNITS = 5  # fewer units (models, methods) in a correlation: "too few to conclude"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A reliability verdict: ``label`` ("reliable", "tentative", "unreliable", "inconclusive" or
+    "undefined"), the Krippendorff threshold the interval's lower bound clears (0.8, 0.667 or None),
+    and the sentence that states it with its numbers (``str(verdict)``)."""
+
+    label: str
+    threshold: float | None
+    text: str
+
+    @property
+    def rankable(self) -> bool:
+        """Whether the metric may rank methods: the lower bound clears 0.667 with enough images."""
+        return self.label in ("reliable", "tentative")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def reliability_verdict(alpha: float, low: float, high: float, n_images: int, *, level: float = 0.95,
+                        min_images: int = MIN_IMAGES) -> Verdict:
+    """The verdict on a metric's Krippendorff alpha with its ``level`` interval [low, high] over ``n_images``.
+
+    "reliable" when the interval's lower bound is >= 0.8 (`RELIABLE`), "tentative" when it is >= 0.667
+    (`TENTATIVE`; Krippendorff 2004: tentative conclusions only), "unreliable" when the upper bound is
+    below 0.667, all three only with at least ``min_images`` images; otherwise "inconclusive (n = …,
+    α CI […])", with, when the point estimate clears a threshold, the number of images about needed
+    for the lower bound to clear it too (the interval's half-width taken to shrink as 1/sqrt(n); beyond
+    ten times n the sentence says only that many more are needed).
+    "undefined" when alpha is NaN. The point estimate alone never makes a metric reliable.
+    """
+    if alpha is None or not np.isfinite(alpha):
+        return Verdict("undefined", None, "undefined: alpha could not be computed")
+    ci = f"{level:.0%} CI [{_num(low)}, {_num(high)}]"
+    stated = f"α {alpha:.2f}, {ci}, n = {n_images} images"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return Verdict("inconclusive", None, f"inconclusive (n = {n_images}, α {alpha:.2f}, no interval)")
+    if n_images < min_images:
+        return Verdict("inconclusive", None, f"inconclusive (n = {n_images}, α {alpha:.2f}, {ci}): fewer than "
+                                             f"{min_images} images, the minimum for a verdict")
+    if low >= RELIABLE:
+        return Verdict("reliable", RELIABLE, f"reliable: {stated}; the lower bound clears {RELIABLE}")
+    if low >= TENTATIVE:
+        more = _images_needed(alpha, low, n_images, RELIABLE)
+        return Verdict("tentative", TENTATIVE, f"tentative: {stated}; the lower bound clears {TENTATIVE} but not "
+                                               f"{RELIABLE}{more}")
+    if high < TENTATIVE:
+        return Verdict("unreliable", None, f"unreliable: {stated}; the whole interval is below {TENTATIVE}")
+    more = _images_needed(alpha, low, n_images, TENTATIVE)
+    return Verdict("inconclusive", None, f"inconclusive (n = {n_images}, α {alpha:.2f}, {ci}): the interval "
+                                         f"crosses {TENTATIVE}{more}")
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}" if np.isfinite(x) else "NaN"
+
+
+def _images_needed(alpha: float, low: float, n: int, threshold: float) -> str:
+    if alpha <= threshold or alpha <= low:
+        return ""
+    need = math.ceil(round(n * ((alpha - low) / (alpha - threshold)) ** 2, 6))  # round: no 901 for 900.0000001
+    if need > 10 * n:
+        return f"; many more images would be needed (more than {10 * n}: α is close to {threshold})"
+    return f"; about {need} images are needed (minimum-size estimate)"
+
+
+def alpha_verdicts(alpha: pd.DataFrame, level: float = 0.95, min_images: int = MIN_IMAGES) -> pd.DataFrame:
+    """`reliability_verdict` of every row of a ``ReliabilitySummary.alpha`` table: columns metric,
+    verdict (the label), threshold (met by the lower bound, or NaN), rankable, reason (the sentence)."""
+    rows = []
+    for r in alpha.itertuples(index=False):
+        v = reliability_verdict(r.alpha, r.low, r.high, int(r.n_images), level=level, min_images=min_images)
+        if v.label == "undefined" and isinstance(r.reason, str):
+            v = Verdict("undefined", None, f"undefined: {r.reason}")
+        rows.append({"metric": r.metric, "verdict": v.label, "threshold": v.threshold if v.threshold else np.nan,
+                     "rankable": v.rankable, "reason": v.text})
+    return pd.DataFrame(rows, columns=["metric", "verdict", "threshold", "rankable", "reason"])
+
+
+def wilson_interval(hits: int, n: int, level: float = 0.95) -> ConfidenceInterval:
+    """Rate ``hits / n`` with its Wilson (1927) score interval (scipy's ``binomtest``); NaN when n = 0."""
+    if n == 0:
+        return ConfidenceInterval(math.nan, math.nan, math.nan)
+    ci = stats.binomtest(int(hits), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return ConfidenceInterval(hits / n, float(ci.low), float(ci.high))
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """The model's accuracy on the evaluated images with a Wilson interval, and whether it is at or near
+    chance (``near_chance``: the interval's lower bound is at or below ``chance + margin``; None without
+    labels). ``text`` states it with its numbers and the finding ("above chance", "at or near chance")."""
+
+    correct: int
+    n: int
+    accuracy: ConfidenceInterval
+    chance: float
+    near_chance: bool | None
+    text: str
+
+
+def accuracy_check(correct: Any, n_classes: int, *, level: float = 0.95,
+                   margin: float = NEAR_CHANCE_MARGIN) -> AccuracyCheck:
+    """Accuracy of ``correct`` (one bool per labelled image) against chance ``1 / n_classes``.
+
+    The model is *at or near chance* when the Wilson interval's lower bound is <= chance + ``margin``:
+    the images do not show it to beat guessing by more than ``margin``. On such a model an explanation
+    has nothing learned to explain, so its sanity checks and rankings are not meaningful.
+    """
+    c = _as_numpy(correct).ravel()
+    if n_classes < 1:
+        raise InputError(f"n_classes: expected at least 1, got {n_classes}")
+    chance = 1.0 / n_classes
+    if c.size == 0:
+        return AccuracyCheck(0, 0, ConfidenceInterval(math.nan, math.nan, math.nan), chance, None,
+                             "accuracy unknown: no evaluated image has a label")
+    k, n = int(c.sum()), int(c.size)
+    ci = wilson_interval(k, n, level)
+    near = bool(ci.low <= chance + margin)
+    text = (f"accuracy {ci.estimate:.1%} ({k} of {n} images, {level:.0%} Wilson CI [{ci.low:.1%}, {ci.high:.1%}]), "
+            f"chance {chance:.1%} ({n_classes} classes): "
+            + (f"at or near chance (the interval's lower bound is not {100 * margin:.0f} points above chance)" if near
+               else "above chance"))
+    return AccuracyCheck(k, n, ci, chance, near, text)
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def benjamini_hochberg(p: Any) -> np.ndarray:
+    """Benjamini & Hochberg (1995) step-up adjusted p-values (false discovery rate); NaN entries stay NaN:
+    the i-th smallest of m becomes ``min over j >= i of m p_(j) / j``."""
+    return _adjusted(p, lambda s: np.minimum.accumulate(s.size / np.arange(s.size, 0, -1) * s[::-1])[::-1])
+
+
+def adjust_p(p: Any, correction: str = "holm") -> np.ndarray:
+    """Adjusted p-values: ``"holm"`` (family-wise error, `holm`) or ``"bh"`` (false discovery rate,
+    `benjamini_hochberg`)."""
+    if correction not in CORRECTIONS:
+        raise InputError(f"correction: expected one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    return holm(p) if correction == "holm" else benjamini_hochberg(p)
+
+
+CORRECTION_NAMES = {"holm": "Holm (1979)", "bh": "Benjamini–Hochberg (1995)"}
+
+
+class PairedDifference(NamedTuple):
+    """``statistic(a) - statistic(b)`` on the same images, its percentile interval and two-sided
+    bootstrap p-value (floats, or arrays for a vector statistic)."""
+
+    estimate: Any
+    low: Any
+    high: Any
+    p: Any
+
+
+def paired_bootstrap(statistic: Callable[[np.ndarray], Any], a: Any, b: Any, *, n_boot: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> PairedDifference:
+    """Paired bootstrap over images of ``statistic(a) - statistic(b)`` (Efron & Tibshirani 1993, 16.4).
+
+    ``a`` and ``b`` are [n_images, ...] with row i the same image on both sides; every resample draws
+    one set of image indices (the draws of `bootstrap_ci` with ``seed``) and evaluates the statistic
+    on both sides with it, so what the two sides share (the images) cancels in the difference. The
+    statistic is vectorised as for `bootstrap_ci` (a ``weighted`` method is used when present).
+    Interval: percentiles of the resampled differences at ``level``. p: two-sided, from the bootstrap
+    standard error ``se`` (the standard deviation of the B finite resampled differences) and the normal
+    approximation, ``p = 2 Phi(-|d| / se)`` (Efron & Tibshirani 1993, 16.4): unlike counting resamples
+    beyond 0, its resolution does not stop at 2 / B, which a multiple-comparison correction over many
+    comparisons needs. ``p < 1 - level`` is the normal interval ``d ± z se`` excluding 0; the
+    percentile interval agrees where the resampled differences are close to normal. p = 1 when every
+    resample gives the same difference 0, 0 when it is the same non-zero difference.
+    """
+    x, y = _as_numpy(a), _as_numpy(b)
+    if x.shape[0] != y.shape[0]:
+        raise InputError(f"a, b: the same images are needed on both sides, got {x.shape[0]} and {y.shape[0]} rows")
+    if x.shape[0] < 2:
+        raise InputError(f"a, b: need at least 2 images to bootstrap, got {x.shape[0]}")
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level: expected 0 < level < 1, got {level}")
+    index = np.random.default_rng(seed).integers(0, x.shape[0], (int(n_boot), x.shape[0]))
+    raw = np.asarray(statistic(x[None]), dtype=np.float64) - np.asarray(statistic(y[None]), dtype=np.float64)
+    scalar = raw.ndim <= 1
+    theta = raw.reshape(-1)
+    d = _evaluate(statistic, x, index, True) - _evaluate(statistic, y, index, True)  # [B, k]
+    tail = (1.0 - level) / 2.0
+    low, high, p = (np.full(theta.shape, np.nan) for _ in range(3))
+    for j in range(theta.size):
+        dj = d[:, j][np.isfinite(d[:, j])]
+        if not np.isfinite(theta[j]) or dj.size < 2:
+            continue
+        low[j], high[j] = np.percentile(dj, [100 * tail, 100 * (1 - tail)])
+        se = dj.std(ddof=1)
+        p[j] = 2.0 * special.ndtr(-abs(theta[j]) / se) if se > 0 else float(theta[j] == 0)
+    if scalar:
+        return PairedDifference(float(theta[0]), float(low[0]), float(high[0]), float(p[0]))
+    return PairedDifference(theta, low, high, p)
+
+
+def compare_runs(results: Mapping[str, pd.DataFrame], *, level: float = 0.95, n_boot: int = 1000, seed: int = 0,
+                 correction: str = "holm", alpha_level: str = "ordinal", ties: str = "average") -> pd.DataFrame:
+    """Paired comparisons between runs (models or settings) on the images they share, per metric.
+
+    ``results``: run name -> results table. For every pair of runs and every metric both have, on the
+    images where every method both runs share has a score in both: the difference (a - b) in
+    Krippendorff's alpha of the per-image method ranks (quantity "alpha") and in each method's mean
+    score (quantity "mean", column method), by `paired_bootstrap` with the same image resamples for
+    both runs. p-values are adjusted over every row of the table with ``correction`` (``"holm"`` or
+    ``"bh"``); ``significant``: adjusted p < 1 - level, i.e. the interval at the corrected level
+    excludes 0. Columns: run_a, run_b, metric, quantity, method, a, b, diff, low, high, p, p_adj,
+    significant, n_images.
+    """
+    if correction not in CORRECTIONS:
+        raise InputError(f"correction: expected one of {', '.join(CORRECTIONS)}, got {correction!r}")
+    names = list(results)
+    rows: list[dict[str, Any]] = []
+    for i, run_a in enumerate(names):
+        for run_b in names[i + 1:]:
+            ra, rb = results[run_a], results[run_b]
+            for metric in [m for m in pd.unique(ra["metric"]) if m in set(rb["metric"])]:
+                sa, sb = ra[ra["metric"] == metric], rb[rb["metric"] == metric]
+                methods = [m for m in pd.unique(sa["method"]) if m in set(sb["method"])]
+                images = [im for im in pd.unique(sa["image_id"]) if im in set(sb["image_id"])]
+                xa, xb = _wide(sa, methods, images), _wide(sb, methods, images)
+                keep = ~(np.isnan(xa).any(1) | np.isnan(xb).any(1))
+                xa, xb = xa[keep], xb[keep]
+                base = {"run_a": run_a, "run_b": run_b, "metric": metric, "n_images": int(keep.sum())}
+                if len(methods) < 2 or xa.shape[0] < 2:
+                    continue
+                hib = bool(sa["higher_is_better"].iloc[0]) if "higher_is_better" in sa else True
+                stat = AlphaStatistic(alpha_level)
+                ka, kb = per_image_ranks(xa, hib, ties), per_image_ranks(xb, hib, ties)
+                d = paired_bootstrap(stat, ka, kb, n_boot=n_boot, level=level, seed=seed)
+                rows.append({**base, "quantity": "alpha", "method": None, "a": float(stat(ka[None])[0]),
+                             "b": float(stat(kb[None])[0]), **d._asdict()})
+                d = paired_bootstrap(MeanStatistic(), xa, xb, n_boot=n_boot, level=level, seed=seed)
+                for k, method in enumerate(methods):
+                    rows.append({**base, "quantity": "mean", "method": method, "a": float(xa[:, k].mean()),
+                                 "b": float(xb[:, k].mean()), "estimate": d.estimate[k], "low": d.low[k],
+                                 "high": d.high[k], "p": d.p[k]})
+    columns = ["run_a", "run_b", "metric", "quantity", "method", "a", "b", "diff", "low", "high", "p", "p_adj",
+               "significant", "n_images"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    out = pd.DataFrame(rows).rename(columns={"estimate": "diff"})
+    out["p_adj"] = adjust_p(out["p"].to_numpy(), correction)
+    out["significant"] = np.isfinite(out["p_adj"]) & (out["p_adj"] < 1.0 - level)
+    return out[columns]
+
+
+# --------------------------------------------------------------------------- correlations over few units
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A correlation over ``n`` units with its bootstrap interval and exact (or Monte Carlo)
+    permutation p-value; ``conclusive`` is False below the minimum number of units, and ``text``
+    says so ("too few models to conclude") instead of stating the value as a finding."""
+
+    estimate: float
+    low: float
+    high: float
+    p: float
+    n: int
+    method: str
+    conclusive: bool
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+CORRELATIONS = {"spearman": "Spearman ρ", "pearson": "Pearson r", "kendall": "Kendall τ"}
+
+
+def _corr(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """Row-wise correlation of x, y [B, n] (NaN where a row is constant; `xaibench.stats` for Pearson
+    and Spearman)."""
+    if method == "kendall":
+        return np.array([stats.kendalltau(a, b).statistic if np.ptp(a) and np.ptp(b) else np.nan for a, b in zip(x, y)])
+    import torch
+
+    from xaibench.stats import pearson_rows, spearman_rows
+
+    rows = spearman_rows if method == "spearman" else pearson_rows
+    as_tensor = lambda v: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64))  # noqa: E731
+    return rows(as_tensor(x), as_tensor(y)).numpy()
+
+
+def correlation_verdict(x: Any, y: Any, *, method: str = "spearman", level: float = 0.95, n_boot: int = 2000,
+                        n_perm: int = 10000, seed: int = 0, unit: str = "models",
+                        min_units: int = MIN_UNITS) -> Correlation:
+    """Correlation of paired values over few units (models, methods), with its uncertainty.
+
+    Interval: percentile bootstrap over the units (resamples in which either side is constant are
+    left out). p: two-sided permutation test of no association, exact over all n! orders of ``y``
+    for n <= 8, else ``n_perm`` random orders (seeded), counting ``|r*| >= |r|``. Below
+    ``min_units`` units (default `MIN_UNITS` = 5: with 4 units the smallest exact two-sided
+    p-value is 2/24 > 0.05, so no association could be shown) the verdict is "too few {unit} to
+    conclude". Pairs with a NaN are left out.
+    """
+    if method not in CORRELATIONS:
+        raise InputError(f"method: expected one of {', '.join(CORRELATIONS)}, got {method!r}")
+    a, b = _as_numpy(x).ravel(), _as_numpy(y).ravel()
+    if a.shape != b.shape:
+        raise InputError(f"x, y: expected the same number of units, got {a.size} and {b.size}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    n = int(a.size)
+    name = CORRELATIONS[method]
+    r = float(_corr(a[None], b[None], method)[0]) if n >= 2 else math.nan
+    low = high = p = math.nan
+    if n >= 3 and np.isfinite(r):
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, (n_boot, n))
+        boot = _corr(a[idx], b[idx], method)
+        boot = boot[np.isfinite(boot)]
+        tail = (1 - level) / 2
+        if boot.size >= 2:
+            low, high = (float(v) for v in np.percentile(boot, [100 * tail, 100 * (1 - tail)]))
+        if n <= 8:
+            import itertools
+
+            perms = np.array(list(itertools.permutations(range(n))))
+        else:
+            perms = np.argsort(rng.random((n_perm, n)), axis=1)
+        null = _corr(np.broadcast_to(a, perms.shape), b[perms], method)
+        p = float(np.mean(np.abs(null) >= abs(r) - 1e-12))
+    stated = (f"{name} {r:.2f}, {level:.0%} bootstrap CI [{_num(low)}, {_num(high)}], permutation p = "
+              f"{_num(p) if not np.isfinite(p) or p >= 0.01 else f'{p:.1g}'}, n = {n} {unit}")
+    if not np.isfinite(r):
+        text, conclusive = f"undefined (n = {n} {unit}: fewer than 2, or one side constant)", False
+    elif n < min_units:
+        text, conclusive = f"too few {unit} to conclude ({name} {r:.2f} over n = {n}; at least {min_units} needed)", False
+    else:
+        text, conclusive = stated, True
+    return Correlation(r, low, high, p, n, method, conclusive, text)

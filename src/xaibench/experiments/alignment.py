@@ -222,6 +222,21 @@ def summarise(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def correlations(summary: pd.DataFrame, scores: Sequence[str], against: str) -> pd.DataFrame:
+    """Spearman correlation over the models (rows of `summary`) of each alignment score with `against`:
+    columns alignment, spearman, low, high (95 % bootstrap over models), p (exact permutation test up
+    to 8 models), pearson, models, verdict ("too few models to conclude" below
+    `xaibench.reliability.MIN_UNITS`; see `xaibench.reliability.correlation_verdict`)."""
+    from xaibench.reliability import correlation_verdict
+
+    rows = []
+    for score in scores:
+        c = correlation_verdict(summary[score].to_numpy(float), summary[against].to_numpy(float), unit="models")
+        rows.append({"alignment": score, "spearman": c.estimate, "low": c.low, "high": c.high, "p": c.p,
+                     "pearson": summary[score].corr(summary[against]), "models": c.n, "verdict": c.text})
+    return pd.DataFrame(rows)
+
+
 def case_counts(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """How many images of each group (`by` plus mask) fall in each of the eight cases (and none)."""
     counts = (

@@ -391,10 +391,98 @@ def _plan(cfg: ExperimentConfig) -> list[Step]:
 # --- report -------------------------------------------------------------------------------------
 
 
+def best_method_claim(proxy: pd.DataFrame, ground_truth: pd.DataFrame | None, level: float = 0.95) -> dict[str, Any]:
+    """Whether the best-method proxy's winner may be called best, and why not where it may not.
+
+    The proxy's best method (highest median proxy) and its runner-up, each with the central ``level``
+    range of its proxy over half-splits and target models; their paired difference per (split, target)
+    with the same range: the winner is *separated* when that range excludes 0. The ground-truth check
+    (`xaibench.reliability.correlation_verdict` between the median proxy and the mean map agreement
+    across methods, Spearman, with its interval, n and "too few methods to conclude" below 5) and the
+    ground truth's own best method: the claim is *contradicted* when the ground truth's best is another
+    method or the correlation is negative. ``highlight`` only when separated and not contradicted;
+    ``text`` says which.
+    """
+    from xaibench.maps import best_method
+    from xaibench.reliability import correlation_verdict
+
+    tail = 100 * (1 - level) / 2
+    ranked = best_method(proxy)
+    top = ranked["method"].iloc[0]
+    spread = proxy.groupby("method")["proxy"].quantile([tail / 100, 1 - tail / 100]).unstack()
+    out: dict[str, Any] = {"best": top, "median": float(ranked["median_proxy"].iloc[0]),
+                           "low": float(spread.at[top, tail / 100]), "high": float(spread.at[top, 1 - tail / 100]),
+                           "runner_up": None, "separated": False, "contradicted": False, "check": None}
+    parts = [f"{top}: median proxy {out['median']:.3f} ({level:.0%} range over half-splits and targets "
+             f"[{out['low']:.3f}, {out['high']:.3f}])"]
+    if len(ranked) > 1:
+        second = ranked["method"].iloc[1]
+        wide = proxy.pivot_table(index=["target", "split"], columns="method", values="proxy")
+        diff = (wide[top] - wide[second]).dropna().to_numpy()
+        lo, hi = np.percentile(diff, [tail, 100 - tail]) if diff.size else (np.nan, np.nan)
+        out.update(runner_up=second, separated=bool(lo > 0))
+        parts.append(f"runner-up {second} {float(ranked['median_proxy'].iloc[1]):.3f} "
+                     f"[{spread.at[second, tail / 100]:.3f}, {spread.at[second, 1 - tail / 100]:.3f}]; paired "
+                     f"difference [{lo:.3f}, {hi:.3f}]" + ("" if lo > 0 else ", which includes 0: not separated"))
+    if ground_truth is not None and len(ground_truth):
+        truth = ground_truth.groupby("method")["agreement"].mean()
+        merged = ranked.set_index("method").join(truth, how="inner")
+        check = correlation_verdict(merged["median_proxy"].to_numpy(), merged["agreement"].to_numpy(),
+                                    unit="methods", level=level)
+        truth_best = str(truth.idxmax())
+        contradicted = truth_best != top or (np.isfinite(check.estimate) and check.estimate < 0)
+        out.update(check=check, contradicted=bool(contradicted), truth_best=truth_best)
+        parts.append(f"ground-truth check: {check}; the ground truth's best method is {truth_best}"
+                     + (" — it contradicts the proxy" if contradicted else ""))
+    out["highlight"] = out["separated"] and not out["contradicted"]
+    verdict = ("best method" if out["highlight"] else
+               "no best method: the ground-truth check contradicts the proxy" if out["contradicted"] else
+               "no best method: the proxy does not separate it from the runner-up")
+    out["text"] = f"{verdict}. " + "; ".join(parts) + "."
+    return out
+
+
+def best_model_claims(ranking: pd.DataFrame) -> tuple[list[str], list[int]]:
+    """Per observer, the best model with its interval and the runner-up's; a best model is claimed
+    (its row position returned for highlighting) only when its interval lies above the runner-up's."""
+    claims, rows = [], []
+    for obs, part in ranking.groupby("observer", sort=False):
+        part = part[part["consistency"].notna()]
+        if part.empty:
+            claims.append(f"{obs}: no model has a defined consistency.")
+            continue
+        top = part.iloc[0]
+        text = f"{obs}: {top.model} {top.consistency:.3f} [{top.low:.3f}, {top.high:.3f}]"
+        if len(part) < 2:
+            rows.append(int(part.index[0]))
+            claims.append(f"Best model for {text} (the only model with a defined consistency).")
+            continue
+        second = part.iloc[1]
+        runner = f"runner-up {second.model} {second.consistency:.3f} [{second.low:.3f}, {second.high:.3f}]"
+        if top.low > second.high:
+            rows.append(int(part.index[0]))
+            claims.append(f"Best model for {text}; {runner}: the intervals do not overlap.")
+        else:
+            claims.append(f"No best model for {obs}: {top.model} {top.consistency:.3f} [{top.low:.3f}, "
+                          f"{top.high:.3f}] and {runner} overlap.")
+    return claims, rows
+
+
+def _ceiling_note(table: pd.DataFrame, what: str) -> Text | None:
+    """A note on consistency values above 1 (the noise-ceiling correction), with their intervals."""
+    over = table[table["consistency"] > 1]
+    if over.empty:
+        return None
+    shown = "; ".join(f"{r.model} {r.consistency:.2f} [{r.low:.2f}, {r.high:.2f}]" for r in over.head(6).itertuples())
+    return Text(f"{what}: {len(over)} value(s) above 1 ({shown}{'; …' if len(over) > 6 else ''}). Consistency is the "
+                "model-observer correlation divided by the square root of the observer's split-half reliability "
+                "(the noise ceiling); when the reliability is estimated low, from few trials, the ratio can exceed "
+                "1. Read the interval: a value above 1 means the model is as consistent as the observer's noise "
+                "allows, not more.")
+
+
 def _report(exp: ExperimentDir) -> list[Any]:
     import matplotlib.pyplot as plt
-
-    from xaibench.maps import proxy_vs_ground_truth
 
     blocks: list[Any] = []
     if not exp.committed("analysis"):
@@ -405,10 +493,13 @@ def _report(exp: ExperimentDir) -> list[Any]:
         blocks.append(Text("SIMULATED OBSERVERS: the behaviour of observers marked simulated was drawn from a "
                            "model's I1 plus binomial trial noise; it is not human or monkey data."))
     if len(ranking):
+        claims, shown_best = best_model_claims(ranking)
         blocks.append(Table(ranking[["observer", "model", "mean_i1", "consistency", "low", "high", "nan_reason"]],
                             "Model consistency with each observer on clean images (bootstrap mean Spearman "
-                            "across images / sqrt(observer reliability), 95 % percentile interval); best first.",
-                            {(i, "model"): "best" for i in np.flatnonzero(ranking["best"].to_numpy())}))
+                            "across images / sqrt(observer reliability), 95 % percentile interval); best first, "
+                            "highlighted only when its interval lies above the runner-up's.",
+                            {(i, "model"): "best" for i in shown_best}))
+        blocks.append(Text(" ".join(claims)))
         fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(ranking)))
         labels = [f"{r.observer}: {r.model}" for r in ranking.itertuples()]
         y = np.arange(len(ranking))
@@ -418,6 +509,9 @@ def _report(exp: ExperimentDir) -> list[Any]:
         ax.invert_yaxis()
         ax.set_xlabel("consistency with observer (noise-corrected)")
         blocks.append(Figure(fig, "Model ranking with 95 % intervals."))
+        note = _ceiling_note(ranking, "Model consistency")
+        if note:
+            blocks.append(note)
     blocks.append(Table(rel, "Observers: per condition, trials per image, split-half reliability "
                              "(Spearman-Brown) and, for simulated observers, its analytic value."))
     emi_table = exp.table("emi_consistency")
@@ -432,19 +526,24 @@ def _report(exp: ExperimentDir) -> list[Any]:
                 ax.plot(100 - rows["percentile"], rows["consistency"], marker="o", label=method)
             ax.set_xlabel("% of pixels visible in the EMI")
             ax.set_ylabel("I1 consistency")
+            if (shown["consistency"] > 1).any():
+                ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
             ax.legend(fontsize=8)
             blocks.append(Figure(fig, f"Consistency with {obs} on EMIs of {shown['source'].iloc[0]}'s maps, per "
-                                      f"method and percentile (model: {shown['model'].iloc[0]})."))
+                                      f"method and percentile (model: {shown['model'].iloc[0]}; dashed: 1, the "
+                                      "noise ceiling)."))
+            note = _ceiling_note(shown.sort_values("consistency", ascending=False), f"EMI consistency with {obs}")
+            if note:
+                blocks.append(note)
     best = exp.table("best_method")
+    truth = exp.table("ground_truth") if exp.has_table("ground_truth") else None
+    claim = best_method_claim(exp.table("proxy"), truth)
     blocks.append(Table(best, "Best-method proxy: median over half-splits and target models of the Spearman "
-                              "correlation between target and reference I1 on EMIs of the reference's maps.",
-                        {(0, "method"): "best"}))
-    try:
-        check = proxy_vs_ground_truth(exp.table("proxy"), exp.table("ground_truth"))
-        blocks.append(Text(f"Ground-truth check: Spearman across methods between the proxy and map agreement "
-                           f"(1 / (||A_target - A_reference|| + 1e-8)) = {check:.3f}."))
-    except InputError as err:
-        blocks.append(Text(f"Ground-truth check not available: {err}."))
+                              "correlation between target and reference I1 on EMIs of the reference's maps. The "
+                              "first row is highlighted only when the claim holds (below).",
+                        {(0, "method"): "best"} if claim["highlight"] else {}))
+    blocks.append(Text(f"Best-method claim: {claim['text']} Ground truth: map agreement "
+                       "1 / (||A_target - A_reference|| + 1e-8) with the reference model, mean per method."))
     blocks.append(_emi_gallery(exp, best["method"].iloc[0], best["method"].iloc[-1]))
     return blocks
 
@@ -472,7 +571,7 @@ def _emi_gallery(exp: ExperimentDir, best: str, worst: str) -> Figure:
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(title, fontsize=8)
-    return Figure(fig, f"EMIs of {source}'s maps at percentile {p:g}: best method ({best}) and worst ({worst}).")
+    return Figure(fig, f"EMIs of {source}'s maps at percentile {p:g}: highest proxy ({best}) and lowest ({worst}).")
 
 
 RECIPE = Recipe(

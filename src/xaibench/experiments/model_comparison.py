@@ -73,6 +73,10 @@ def report(exp: ExperimentDir) -> list[Block]:
     summary = exp.table("alignment")
     columns = ["model", "parameters", "images", "accuracy", "iou", "gtc", "sc", "pg", "undefined"]
     blocks.append(Table(al.rounded(summary[columns]), "One row per model."))
+    blocks.append(Table(al.rounded(al.correlations(summary, ("iou", "pg"), "accuracy")),
+                        "Does alignment go with accuracy across the models? Spearman with its 95 % bootstrap "
+                        "interval over the models and permutation p, n = models; below 5 models the verdict is "
+                        "'too few models to conclude'."))
     for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG")):
         fig = al.scatter(summary, score, "accuracy", size="parameters", xlabel=name, ylabel="accuracy")
         blocks.append(Figure(fig, f"{name} against accuracy; marker area ~ sqrt(parameters)."))

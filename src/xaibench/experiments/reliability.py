@@ -2,7 +2,7 @@
 
 Does the way a model is trained make a faithfulness benchmark more reliable? For each training
 setting (Baseline, FP, AP, FL and their combinations; `xaibench.training`) the same architecture is
-trained by the same trainer (``seeds`` models per setting: model k of every setting has training
+trained by the same trainer (``repeats`` models per setting: model k of every setting has training
 seed ``[train].seed + k``, so the settings share initialisation and batch order), then the paper's
 benchmark runs through the runner on the same test images:
 
@@ -30,11 +30,19 @@ Statistics per (setting, group, metric), all over the test images (bootstrap res
   models, with a BCa interval at ``level`` (default 99%) from ``n_boot`` resamples (the same image
   resamples for every setting: seed = experiment seed); images where a method has no score on any
   of the setting's models are left out (counted in ``n_images``);
-- the difference to Baseline x 100 and the paper's significance procedure on the two bootstrap
-  distributions of alpha: Shapiro-Wilk on both; if either rejects normality (p < 0.05), the
-  Mann-Whitney U test (also when a distribution is constant), else Levene's test (scipy's default, median-centred) chooses Student's
-  (p >= 0.05) or Welch's t-test; significant when p < 0.05. The replicates are not independent
-  observations of new images, so p-values shrink as ``n_boot`` grows: read them with the intervals;
+- the difference to Baseline (x 100) of alpha and of each method's mean score, on the images both
+  settings have, by a paired bootstrap over images (`xaibench.reliability.paired_bootstrap`: the same
+  image resamples on both sides), with its percentile interval at ``level`` and a bootstrap p-value
+  adjusted over every comparison of the table (``correction``: "holm", default, or "bh");
+  significant when the adjusted p < 1 - level. With ``repeats`` >= 2 the spread between seeds (the
+  larger range of per-model alphas of the two settings) is reported, and an alpha difference counts as
+  an *effect* only when it is significant and larger than that spread;
+- the paper's significance procedure, for reproduction only (``paper_*`` columns): Shapiro-Wilk on the
+  two bootstrap distributions of alpha; if either rejects normality (p < 0.05), the Mann-Whitney U
+  test (also when a distribution is constant), else Levene's test (scipy's default, median-centred)
+  chooses Student's (p >= 0.05) or Welch's t-test; significant when p < 0.05. It overstates
+  significance (`compare_bootstrap`): the replicates are not independent observations of new images,
+  so its p-values shrink as ``n_boot`` grows, and it has no multiple-comparison correction;
 - Gomez et al.'s minimum benchmark size (`xaibench.reliability.minimum_benchmark_size`, 95%,
   even-count rule) divided by the number of images, averaged over the setting's models;
 - accuracy, ECE and AdaECE of each model on the whole test split, and the methods' mean scores
@@ -74,11 +82,16 @@ from xaibench.experiments.base import (
     stored_path,
 )
 from xaibench.reliability import (
+    CORRECTION_NAMES,
     AlphaStatistic,
+    MeanStatistic,
+    accuracy_check,
+    adjust_p,
     bootstrap_ci,
     first_place_rates,
     krippendorff_alpha,
     minimum_benchmark_size,
+    paired_bootstrap,
     per_image_ranks,
 )
 
@@ -165,9 +178,9 @@ def train_config(cfg: ExperimentConfig, setting: str, k: int, permuted: bool = F
 
 def models(cfg: ExperimentConfig) -> list[tuple[str, str, int, bool]]:
     """(label, setting, k, permuted) of every model to train."""
-    out = [(f"{s}-s{k}", s, k, False) for s in settings(cfg) for k in range(cfg["seeds"])]
+    out = [(f"{s}-s{k}", s, k, False) for s in settings(cfg) for k in range(cfg["repeats"])]
     if cfg["data_randomisation"]:
-        out += [(f"permuted-s{k}", BASELINE, k, True) for k in range(cfg["seeds"])]
+        out += [(f"permuted-s{k}", BASELINE, k, True) for k in range(cfg["repeats"])]
     return out
 
 
@@ -235,8 +248,10 @@ def validate(cfg: ExperimentConfig) -> None:
     from xaibench.runner import parse_config
     from xaibench.training import parse_train_config
 
-    if cfg["seeds"] < 1:
-        raise InputError(f"config seeds: must be >= 1, got {cfg['seeds']}")
+    if cfg["repeats"] < 1:
+        raise InputError(f"config repeats: must be >= 1, got {cfg['repeats']}")
+    if cfg["correction"] not in CORRECTION_NAMES:
+        raise InputError(f"config correction: expected one of {', '.join(CORRECTION_NAMES)}, got {cfg['correction']!r}")
     for label, setting, k, permuted in models(cfg):
         try:
             parse_train_config(train_config(cfg, setting, k, permuted))
@@ -381,10 +396,12 @@ def statistics(ctx: StepContext) -> None:
     scores = ctx.experiment.table("scores")
     rates = scores["metric"].isin(VALIDITY)
     ctx.write_table("validity", validity_table(scores[rates]))
-    alpha, diffs, sizes, ranks = reliability_tables(scores[~rates], settings(ctx.cfg), level=ctx.cfg["level"],
-                                                    n_boot=ctx.cfg["n_boot"], seed=ctx.cfg.seed)
+    alpha, diffs, sizes, ranks, score_diffs = reliability_tables(
+        scores[~rates], settings(ctx.cfg), level=ctx.cfg["level"], n_boot=ctx.cfg["n_boot"], seed=ctx.cfg.seed,
+        correction=ctx.cfg["correction"])
     ctx.write_table("alpha", alpha)
     ctx.write_table("alpha_difference", diffs)
+    ctx.write_table("score_difference", score_diffs)
     ctx.write_table("benchmark_size", sizes)
     ctx.write_table("rankings", ranks)
 
@@ -401,7 +418,7 @@ def data_randomisation(ctx: StepContext) -> None:
     batch = collate([dataset[i] for i in select_positions(len(dataset), bench["n"], ctx.cfg.seed)])
     x, t = batch.images.to(ctx.cfg.device), batch.labels.to(ctx.cfg.device)
     rows = []
-    for k in range(ctx.cfg["seeds"]):
+    for k in range(ctx.cfg["repeats"]):
         trained = _load(_trained(ctx.experiment, f"{BASELINE}-s{k}")["model_path"], ctx.cfg.device)
         permuted = _load(_trained(ctx.experiment, f"permuted-s{k}")["model_path"], ctx.cfg.device)
         grid = feature_grid(trained, batch.images[0])
@@ -455,7 +472,11 @@ def resample_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 
 def compare_bootstrap(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
-    """(p, test) of the paper's procedure on two bootstrap distributions (see the module doc)."""
+    """(p, test) of the paper's procedure on two bootstrap distributions (see the module doc), kept to
+    reproduce the paper. It overstates significance: it treats the B replicates of each side as B
+    independent observations, so its p-value shrinks as B grows (any difference becomes significant
+    with enough resamples), it ignores that both sides are computed on the same images, and nothing
+    corrects for the many comparisons. The verdicts use `xaibench.reliability.paired_bootstrap`."""
     from scipy import stats
 
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -469,9 +490,9 @@ def compare_bootstrap(a: np.ndarray, b: np.ndarray) -> tuple[float, str]:
     return float(stats.ttest_ind(a, b, equal_var=bool(equal)).pvalue), "student" if equal else "welch"
 
 
-def _rank_array(sub: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str], int]:
+def _rank_array(sub: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str], int, np.ndarray, np.ndarray]:
     """(ranks [n_images, n_models, n_methods] on the images complete for every model, methods, seeds,
-    number of images left out)."""
+    number of images left out, those images' ids, their scores averaged over the models [n_images, n_methods])."""
     hib = bool(sub["higher_is_better"].iloc[0])
     methods = list(pd.unique(sub["method"]))
     seeds = sorted(pd.unique(sub["model_seed"]))
@@ -482,7 +503,24 @@ def _rank_array(sub: pd.DataFrame) -> tuple[np.ndarray, list[str], list[str], in
     complete = ~np.isnan(x).any(axis=(1, 2))
     x = x[complete]
     ranks = np.stack([per_image_ranks(x[:, s], hib) for s in range(len(seeds))], 1) if len(x) else x
-    return ranks, methods, seeds, int((~complete).sum())
+    return ranks, methods, seeds, int((~complete).sum()), wide.index.to_numpy()[complete], x.mean(1)
+
+
+def seed_spread(ranks: np.ndarray) -> float:
+    """Range (max - min) of the per-model alphas of ranks [n_images, n_models, n_methods]; NaN for one model."""
+    if ranks.shape[1] < 2:
+        return float("nan")
+    return float(np.ptp(np.asarray(krippendorff_alpha(np.moveaxis(ranks, 1, 0), "ordinal"))))
+
+
+def _effect(significant: bool, difference: float, spread: float) -> str:
+    if not np.isfinite(difference):
+        return "undefined"
+    if not significant:
+        return "not significant"
+    if not np.isfinite(spread):
+        return "significant; seed spread unknown (one model per setting)"
+    return "effect" if abs(difference) > spread else "within the spread between seeds"
 
 
 def validity_table(rates: pd.DataFrame) -> pd.DataFrame:
@@ -498,17 +536,29 @@ def validity_table(rates: pd.DataFrame) -> pd.DataFrame:
 
 
 def reliability_tables(scores: pd.DataFrame, setting_order: list[str], *, level: float = 0.99, n_boot: int = 1000,
-                       seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(alpha, alpha_difference, benchmark_size, rankings) tables from the tidy scores (columns
-    setting, model_seed, group, metric, method, image_id, score, higher_is_better)."""
+                       seed: int = 0, correction: str = "holm"
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(alpha, alpha_difference, benchmark_size, rankings, score_difference) tables from the tidy scores
+    (columns setting, model_seed, group, metric, method, image_id, score, higher_is_better).
+
+    Each setting is compared with Baseline on the images both have complete: the difference in the
+    models' mean alpha (x100) and in each method's mean score (averaged over the models), by a paired
+    bootstrap over images (`xaibench.reliability.paired_bootstrap`, the same resamples for both
+    settings), p-values adjusted with ``correction`` over every row of the table; significant when the
+    adjusted p < 1 - level (the interval at the corrected level excludes 0). An alpha difference is
+    an ``effect`` only when it is significant and larger than the spread between seeds (the larger
+    range of per-model alphas of the two settings; unknown with one model per setting). The paper's
+    replicate test (`compare_bootstrap`) is kept in the ``paper_*`` columns, uncorrected."""
     alpha_rows, size_rows, rank_rows = [], [], []
     boots: dict[tuple[str, str, str], np.ndarray] = {}
+    arrays: dict[tuple[str, str, str], tuple[np.ndarray, np.ndarray, list[str], np.ndarray]] = {}
     for (setting, group, metric), sub in scores.groupby(["setting", "group", "metric"], sort=False):
-        ranks, methods, seeds, dropped = _rank_array(sub)
+        ranks, methods, seeds, dropped, ids, mean_scores = _rank_array(sub)
+        arrays[(setting, group, metric)] = (ranks, ids, methods, mean_scores)
         n = ranks.shape[0]
         row: dict[str, Any] = {"setting": setting, "group": group, "metric": metric, "alpha": np.nan, "low": np.nan,
                                "high": np.nan, "n_images": n, "n_left_out": dropped, "n_models": len(seeds),
-                               "reason": None}
+                               "seed_spread": seed_spread(ranks) if n >= 2 else np.nan, "reason": None}
         stat = SeedMeanAlpha()
         if n < 2:
             row["reason"] = "fewer than 2 images with a score for every method"
@@ -534,29 +584,55 @@ def reliability_tables(scores: pd.DataFrame, setting_order: list[str], *, level:
             rank_rows.append({"setting": setting, "group": group, "metric": metric, "method": method,
                               "mean": float(means[method]), "rank": float(order[method])})
     alpha = pd.DataFrame(alpha_rows)
-    diff_rows = []
+    diff_rows, score_rows = [], []
     for row in alpha_rows:
         key = (row["setting"], row["group"], row["metric"])
-        if row["setting"] == BASELINE:
+        base_key = (BASELINE, *key[1:])
+        if row["setting"] == BASELINE or base_key not in arrays:
             continue
-        base = alpha[(alpha.setting == BASELINE) & (alpha.group == key[1]) & (alpha.metric == key[2])]
-        if base.empty:
+        (ra, ia, ma, sa), (rb, ib, mb, sb) = arrays[key], arrays[base_key]
+        common = np.intersect1d(ia, ib)
+        pa, pb = np.searchsorted(ia, common), np.searchsorted(ib, common)  # ids are sorted (pivot index)
+        out: dict[str, Any] = {"setting": key[0], "group": key[1], "metric": key[2], "difference": np.nan,
+                               "low": np.nan, "high": np.nan, "p": np.nan, "n_images": int(common.size),
+                               "seed_spread": 100 * np.nanmax([row["seed_spread"], float(alpha.loc[
+                                   (alpha.setting == BASELINE) & (alpha.group == key[1]) & (alpha.metric == key[2]),
+                                   "seed_spread"].iloc[0])]) if row["n_models"] > 1 else np.nan}
+        if common.size >= 2 and ma == mb:
+            d = paired_bootstrap(SeedMeanAlpha(), ra[pa], rb[pb], n_boot=n_boot, level=level, seed=seed)
+            out.update(difference=100 * d.estimate, low=100 * d.low, high=100 * d.high, p=d.p)
+            m = paired_bootstrap(MeanStatistic(), sa[pa], sb[pb], n_boot=n_boot, level=level, seed=seed)
+            for k, method in enumerate(ma):
+                score_rows.append({"setting": key[0], "group": key[1], "metric": key[2], "method": method,
+                                   "difference": m.estimate[k], "low": m.low[k], "high": m.high[k], "p": m.p[k],
+                                   "n_images": int(common.size)})
+        p, test = (compare_bootstrap(boots[key], boots[base_key])
+                   if key in boots and base_key in boots else (np.nan, "undefined: alpha undefined"))
+        out.update(paper_p=p, paper_test=test, paper_significant=bool(np.isfinite(p) and p < SIGNIFICANCE))
+        diff_rows.append(out)
+    diffs, score_diffs = pd.DataFrame(diff_rows), pd.DataFrame(score_rows)
+    for table in (diffs, score_diffs):
+        if table.empty:
             continue
-        p, test = (compare_bootstrap(boots[key], boots[(BASELINE, *key[1:])])
-                   if key in boots and (BASELINE, *key[1:]) in boots else (np.nan, "undefined: alpha undefined"))
-        diff_rows.append({"setting": key[0], "group": key[1], "metric": key[2],
-                          "difference": 100 * (row["alpha"] - float(base["alpha"].iloc[0])), "p": p, "test": test,
-                          "significant": bool(np.isfinite(p) and p < SIGNIFICANCE)})
+        table["p_adj"] = adjust_p(table["p"].to_numpy(), correction)
+        table["significant"] = np.isfinite(table["p_adj"]) & (table["p_adj"] < 1 - level)
+    if not diffs.empty:
+        diffs["effect"] = [_effect(sig, d, spread) for sig, d, spread in
+                           zip(diffs["significant"], diffs["difference"], diffs["seed_spread"])]
+        diffs["correction"] = correction
     order = {s: i for i, s in enumerate(setting_order)}
-    sort = lambda f: f.sort_values("setting", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)  # noqa: E731
-    return sort(alpha), sort(pd.DataFrame(diff_rows)), sort(pd.DataFrame(size_rows)), sort(pd.DataFrame(rank_rows))
+    sort = lambda f: f.sort_values("setting", key=lambda c: c.map(order), kind="stable").reset_index(drop=True) if len(f) else f  # noqa: E731
+    return (sort(alpha), sort(diffs), sort(pd.DataFrame(size_rows)), sort(pd.DataFrame(rank_rows)),
+            sort(score_diffs))
 
 
 # --- report ------------------------------------------------------------------------------------
 
 
 def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_order: list[str]) -> Any:
-    """Settings x metrics heat map of the alpha difference to Baseline (x100), significant cells starred."""
+    """Settings x metrics heat map of the alpha difference to Baseline (x100): * an effect (significant after
+    correction and beyond the spread between seeds), ° significant but not beyond the seed spread (or
+    the spread unknown with one model per setting)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -566,7 +642,8 @@ def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_or
     rows = [s for s in setting_order if s in set(sub.setting)]
     cols = [m for m in metric_order if m in set(sub.metric)]
     value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
-    star = sub.pivot(index="setting", columns="metric", values="significant").reindex(index=rows, columns=cols)
+    mark = sub.assign(mark=np.where(sub["effect"] == "effect", "*", np.where(sub["significant"], "°", ""))).pivot(
+        index="setting", columns="metric", values="mark").reindex(index=rows, columns=cols).fillna("")
     limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
     from xaibench.colours import text_colour
 
@@ -577,8 +654,8 @@ def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_or
         for j in range(len(cols)):
             v = value.iat[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:+.0f}{'*' if bool(star.iat[i, j]) else ''}", ha="center", va="center", fontsize=8,
-                        fontweight="bold" if bool(star.iat[i, j]) else "normal",
+                ax.text(j, i, f"{v:+.0f}{mark.iat[i, j]}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if mark.iat[i, j] == "*" else "normal",
                         color=text_colour(cmap((v + limit) / (2 * limit))))
     fig.colorbar(im, ax=ax, fraction=0.046, label="alpha - alpha(Baseline), x100")
     ax.set_xticks(range(len(cols)), [c.upper().replace("_NC", "-nc") for c in cols], fontsize=8)
@@ -586,6 +663,25 @@ def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_or
     ax.set_title(f"{group}: alpha - alpha(Baseline), x100", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _comparison_table(diffs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting and metric: the difference with its interval, adjusted p, seed spread, verdict."""
+    def interval(r: pd.Series) -> str:
+        return "undefined" if not np.isfinite(r.difference) else f"{r.difference:+.1f} [{r.low:+.1f}, {r.high:+.1f}]"
+
+    return pd.DataFrame({
+        "setting": diffs["setting"], "metric": diffs["metric"], "difference [CI]": diffs.apply(interval, axis=1),
+        "p_adj": diffs["p_adj"].round(4), "seed spread": diffs["seed_spread"].round(1), "verdict": diffs["effect"],
+        "n images": diffs["n_images"], "paper p": diffs["paper_p"].map(lambda p: f"{p:.2g}" if np.isfinite(p) else ""),
+        "paper test": diffs["paper_test"]})
+
+
+def _classes(cfg: ExperimentConfig) -> list[str]:
+    from xaibench.data import load_dataset
+
+    bench = benchmark(cfg)
+    return list(load_dataset(bench["spec"], split=bench["split"]).classes)
 
 
 def _interval(row: pd.Series, key: str = "alpha") -> str:
@@ -598,17 +694,33 @@ def report(exp: ExperimentDir) -> list[Block]:
     cfg = exp.config
     blocks: list[Block] = [Text(
         "Benchmark reliability per training setting (Gomez & Mouchère): Krippendorff's alpha of the per-image "
-        f"method rankings within each method group, with {100 * cfg['level']:.0f}% BCa intervals over "
-        f"{cfg['n_boot']} image resamples, its difference to Baseline (x100; * = significant at p < 0.05 by "
-        "Shapiro-Wilk -> Mann-Whitney U, else Levene -> Student / Welch t on the bootstrap distributions), the "
-        "normalised minimum benchmark size, and each setting's accuracy and calibration."
+        f"method rankings within each method group (mean over the {cfg['repeats']} models per setting), with "
+        f"{100 * cfg['level']:.0f}% BCa intervals over {cfg['n_boot']} image resamples; its difference to Baseline "
+        "(x100) by a paired bootstrap over the shared images, significant when the adjusted p < "
+        f"{1 - cfg['level']:.2g} ({CORRECTION_NAMES[cfg['correction']]} correction over every comparison), and an "
+        "effect (*) only when it is also larger than the spread between the seeds of the two settings (° = "
+        "significant but within that spread, or the spread unknown with one model per setting); the normalised "
+        "minimum benchmark size, and each setting's accuracy and calibration. The paper's test on the bootstrap "
+        "replicates (Shapiro-Wilk -> Mann-Whitney U, else Levene -> Student / Welch t) is listed for "
+        "reproduction only: it counts the replicates as independent observations, so its p-values shrink as "
+        "the number of resamples grows, and it corrects for none of the comparisons; it overstates significance."
     )]
     if exp.has_table("calibration"):
         calib = exp.table("calibration")
         cols = ["model", "setting", "model_seed", "label_permutation", "accuracy", "ece", "adaece", "confidence",
                 "best_epoch"]
-        blocks.append(Table(calib[cols].round(4), "Calibration per setting: accuracy, ECE (15 bins) and AdaECE on "
-                                                  "the whole test split, mean confidence, selected epoch."))
+        checks = [accuracy_check(np.arange(int(r.n_images)) < round(r.accuracy * r.n_images), len(_classes(cfg)))
+                  for r in calib.itertuples()]
+        calib = calib.assign(**{"accuracy CI": [f"[{c.accuracy.low:.3f}, {c.accuracy.high:.3f}]" for c in checks],
+                                "vs chance": ["at or near chance" if c.near_chance else "above chance" for c in checks]})
+        blocks.append(Table(calib[cols[:5] + ["accuracy CI", "vs chance"] + cols[5:]].round(4),
+                            "Calibration per setting: accuracy (95 % Wilson interval; at or near chance when its lower "
+                            "bound is not 5 points above 1 / classes), ECE (15 bins) and AdaECE on the whole test "
+                            "split, mean confidence, selected epoch."))
+        at_chance = [r.model for r, c in zip(calib.itertuples(), checks) if c.near_chance and not r.label_permutation]
+        if at_chance:
+            blocks.append(Text(f"NOT MEANINGFUL for {', '.join(at_chance)}: these models are at or near chance, so "
+                               "their benchmark's alpha, rankings and comparisons say nothing about the methods."))
     if not exp.has_table("alpha"):
         return blocks + [Text("Benchmark statistics not computed yet.")]
     alpha, diffs = exp.table("alpha"), exp.table("alpha_difference")
@@ -623,10 +735,24 @@ def report(exp: ExperimentDir) -> list[Block]:
     for group in pd.unique(alpha.group):
         if not diffs.empty and (diffs.group == group).any():
             blocks.append(Figure(heatmap(diffs, group, order, metric_order),
-                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * significant."))
+                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * an effect "
+                                 "(significant after correction and beyond the seed spread), ° significant only."))
         cells = alpha[alpha.group == group].assign(value=lambda f: f.apply(_interval, axis=1))
         wide = cells.pivot(index="setting", columns="metric", values="value").reindex(index=order, columns=metric_order)
         blocks.append(Table(wide.reset_index(), f"{group}: alpha [{100 * cfg['level']:.0f}% BCa interval]."))
+        if not diffs.empty and (diffs.group == group).any():
+            blocks.append(Table(_comparison_table(diffs[diffs.group == group]),
+                                f"{group}: alpha - alpha(Baseline) x100 [{100 * cfg['level']:.0f}% paired bootstrap "
+                                f"interval], {CORRECTION_NAMES[cfg['correction']]}-adjusted p, spread between seeds "
+                                "(x100) and the verdict; the paper's replicate test (p, test) for reproduction only."))
+    if exp.has_table("score_difference"):
+        sd = exp.table("score_difference")
+        if not sd.empty:
+            count = sd.groupby(["setting", "group"], sort=False)["significant"].agg(["sum", "size"]).reset_index()
+            count.columns = ["setting", "group", "significant", "comparisons"]
+            blocks.append(Table(count, "Mean metric scores: method x metric differences to Baseline that are "
+                                       f"significant after {CORRECTION_NAMES[cfg['correction']]} correction (paired "
+                                       "bootstrap over images; table score_difference has every interval)."))
     sizes = exp.table("benchmark_size")
     columns = [f"{g}:{m}" for g in pd.unique(sizes.group) for m in metric_order]
     wide = sizes.assign(group_metric=sizes.group + ":" + sizes.metric).pivot(
@@ -656,7 +782,7 @@ RECIPE = Recipe(
     summary="benchmark reliability (Krippendorff's alpha) per training setting: FP, AP, FL and combinations",
     schema={
         "settings": ((list,), ["baseline", "fp", "ap", "fl", "fp+ap", "fl+fp", "fl+ap", "fl+fp+ap"]),
-        "seeds": ((int,), 1),
+        "repeats": ((int,), 2),
         "train": ((dict,), REQUIRED),
         "benchmark": ((dict,), {}),
         "groups": ((dict,), None),
@@ -665,6 +791,7 @@ RECIPE = Recipe(
         "steps": ((int,), None),
         "level": ((float,), 0.99),
         "n_boot": ((int,), 1000),
+        "correction": ((str,), "holm"),
         "data_randomisation": ((bool,), False),
     },
     plan=plan,

@@ -6,7 +6,8 @@ against the source's masks, through the runner) and its n-shot accuracy on a tar
 model's outputs (logits) of `shots` images per target class (drawn with the seed) train a
 scikit-learn logistic regression (``max_iter=1000``), scored on every other target image, as the
 paper's CIFAR-100 experiment. The report plots 1-shot accuracy against alignment (marker area ~
-sqrt(parameters)) and gives the rank correlation over the models.
+sqrt(parameters)) and gives the rank correlation over the models with its interval, permutation p
+and n (`xaibench.reliability.correlation_verdict`: too few models to conclude below 5).
 
 Models are specs (``[models.<label>] spec = ...``) or trained by the project's trainer
 (``[models.<label>.train]``: a trainer config, into ``DIR/models/<label>``, resumable).
@@ -174,11 +175,7 @@ def summarise(ctx: StepContext) -> None:
     summary = summary.merge(al.shown(exp.table("model_sizes")), on="model")
     summary = summary.merge(al.shown(exp.table("transfer")), on="model")
     ctx.write_table("alignment", summary)
-    ctx.write_table("correlation", pd.DataFrame([
-        {"alignment": score, "spearman": summary[score].corr(summary["transfer_accuracy"], method="spearman"),
-         "pearson": summary[score].corr(summary["transfer_accuracy"]), "models": len(summary)}
-        for score in ("iou", "pg")
-    ]))
+    ctx.write_table("correlation", al.correlations(summary, ("iou", "pg"), "transfer_accuracy"))
     ctx.write_table("cases", al.case_counts(exp.table("alignment_images"), ["model"]))
 
 
@@ -200,7 +197,9 @@ def report(exp: ExperimentDir) -> list[Block]:
     blocks.append(Table(al.rounded(summary[columns]),
                         "accuracy, iou, pg: on the source; transfer_accuracy: on the target."))
     blocks.append(Table(al.rounded(al.shown(exp.table("correlation"))), "Correlation over the models of source "
-                        "alignment and transfer accuracy."))
+                        "alignment and transfer accuracy: Spearman with its 95 % bootstrap interval over the models "
+                        "and permutation p, n = models; below 5 models the verdict is 'too few models to conclude' "
+                        "(no association could reach p < 0.05)."))
     for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG")):
         fig = al.scatter(summary, score, "transfer_accuracy", size="parameters", xlabel=f"{name} on the source",
                          ylabel="few-shot accuracy on the target")

@@ -104,8 +104,9 @@ def agreement(labels: pd.DataFrame, scores: pd.DataFrame, confidence: float = 0.
 
     ``labels``: as for ``analysis.analyze``. ``scores``: one row per (item, scored metric) with
     columns ``SCORE_COLUMNS`` (``scored`` the metric's registry name). Items without labels are
-    left out. Returns ``{"conditions": [...], "pooled": [...], "ranking": [...]}``; ``ranking``
-    lists the pooled metrics by agreement rate, highest first (undefined rates last).
+    left out. Returns ``{"conditions": [...], "pooled": [...], "ranking": [...], "ranking_verdict": str}``;
+    ``ranking`` lists the pooled metrics by agreement rate, highest first (undefined rates last), and
+    ``ranking_verdict`` (`ranking_sentence`) names a first metric only when its interval clears the runner-up's.
     """
     missing = sorted(set(SCORE_COLUMNS) - set(scores.columns))
     if missing:
@@ -131,6 +132,7 @@ def agreement(labels: pd.DataFrame, scores: pd.DataFrame, confidence: float = 0.
         result["pooled"].append(row)
     ranked = sorted(result["pooled"], key=lambda r: (np.isnan(r["rate"]), -np.nan_to_num(r["rate"]), r["scored"]))
     result["ranking"] = [r["scored"] for r in ranked]
+    result["ranking_verdict"] = ranking_sentence(result)
     return result
 
 
@@ -316,5 +318,26 @@ def format_agreement(result: dict) -> str:
     lines += ["", f"{'condition / scored metric':<{width}} {head}"] + [row(n, c, width) for n, c in zip(names, result["conditions"])]
     width = max(len(p["scored"]) for p in result["pooled"])
     lines += ["", f"{'pooled':<{width}} {head}"] + [row(p["scored"], p, width) for p in result["pooled"]]
-    lines += ["", "Humans agree most with: " + ", ".join(result["ranking"])]
+    lines += ["", result["ranking_verdict"]]
     return "\n".join(lines)
+
+
+def ranking_sentence(result: dict) -> str:
+    """The pooled ranking as a claim with its numbers: each metric's rate, Wilson interval and n; the
+    first is named only when its interval lies above the runner-up's, else the sentence says the
+    data do not separate them."""
+    pooled = {r["scored"]: r for r in result["pooled"]}
+    ranked = [pooled[m] for m in result["ranking"]]
+    shown = ", ".join(f"{r['scored']} {r['rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] (n = {r['compared']})"
+                      if r["compared"] else f"{r['scored']} undefined (n = 0)" for r in ranked)
+    level = round(100 * result["confidence"])
+    decided = [r for r in ranked if r["compared"]]
+    if len(decided) < 2:
+        return f"Agreement rate ({level}% Wilson CI, n = examples where both decided): {shown}."
+    first, second = decided[0], decided[1]
+    if first["ci_low"] > second["ci_high"]:
+        claim = f"humans agree most with {first['scored']}"
+    else:
+        claim = (f"no metric is clearly first: the intervals of {first['scored']} and {second['scored']} "
+                 "overlap")
+    return f"Agreement rate ({level}% Wilson CI, n = examples where both decided): {shown}; {claim}."

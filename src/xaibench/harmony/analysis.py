@@ -308,7 +308,10 @@ def format_html(result: dict) -> str:
     if agreement:
         sections += [("Metric-human agreement per condition", agreement["conditions"]),
                      ("Metric-human agreement pooled per metric", agreement["pooled"]),
-                     ("Metrics humans agree with most", [{"rank": i + 1, "metric": m} for i, m in enumerate(agreement["ranking"])])]
+                     ("Metrics humans agree with most", [{"rank": i + 1, "metric": r["scored"], "rate": r["rate"],
+                                                          "ci_low": r["ci_low"], "ci_high": r["ci_high"], "n": r["compared"]}
+                                                         for i, r in enumerate(sorted(agreement["pooled"], key=lambda r: agreement["ranking"].index(r["scored"])))]),
+                     ("Verdict", [{"claim": agreement.get("ranking_verdict", "")}])]
     if result.get("mask_agreement"):
         masks = result["mask_agreement"]
         sections += [("Mask agreement between annotators (mean pairwise IoU)", [{k: v for k, v in masks.items() if k != "per_image"}]),

@@ -18,8 +18,11 @@ PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_ve
 
 
 def _table(block: Table) -> str:
-    """The run report's table, without the provenance columns (shown once, at the end)."""
+    """The run report's table, without the provenance columns (shown once, at the end); a reason
+    column is blank where the value is defined (no reason), never a literal NaN."""
     frame = block.frame.drop(columns=[c for c in PROVENANCE if c in block.frame.columns])
+    for column in [c for c in frame.columns if str(c).endswith("reason")]:
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), "")
     caption = f'<p class="note">{html.escape(block.caption)}</p>' if block.caption else ""
     return caption + html_table(frame, dict(block.highlight))
 

@@ -24,12 +24,13 @@ import torch
 from xaibench.files import write_text
 from xaibench.report import plots
 from xaibench.report.curves import curve_panels
+from xaibench.reliability import CORRECTION_NAMES, MIN_IMAGES, alpha_verdicts
 from xaibench.report.summary import (
-    RELIABLE_ALPHA,
     alignment_finding,
     best_per_metric,
     control_methods,
     effective_params,
+    model_sanity,
     sanity_verdicts,
     twins,
 )
@@ -129,16 +130,20 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFrame | None = None,
-                  controls: set[str] | None = None) -> str:
+                  controls: set[str] | None = None, highlight: set[str] | None = None) -> str:
     """Methods x metrics: mean, rank (#1 = best) and CI per cell; the first column stays put when the
-    table scrolls. The best non-control method per metric is highlighted; a control ranked above it
-    is flagged. Column headers show the metric's direction and Krippendorff's alpha."""
-    controls = controls or set()
+    table scrolls. The best non-control method is highlighted for the metrics in `highlight` (those
+    whose best-method claim holds; default none); a control ranked above it is flagged. Column headers
+    show the metric's direction and Krippendorff's alpha (green: the metric's reliability verdict lets
+    it rank methods)."""
+    controls, highlight = controls or set(), highlight or set()
     same = twins(results)
     metrics = list(dict.fromkeys(results["metric"]))
     methods = list(dict.fromkeys(results["method"]))
     direction = results.groupby("metric", sort=False)["higher_is_better"].first()
     alphas = alpha.set_index("metric")["alpha"] if alpha is not None else pd.Series(dtype=float)
+    rankable = (alpha_verdicts(alpha).set_index("metric")["rankable"] if alpha is not None
+                else pd.Series(dtype=bool))
     by_key = {(r.method, r.metric): r for r in means.itertuples(index=False)}
     best_rank = {}
     for metric in metrics:
@@ -147,7 +152,7 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
     head = ['<th>method</th>']
     for metric in metrics:
         a = alphas.get(metric, np.nan)
-        flag = "good" if np.isfinite(a) and a >= RELIABLE_ALPHA else "bad"
+        flag = "good" if bool(rankable.get(metric, False)) else "bad"
         head.append(f'<th class="metric">{_e(metric).replace("_", "_<wbr>")} {"↑" if direction[metric] else "↓"}<br>'
                     f'<small class="{flag}">α {_fmt(a, 2)}</small></th>')
     body = []
@@ -164,7 +169,7 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
             if other is not None and (other, metric) in by_key:  # one method here: one rank
                 r = r._replace(rank=min(r.rank, by_key[(other, metric)].rank))
             mark = ""
-            if method not in controls and r.rank == best_rank[metric]:
+            if method not in controls and r.rank == best_rank[metric] and metric in highlight:
                 mark = ' class="best"'
             elif method in controls and best_rank[metric] is not None and r.rank < best_rank[metric]:
                 mark = ' class="ctrl-win" title="a control scores better than every method"'
@@ -175,14 +180,15 @@ def ranking_table(means: pd.DataFrame, results: pd.DataFrame, alpha: pd.DataFram
             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
 
 
-def _alpha_table(alpha: pd.DataFrame) -> str:
-    df = alpha[["metric", "alpha", "low", "high", "interpretation", "n_images"]].copy()
+def _alpha_table(alpha: pd.DataFrame, level: float) -> str:
+    verdicts = alpha_verdicts(alpha, level)
+    df = alpha[["metric", "alpha", "low", "high", "n_images"]].copy()
+    df["verdict"] = verdicts["reason"].to_numpy()
     flags = {}
-    for i, a in enumerate(df["alpha"]):
-        if np.isfinite(a):
-            flags[(i, "alpha")] = "good" if a >= RELIABLE_ALPHA else "bad"
+    for i, v in enumerate(verdicts["verdict"]):
+        flags[(i, "alpha")] = "good" if v in ("reliable", "tentative") else "warn" if v == "inconclusive" else "bad"
     return html_table(df.rename(columns={"low": "alpha low", "high": "alpha high"}), flags, table_id="alpha-table",
-                      sticky=True, wrap=("interpretation",))
+                  sticky=True, wrap=("verdict",))
 
 
 def _category_summary(results: pd.DataFrame, category: str) -> pd.DataFrame:
@@ -217,8 +223,53 @@ def _partial_banner(manifest: dict[str, Any], results: pd.DataFrame, out: Path) 
             f"<code>xaibench run CONFIG --out {_e(out)} --resume</code> and write the report again.</div>")
 
 
+def _chance_banner(check: Any, origin: str) -> str:
+    """The banner of a model whose explanations cannot be judged: at or near chance, or random weights."""
+    head = "Model at or near chance" if check.near_chance else "Model with random weights"
+    return (f'<div class="banner" id="chance"><b>{head}: sanity checks and rankings are not meaningful.</b> '
+            f"The model's {_e(check.text)}; weights: {_e(origin)}. An explanation of a model that has learned "
+            "nothing has nothing to be faithful to; the verdicts below are labelled <i>not meaningful</i>.</div>")
+
+
+def _best_rows(best: pd.DataFrame, first: pd.DataFrame, same: dict[str, str], meaningful: bool
+               ) -> tuple[pd.DataFrame, dict[tuple[int, str], str]]:
+    """The summary's best-method table: every metric whose verdict lets it rank, the best method with
+    its interval and the runner-up's; the claim is stated only where it holds, else the note says why."""
+    rows, flags = [], {}
+    for i, r in enumerate(best[best["reliable"]].itertuples()):
+        note = []
+        if not meaningful:
+            note.append("not meaningful: the model is at or near chance, or untrained (see the banner)")
+            flags[(i, "claim")] = "bad"
+        if r.beaten_by and first.at[r.metric, "category"] == "randomisation":
+            note.append(f"control {', '.join(r.beaten_by)} scores better, as expected: maps that ignore the model "
+                        "change completely, the floor of this check")
+        elif r.beaten_by:
+            note.append(f"control {', '.join(r.beaten_by)} scores better: this metric does not separate the "
+                        "methods from a model-independent baseline here")
+            flags[(i, "note")] = "warn"
+        if not r.clear:
+            note.append("not significantly better than every other (non-control) method (paired Wilcoxon tests, "
+                        "Holm-corrected; see the significant differences below)")
+        best_name = r.best or "none"
+        twin = same.get(r.best) or next((a for a, b in same.items() if b == r.best), None)
+        if twin:
+            best_name = f"{best_name} = {twin}"
+        holds = meaningful and r.clear and r.best is not None
+        rows.append({"metric": r.metric, "claim": "best" if holds else "not meaningful" if not meaningful else "no clear best",
+                     "best method": best_name, "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]",
+                     "runner-up [CI]": (f"{r.runner_up} {_fmt(r.runner_mean)} [{_fmt(r.runner_low)}, {_fmt(r.runner_high)}]"
+                                        if r.runner_up else "none"),
+                     "reliability": r.verdict, "note": "; ".join(note)})
+        if holds:
+            flags[(i, "best method")] = "best"
+    return pd.DataFrame(rows), flags
+
+
 def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, dict[str, Any]],
-             controls: set[str], best: pd.DataFrame, sanity: pd.DataFrame, finding: list[str]) -> str:
+             controls: set[str], best: pd.DataFrame, sanity: pd.DataFrame, finding: list[str],
+             sanity_model: tuple[Any, str, bool], correction: str) -> str:
+    check, origin, meaningful = sanity_model
     cfg = manifest["config"]
     methods = list(dict.fromkeys(results["method"]))
     method_cfg = cfg.get("methods", {})
@@ -234,7 +285,8 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
     data = cfg.get("data", {})
     run = (
         '<dl class="run">'
-        f"<dt>model</dt><dd><code>{_e(cfg.get('model', {}).get('spec', '?'))}</code></dd>"
+        f"<dt>model</dt><dd><code>{_e(cfg.get('model', {}).get('spec', '?'))}</code>; weights: {_e(origin)}</dd>"
+        f"<dt>accuracy</dt><dd class=\"{'bad' if not meaningful else ''}\">{_e(check.text)}</dd>"
         f"<dt>data</dt><dd><code>{_e(data.get('spec', '?'))}</code>, split {_e(data.get('split', 'test'))}"
         + (f", image size {_e(data['image_size'])}" if data.get("image_size") else "")
         + f"; <b>n = {n_images}</b> images" + (f" of {planned} planned (partial run)" if planned > n_images else "")
@@ -266,24 +318,27 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
                          "it makes included, the methods' maps not).</p>")
 
     reliable = best[best["reliable"]]
-    unreliable = best[~best["reliable"]]
+    tag = "" if meaningful else ' <span class="bad">(not meaningful: model at or near chance)</span>'
     verdicts = []
     if len(reliable):
-        verdicts.append(f"<li><b>Reliable enough to rank by</b> (Krippendorff's α ≥ {RELIABLE_ALPHA}): "
-                        + ", ".join(f"{_e(r.metric)} (α {r.alpha:.2f})" for r in reliable.itertuples()) + ".</li>")
+        verdicts.append("<li><b>Reliable enough to rank by</b> (the lower bound of α's interval clears Krippendorff's "
+                        f"0.667, with at least {MIN_IMAGES} images){tag}: "
+                        + ", ".join(f"{_e(r.metric)} ({_e(r.verdict)})" for r in reliable.itertuples()) + ".</li>")
     else:
-        verdicts.append(f'<li class="bad"><b>No metric is reliable enough to rank methods by</b> (every α &lt; '
-                        f"{RELIABLE_ALPHA}); the rankings below can change with other images.</li>")
-    if len(unreliable):
-        verdicts.append("<li><b>Not reliable here</b>: " + ", ".join(
-            f"{_e(r.metric)} (α {_fmt(r.alpha, 2)})" for r in unreliable.itertuples()) + ".</li>")
+        verdicts.append('<li class="bad"><b>No metric is reliable enough to rank methods by</b> (no lower bound of '
+                        f"α's interval clears 0.667 with at least {MIN_IMAGES} images); the rankings below can change "
+                        "with other images.</li>")
+    others = best[~best["reliable"]]
+    if len(others):
+        verdicts.append("<li><b>Not reliable here</b>: <ul>" + "".join(
+            f"<li>{_e(r.metric)}: {_e(r.verdict)}</li>" for r in others.itertuples()) + "</ul></li>")
     if not sanity.empty:
         groups = {w: [m for m, v in zip(sanity["method"], sanity["verdict"]) if v == w and m not in controls]
                   for w in ("passes", "fails", "unclear")}
         parts = [f'<span class="{c}">{w}: {", ".join(map(_e, groups[w]))}</span>'
                  for w, c in (("passes", "good"), ("fails", "bad"), ("unclear", "warn")) if groups[w]]
         verdicts.append('<li><b>Sanity checks</b> (maps must change when the model or labels are randomised; '
-                        '<a href="#sanity">details</a>): ' + "; ".join(parts) + ".</li>")
+                        f'<a href="#sanity">details</a>){tag}: ' + "; ".join(parts) + ".</li>")
     same = twins(results)
     if same:
         verdicts.append('<li class="warn"><b>Identical methods</b>: ' + "; ".join(
@@ -292,31 +347,17 @@ def _summary(manifest: dict[str, Any], results: pd.DataFrame, params: dict[str, 
     if finding:
         verdicts.append('<li><b>Human alignment</b> (<a href="#alignment">details</a>): ' + _e(finding[0]) + "<br><small>"
                         + "; ".join(map(_e, finding[1:])) + "</small></li>")
-    rows, flags = [], {}
-    for i, r in enumerate(reliable.itertuples()):
-        note = []
-        if r.beaten_by and first.at[r.metric, "category"] == "randomisation":
-            note.append(f"control {', '.join(r.beaten_by)} scores better, as expected: maps that ignore the model "
-                        "change completely, the floor of this check")
-        elif r.beaten_by:
-            note.append(f"control {', '.join(r.beaten_by)} scores better: this metric does not separate the "
-                        "methods from a model-independent baseline here")
-            flags[(i, "note")] = "warn"
-        note.append("significantly better than every other (non-control) method" if r.clear
-                    else "not significantly better than every other (non-control) method")
-        best_name = r.best or "none"
-        twin = same.get(r.best) or next((a for a, b in same.items() if b == r.best), None)
-        if twin:
-            best_name = f"{best_name} = {twin}"
-        rows.append({"metric": r.metric, "α": r.alpha, "best method": best_name,
-                     "mean [CI]": f"{_fmt(r.mean)} [{_fmt(r.low)}, {_fmt(r.high)}]", "note": "; ".join(note)})
-    best_html = (html_table(pd.DataFrame(rows), flags, table_id="best-table", wrap=("note",)) if rows else
-                 '<p class="note">No reliable metric, so no best method is named.</p>')
+    table, flags = _best_rows(best, first, same, meaningful)
+    best_html = (html_table(table, flags, table_id="best-table", wrap=("note", "reliability")) if len(table) else
+                 '<p class="note">No metric is reliable enough to rank by, so no best method is named.</p>')
     return (
         '<div class="summary" id="summary-box"><h3>What was run</h3>' + run
         + "<h3>Verdicts</h3><ul>" + "".join(verdicts) + "</ul>"
         + "<h3>Best method per reliable metric</h3>"
-        + '<p class="note">Controls (model-independent baselines: '
+        + '<p class="note">A method is named <i>best</i> only when the metric is reliable enough to rank by, the '
+        "model is above chance and the method is significantly better than every other non-control method "
+        f"(paired Wilcoxon tests over images, {_e(CORRECTION_NAMES[correction])}-corrected within the metric); "
+        "otherwise the row says why. Controls (model-independent baselines: "
         + (", ".join(map(_e, sorted(controls))) or "none in this run")
         + ") are never named best; a control that scores better than every method is flagged.</p>"
         + best_html + "<h3>Metrics as run</h3>" + metric_table + "</div>"
@@ -459,9 +500,15 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     best = best_per_metric(rel, controls)
     sanity = sanity_verdicts(rel, results, params)
     alignment, finding = alignment_finding(results, controls)
+    sanity_model = model_sanity(results, manifest, rel.level)
+    meaningful = sanity_model[2]
+    highlight = set(best.loc[best["reliable"] & best["clear"], "metric"]) if meaningful else set()
+    not_meaningful = ('<p class="banner">Not meaningful: the model is at or near chance, or untrained (see the banner at '
+                      "the top), so these results say nothing about the methods.</p>" if not meaningful else "")
     sections: list[tuple[str, str, str]] = []
 
-    sections.append(("summary", "Summary", _summary(manifest, results, params, controls, best, sanity, finding)))
+    sections.append(("summary", "Summary", _summary(manifest, results, params, controls, best, sanity, finding,
+                                                    sanity_model, "holm")))
     control_note = (
         " Rows marked <i>control</i> are model-independent baselines: they are never highlighted as best; an "
         "orange cell is a control that scores better than every method, so the metric does not separate "
@@ -469,13 +516,17 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     sections.append(("ranking", "Ranking",
                      '<p class="note">Mean score per method, its rank (#1 = best, respecting each metric\'s direction '
                      "↑/↓) and confidence interval; under each metric its Krippendorff's α (green: reliable enough to "
-                     f"rank by). The best method per metric is highlighted.{control_note} Binary metrics "
-                     "(pointing game, increase in confidence) are rates.</p>"
-                     + ranking_table(rel.means, results, rel.alpha, controls)))
+                     "rank by). The best method is highlighted only where the claim holds (reliable metric, model "
+                     f"above chance, significantly better than every other method).{control_note} Binary metrics "
+                     "(pointing game, increase in confidence) are rates.</p>" + not_meaningful
+                     + ranking_table(rel.means, results, rel.alpha, controls, highlight)))
     sections.append(("reliability", "Reliability of each metric (Krippendorff's alpha)",
                      '<p class="note">Inter-rater reliability of the method ranking across images: images are the '
-                     "raters, methods the units. Alpha &ge; 0.8 is reliable, &ge; 0.667 tentative, lower is not "
-                     "enough to rank methods by this metric.</p>" + _alpha_table(rel.alpha)))
+                     "raters, methods the units. The verdict reads the interval, not the point estimate: "
+                     "<i>reliable</i> when its lower bound is &ge; 0.8, <i>tentative</i> when it is &ge; 0.667 "
+                     "(Krippendorff's thresholds), <i>unreliable</i> when its upper bound is below 0.667, and "
+                     f"<i>inconclusive</i> otherwise or with fewer than {MIN_IMAGES} images ({rel.level:.0%} BCa "
+                     "bootstrap intervals over images).</p>" + _alpha_table(rel.alpha, rel.level)))
     significant = rel.pairwise[rel.pairwise["significant"].astype(bool)]
     per_metric = (rel.pairwise.assign(significant=rel.pairwise["significant"].astype(bool))
                   .groupby("metric", sort=False)["significant"].agg(significant="sum", pairs="size").reset_index())
@@ -510,7 +561,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
                      "(mean in brackets): a method passes where the upper confidence bound is below the metric's "
                      "threshold (0.5 unless set), fails where the lower bound is above it. A method whose maps "
                      "barely change does not depend on what the model learned; the controls show the two extremes "
-                     "(random maps always change, edge maps never do).</p>"
+                     "(random maps always change, edge maps never do).</p>" + not_meaningful
                      + (html_table(sanity, table_id="sanity-table", sticky=True) if not sanity.empty
                         else '<p class="note">No randomisation metric in this run.</p>')))
     per_method = _category_summary(results, "localisation")
@@ -525,8 +576,8 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     sections.append(("gallery", "Gallery: every method on the same images",
                      _gallery(out, cfg, results, load_images(out), min(gallery_size, 12), controls)))
     nan = results[results["score"].isna()]
-    nan_table = (nan.groupby(["method", "metric", "nan_reason"], dropna=False).size().reset_index(name="images")
-                 if not nan.empty else pd.DataFrame())
+    nan_table = (nan.fillna({"nan_reason": "no reason recorded"}).groupby(["method", "metric", "nan_reason"])
+                 .size().reset_index(name="images") if not nan.empty else pd.DataFrame())
     sections.append(("nan", "Undefined scores",
                      html_table(nan_table, wrap=("nan_reason",)) if not nan_table.empty
                      else '<p class="note">Every score is defined.</p>'))
@@ -551,6 +602,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>xaibench report: {_e(title)}</title><style>{CSS}</style></head><body><main>"
         f"<h1>xaibench report: {_e(title)}</h1>{_partial_banner(manifest, results, out)}"
+        f"{'' if meaningful else _chance_banner(*sanity_model[:2])}"
         f"<p class=\"note\">{_e(status)} Config hash <code>{_e(manifest['config_hash'][:16])}</code>.</p>"
         f"<nav>{nav}</nav>{body}</main></body></html>"
     )

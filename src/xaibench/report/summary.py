@@ -2,17 +2,22 @@
 
 - `effective_params`: each metric's parameters as run (the ``params`` column where the run stored
   it, else the metric's defaults overridden by the config).
-- `best_per_metric`: the best non-control method per metric, whether the metric is reliable enough
-  to rank by (Krippendorff's alpha >= `RELIABLE_ALPHA`), whether the win is significant, and which
-  control methods score better than it.
+- `model_sanity`: the model's accuracy on the evaluated images (Wilson interval), where its weights
+  come from, and whether it is at or near chance (then sanity checks and rankings are not meaningful).
+- `best_per_metric`: the best non-control method per metric with its interval and runner-up, the
+  metric's reliability verdict (`xaibench.reliability.reliability_verdict`: the lower bound of alpha's
+  interval must clear 0.667 with enough images), whether the win is significant, and which control
+  methods score better than it.
 - `sanity_verdicts`: per method and randomisation metric, passes / fails / unclear against the
   metric's similarity threshold.
 - `alignment_finding`: where a localisation metric is scored against several masks, which mask the
   maps fall on.
 
-Controls are model-independent baseline methods (`CONTROLS`: random noise, the image's edges):
-they are shown everywhere but never called "best"; when one scores better than every real method
-the metric does not separate explanations from a baseline on this run.
+Controls are model-independent baseline methods (`CONTROLS`: random noise, the image's edges). They
+are treated the same way everywhere: they are methods like any other in the per-metric statistics
+(alpha, ranks, tests), but never called "best" and never part of a mean over methods (the alignment
+finding, the demo's summary); when one scores better than every real method the metric does not
+separate explanations from a baseline on this run.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Any
 
 import pandas as pd
 
+from xaibench.reliability import AccuracyCheck, accuracy_check, alpha_verdicts
+
 CONTROLS = ("random", "sobel")  # registry names of the model-independent baseline methods
-RELIABLE_ALPHA = 0.667  # Krippendorff's "tentative" threshold: below it a metric cannot rank methods
 SANITY_THRESHOLD = 0.5  # similarity below which a map counts as changed (MPRT's default threshold)
 
 
@@ -89,19 +95,26 @@ def twins(results: pd.DataFrame) -> dict[str, str]:
 
 
 def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
-    """One row per metric: alpha, interpretation, reliable, best (non-control, rank order), mean,
-    low, high, clear (significantly better than every other non-control method), beaten_by
-    (controls with a better mean than the best method)."""
+    """One row per metric: alpha, interpretation, verdict (the reliability verdict's sentence),
+    reliable (the metric may rank methods: `Verdict.rankable`), best (non-control, rank order), mean,
+    low, high, runner_up (the next non-control method) with runner_mean, runner_low, runner_high, clear
+    (significantly better than every other non-control method), beaten_by (controls with a better
+    mean than the best method)."""
+    verdicts = alpha_verdicts(rel.alpha, getattr(rel, "level", 0.95)).set_index("metric")
     alpha = rel.alpha.set_index("metric")
     rows = []
     for metric, group in rel.means.groupby("metric", sort=False):
         ordered = group.sort_values("rank", kind="stable")
         real = ordered[~ordered["method"].isin(controls)]
         a = float(alpha.at[metric, "alpha"]) if metric in alpha.index else math.nan
+        known = metric in verdicts.index
         row = {"metric": metric, "alpha": a,
                "interpretation": alpha.at[metric, "interpretation"] if metric in alpha.index else "",
-               "reliable": bool(math.isfinite(a) and a >= RELIABLE_ALPHA), "best": None, "mean": math.nan,
-               "low": math.nan, "high": math.nan, "clear": False, "beaten_by": []}
+               "verdict": verdicts.at[metric, "reason"] if known else "undefined: no alpha",
+               "reliable": bool(verdicts.at[metric, "rankable"]) if known else False, "best": None,
+               "mean": math.nan, "low": math.nan, "high": math.nan, "runner_up": None, "runner_mean": math.nan,
+               "runner_low": math.nan,
+               "runner_high": math.nan, "clear": False, "beaten_by": []}
         if not real.empty:
             top = real.iloc[0]
             others = set(real["method"]) - {top["method"]}
@@ -111,9 +124,49 @@ def best_per_metric(rel: Any, controls: set[str]) -> pd.DataFrame:
             row.update(best=top["method"], mean=float(top["mean"]), low=float(top["low"]), high=float(top["high"]),
                        clear=bool(others) and len(involved) == len(others) and bool(involved["significant"].all()),
                        beaten_by=list(ordered.loc[ordered["method"].isin(controls) & (ordered["rank"] < top["rank"]), "method"]))
+            if len(real) > 1:
+                second = real.iloc[1]
+                row.update(runner_up=second["method"], runner_mean=float(second["mean"]), runner_low=float(second["low"]),
+                           runner_high=float(second["high"]))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["metric", "alpha", "interpretation", "reliable", "best", "mean", "low", "high",
-                                       "clear", "beaten_by"])
+    return pd.DataFrame(rows, columns=["metric", "alpha", "interpretation", "verdict", "reliable", "best", "mean", "low",
+                                       "high", "runner_up", "runner_mean", "runner_low", "runner_high", "clear",
+                                       "beaten_by"])
+
+
+def weights_origin(model: dict[str, Any], seed: int) -> tuple[str, bool]:
+    """(where the weights of the run's model come from, whether they are a random initialisation),
+    from the run config's [model] table (spec, weights) and the run seed that initialises it."""
+    from xaibench.models import PRETRAINED_NAMES
+
+    spec, weights = str(model.get("spec", "?")), model.get("weights")
+    scheme, _, name = spec.partition(":")
+    if scheme == "builtin":
+        return f"trained by xaibench: the built-in recipe of {name} (cached model file)", False
+    if scheme == "file":
+        return f"model file {name} (written by save_model, e.g. by xaibench train)", False
+    if scheme not in ("torchvision", "timm"):
+        return f"unknown (model spec {spec!r})", False
+    if weights is None:
+        return f"random initialisation (seed {seed}): no trained weights", True
+    if str(weights).lower() in PRETRAINED_NAMES or str(weights).isupper():
+        return f"pretrained weights ({weights}) from the local cache", False
+    return f"weights file {weights}", False
+
+
+def model_sanity(results: pd.DataFrame, manifest: dict[str, Any], level: float = 0.95) -> tuple[AccuracyCheck, str, bool]:
+    """(accuracy check, weights origin, meaningful) of a run's model. Accuracy: predicted class =
+    label on the evaluated images that have a label (label >= 0), against chance 1 / the data set's
+    number of classes (the manifest's ``classes``, else the labels seen); meaningful is False when
+    the model is at or near chance (`xaibench.reliability.accuracy_check`) or randomly initialised."""
+    cfg = manifest.get("config", {})
+    origin, random_init = weights_origin(cfg.get("model", {}), int(cfg.get("seed", 0)))
+    images = results.drop_duplicates("image_id")
+    labelled = images[images["label"] >= 0] if "label" in images else images.iloc[:0]
+    n_classes = len(manifest.get("classes") or []) or max(int(labelled["label"].nunique()) if len(labelled) else 1, 1)
+    correct = (labelled["label"] == labelled["prediction"]).to_numpy() if len(labelled) else []
+    check = accuracy_check(correct, n_classes, level=level)
+    return check, origin, not (random_init or bool(check.near_chance))
 
 
 def sanity_verdicts(rel: Any, results: pd.DataFrame, params: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -144,15 +197,26 @@ def sanity_verdicts(rel: Any, results: pd.DataFrame, params: dict[str, dict[str,
     return frame.reset_index()
 
 
-def alignment_finding(results: pd.DataFrame, controls: set[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Mean localisation score over the non-control methods per (metric, mask) and, for metrics
-    scored on two or more masks, a sentence naming the mask the maps fall on most."""
+def alignment_by_method(results: pd.DataFrame, controls: set[str]) -> pd.DataFrame:
+    """Mean localisation score per (metric name, method) and mask, controls left out: columns metric,
+    method, then one per mask. The one table behind every alignment number (report, demo)."""
     loc = results[(results["category"] == "localisation") & results["mask"].notna() & ~results["method"].isin(controls)]
-    if loc.empty:
-        return pd.DataFrame(), []
     key = "metric_name" if "metric_name" in loc else "metric"
-    table = loc.pivot_table(index=key, columns="mask", values="score", aggfunc="mean", sort=False)
+    if loc.empty:
+        return pd.DataFrame(columns=["metric", "method"])
+    table = loc.pivot_table(index=[key, "method"], columns="mask", values="score", aggfunc="mean", sort=False)
     table.columns.name = None
+    return table.reset_index().rename(columns={key: "metric"})
+
+
+def alignment_finding(results: pd.DataFrame, controls: set[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Mean over the non-control methods of each method's mean localisation score per (metric, mask)
+    (`alignment_by_method`) and, for metrics scored on two or more masks, a sentence naming the mask
+    the maps fall on most."""
+    per_method = alignment_by_method(results, controls)
+    if per_method.empty:
+        return pd.DataFrame(), []
+    table = per_method.drop(columns="method").groupby("metric", sort=False).mean()
     sentences, favoured = [], []
     for metric, row in table.iterrows():
         row = row.dropna()
@@ -169,4 +233,4 @@ def alignment_finding(results: pd.DataFrame, controls: set[str]) -> tuple[pd.Dat
         else:
             head = "The localisation metrics disagree on which mask the maps fall on most."
         sentences.insert(0, head)
-    return table.reset_index().rename(columns={key: "metric"}), sentences
+    return table.reset_index(), sentences
