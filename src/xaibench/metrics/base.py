@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from xaibench.errors import InputError
+from xaibench.passes import Passes
 from xaibench.registry import Registry
 
 VOCABULARY = ("model", "inputs", "attributions", "targets", "masks", "explainer", "labels")
@@ -43,7 +44,7 @@ class MetricInfo:
     higher_is_better: bool
     range: tuple[float, float]
     requires: tuple[str, ...]
-    cost: str  # forward/backward passes per image as a formula of the parameters, e.g. "steps + 1 forwards"
+    cost: Passes  # passes per image as expressions of the parameters, e.g. Passes(forwards="steps + 1")
     references: tuple[str, ...] = ()
     description: str = ""
 
