@@ -15,7 +15,7 @@ import xaibench
 # load_model`` counts as importing the module behind the name, see `EXPORTS`).
 FLOORS: list[tuple[str, ...]] = [
     ("", "errors", "config", "registry", "seeding", "files", "stats", "checks", "devices", "colours",
-     "passes"),  # foundations
+     "passes", "modelspec"),  # foundations
     ("models", "data"),
     ("explainers",),
     ("perturbation",),
