@@ -63,6 +63,22 @@ def test_passes_refuse_anything_but_arithmetic(text):
         Passes(forwards=text)
 
 
+def test_every_declared_count_names_only_parameters_and_sizes():
+    """A misspelt name in a declared count would silently become an unknown term: each name is a
+    parameter of the method or metric, or one of the sizes the planner fills in."""
+    import inspect
+
+    from xaibench.explainers import METHODS
+    from xaibench.metrics import METRICS
+    from xaibench.runner.config import method_factory
+
+    sizes = {"H", "W", "F", "features", "S", "L", "K"}
+    entries = [(n, METHODS.get(n).cost, method_factory(METHODS.get(n))) for n in METHODS]
+    entries += [(n, METRICS.get(n).info.cost, METRICS.get(n).fn) for n in METRICS]
+    for name, passes, fn in entries:
+        assert passes.names() <= sizes | set(inspect.signature(fn).parameters), name
+
+
 def test_method_metric_and_pair_costs():
     assert method_cost("integrated_gradients", {"steps": 8}) == Cost(forwards=8, backwards=8)
     assert metric_cost("deletion", {"steps": 10}) == Cost(forwards=11)
