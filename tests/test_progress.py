@@ -79,6 +79,16 @@ def test_every_declared_count_names_only_parameters_and_sizes():
         assert passes.names() <= sizes | set(inspect.signature(fn).parameters), name
 
 
+def test_a_cost_in_words_is_refused_at_declaration():
+    from xaibench.explainers.base import register
+    from xaibench.metrics.base import MetricInfo
+
+    with pytest.raises(TypeError, match="cost must be a Passes"):
+        MetricInfo("m", "faithfulness", True, (0.0, 1.0), ("model",), "steps + 1 forwards")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cost must be a Passes"):
+        register("some_method", cost="1 forward", resolution="input")  # type: ignore[arg-type]
+
+
 def test_method_metric_and_pair_costs():
     assert method_cost("integrated_gradients", {"steps": 8}) == Cost(forwards=8, backwards=8)
     assert metric_cost("deletion", {"steps": 10}) == Cost(forwards=11)

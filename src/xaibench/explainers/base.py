@@ -74,6 +74,8 @@ METHODS: Registry[MethodInfo] = Registry("method")
 
 def register(name: str, *, cost: Passes, resolution: str, aliases: tuple[str, ...] = ()):
     """Class decorator: register an `Explainer` subclass under `name` (and its aliases)."""
+    if not isinstance(cost, Passes):
+        raise TypeError(f"{name}: cost must be a Passes, e.g. Passes(forwards='steps', backwards='steps'), got {cost!r}")
 
     def deco(cls: type[Explainer]) -> type[Explainer]:
         doc = inspect.getdoc(cls) or ""

@@ -51,6 +51,8 @@ class MetricInfo:
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise ValueError(f"unknown category {self.category!r}; use one of {CATEGORIES}")
+        if not isinstance(self.cost, Passes):
+            raise TypeError(f"{self.name}: cost must be a Passes, e.g. Passes(forwards='steps + 1'), got {self.cost!r}")
         unknown = set(self.requires) - set(VOCABULARY)
         if unknown:
             raise ValueError(f"{self.name}: requires {sorted(unknown)} outside the vocabulary {VOCABULARY}")
