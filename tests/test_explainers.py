@@ -298,7 +298,7 @@ def test_methods_command_lists_every_method_with_cost_and_defaults(capsys: pytes
     out = capsys.readouterr().out
     for name in UNIQUE:
         assert f"\n{name} " in "\n" + out, name
-        assert METHODS.get(name).cost in out
+        assert str(METHODS.get(name).cost) in out
     assert "alias: gradcam++" in out and "steps=32" in out and "reduce='max_abs'" in out
     args = parser.parse_args(["methods", "gradcam"])
     args.func(args)

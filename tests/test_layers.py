@@ -14,7 +14,8 @@ import xaibench
 # ``__version__`` and imports nothing until a name of its lazy facade is used (``from xaibench import
 # load_model`` counts as importing the module behind the name, see `EXPORTS`).
 FLOORS: list[tuple[str, ...]] = [
-    ("", "errors", "config", "registry", "seeding", "files", "stats", "checks", "devices", "colours"),  # foundations
+    ("", "errors", "config", "registry", "seeding", "files", "stats", "checks", "devices", "colours",
+     "passes", "modelspec"),  # foundations
     ("models", "data"),
     ("explainers",),
     ("perturbation",),

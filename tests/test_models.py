@@ -1,4 +1,5 @@
-"""Models: built-in digits CNNs (accuracy, shortcut, cache), model_hash, torchvision/timm wrapping, weights, files."""
+"""Models: built-in digits CNNs (accuracy, shortcut, cache), model_hash, torchvision/timm wrapping, weights, files,
+specs parsed (`ModelSpec`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +29,7 @@ from xaibench.models import (
     save_model,
     unwrap,
 )
+from xaibench.modelspec import ModelSpec
 
 
 def _accuracy(model: nn.Module, spec: str, split: str) -> float:
@@ -262,3 +265,45 @@ def test_unknown_names_suggest_close_ones():
     with pytest.raises(InputError, match="model spec"):
         load_model("resnet18")
     assert json.dumps(sorted(xaibench.models.BUILTIN_MODELS))  # the built-in names are listed
+
+
+@pytest.mark.parametrize("text", ["torchvision:resnet18", "timm:vit_tiny_patch16_224.augreg_in21k",
+                                  "builtin:digits-cnn", "file:models/c0-original.pt", "file:/abs/m.pt",
+                                  "file:C:/weights/m.pt"])
+def test_model_spec_round_trips_as_written(text):
+    spec = ModelSpec.parse(text)
+    assert str(spec) == text and ModelSpec.parse(spec) == spec
+    assert spec.kind == text.split(":")[0] and spec.name == text[len(spec.kind) + 1:]
+    assert spec.is_architecture == (spec.kind != "file")
+    assert (ModelSpec.architecture(text) is not None) == spec.is_architecture
+
+
+def test_model_spec_refuses_what_load_model_refuses():
+    for bad, error, match in [("resnet18", InputError, "model spec must look like"), (None, InputError, "model spec"),
+                              ("torchvison:resnet18", UnknownNameError, "'torchvision:'"),
+                              ("builtin:", InputError, "names no model")]:
+        with pytest.raises(error, match=match):
+            ModelSpec.parse(bad)
+        assert ModelSpec.architecture(bad) is None
+    with pytest.raises(InputError, match="not a file: spec"):
+        ModelSpec.parse("builtin:digits-cnn").path
+
+
+def test_model_spec_anchors_relative_files_at_their_folder(tmp_path):
+    folder = tmp_path / "study"
+    anchored = ModelSpec("file", str((folder / "models/m.pt").resolve()))
+    assert ModelSpec.parse("file:models/m.pt", base=folder) == anchored
+    assert str(ModelSpec.parse("file:sub/../m.pt", base=folder)) == f"file:{(folder / 'm.pt').resolve()}"
+    assert str(ModelSpec.parse("file:/abs/m.pt", base=folder)) == "file:/abs/m.pt"  # absolute: as written
+    assert str(ModelSpec.parse("file:~/m.pt", base=folder)) == "file:~/m.pt"
+    assert ModelSpec.parse("file:~/m.pt").path == Path.home() / "m.pt"
+    assert str(ModelSpec.parse("builtin:digits-cnn", base=folder)) == "builtin:digits-cnn"
+    inside = ModelSpec.parse("file:models/m.pt", base=folder)
+    assert str(inside.relative_to(folder.resolve())) == "file:models/m.pt"
+
+
+def test_load_model_takes_a_parsed_spec(tmp_path, digits_cnn):
+    path = save_model(digits_cnn, tmp_path / "digits.pt", "builtin:digits-cnn")
+    spec = ModelSpec.parse("file:digits.pt", base=tmp_path)
+    assert spec.path == path.resolve()
+    assert model_hash(load_model(spec, device="cpu")) == model_hash(digits_cnn)

@@ -1,4 +1,4 @@
-"""Progress output and the planned cost: declared cost formulas evaluated, cost-weighted ETA, plain
+"""Progress output and the planned cost: declared passes evaluated, cost-weighted ETA, plain
 lines outside a terminal, the metric named in a terminal, Ctrl-C's resume command."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import json
 import pytest
 
 import xaibench
+from xaibench.passes import Passes
 from xaibench.runner import parse_config, run
 from xaibench.runner import bench, layout, progress as progress_mod
 from xaibench.runner.cost import Cost, evaluate_cost, method_cost, metric_cost, pair_cost, plan_costs
@@ -18,29 +19,74 @@ from xaibench.runner.progress import RunProgress, format_seconds
 
 
 @pytest.mark.parametrize(
-    ("formula", "env", "want"),
+    ("passes", "env", "want"),
     [
-        ("steps + 1 forwards", {"steps": 10}, Cost(forwards=11)),
-        ("1 forward + 1 backward", {}, Cost(forwards=1, backwards=1)),
-        ("n_samples + 1 explanations and forwards", {"n_samples": 4}, Cost(forwards=5, explanations=5)),
-        ("n_samples + 1 explanations, n_samples + 1 forwards", {"n_samples": 2}, Cost(forwards=3, explanations=3)),
-        ("2 * (steps + 1) forwards", {"steps": 3}, Cost(forwards=8)),
-        ("(len(percentages) + 1) * (2 if lerf else 1) forwards + one sparse solve per perturbed image",
+        (Passes(forwards="steps + 1"), {"steps": 10}, Cost(forwards=11)),
+        (Passes(forwards="1", backwards="1"), {}, Cost(forwards=1, backwards=1)),
+        (Passes(forwards="n_samples + 1", explanations="n_samples + 1"), {"n_samples": 4},
+         Cost(forwards=5, explanations=5)),
+        (Passes(forwards="2 * (steps + 1)"), {"steps": 3}, Cost(forwards=8)),
+        (Passes(forwards="(len(percentages) + 1) * (2 if lerf else 1)", note="+ one sparse solve per image"),
          {"percentages": [0.1, 0.5], "lerf": True}, Cost(forwards=6)),
-        ("ceil(H * W / features_per_step) + 1 forwards", {"H": 4, "W": 5, "features_per_step": 3}, Cost(forwards=8)),
-        ("S + 1 forwards (S superpixels, about n_segments) + one SLIC per image on CPU", {"S": 9}, Cost(forwards=10)),
-        ("no model passes", {}, Cost()),
-        ("L + 1 explanations for L layers (2 with skip_layers)", {"L": 11}, Cost(explanations=12)),
+        (Passes(forwards="ceil(H * W / features_per_step) + 1"), {"H": 4, "W": 5, "features_per_step": 3},
+         Cost(forwards=8)),
+        (Passes(forwards="min(r, ceil(H / p) * floor(W // p)) + 1"), {"r": 100, "H": 5, "W": 7, "p": 2},
+         Cost(forwards=10)),
+        (Passes(forwards="S + 1", note="S superpixels"), {"S": 9}, Cost(forwards=10)),
+        (Passes(note="maps of mosaics"), {}, Cost()),
+        (Passes(explanations="L + 1"), {"L": 11}, Cost(explanations=12)),
     ],
 )
-def test_evaluate_cost(formula, env, want):
-    assert evaluate_cost(formula, env) == want
+def test_evaluate_cost(passes, env, want):
+    assert evaluate_cost(passes, env) == want
 
 
 def test_unknown_names_are_listed_not_guessed():
-    cost = evaluate_cost("1 + K forwards (K = channels of the layer)", {})
-    assert cost.forwards == 0 and cost.unknown == ("1 + K forwards",)
+    cost = evaluate_cost(Passes(forwards="1 + K", backwards="1", note="K = channels of the layer"), {})
+    assert cost == Cost(backwards=1, unknown=("1 + K forwards",))
     assert "unknown: 1 + K forwards" in str(cost)
+    assert evaluate_cost(Passes(forwards="steps + 1"), {"steps": None}).unknown == ("steps + 1 forwards",)
+
+
+def test_passes_read_as_text_and_name_what_they_use():
+    assert str(Passes(forwards="1", backwards="1")) == "1 forward, 1 backward"
+    assert str(Passes(forwards="n + 1", explanations="n + 1")) == "n + 1 forwards, n + 1 explanations"
+    assert str(Passes(forwards="1 + K", note="K = channels")) == "1 + K forwards (K = channels)"
+    assert str(Passes()) == "no model passes"
+    assert Passes(forwards="ceil(H / patch) * W", explanations="L + 1").names() == {"H", "patch", "W", "L"}
+
+
+@pytest.mark.parametrize("text", ["__import__('os').system('true')", "x.y", "x ** 2", "[1][0]", "f(1)",
+                                  "max(*xs)", "ceil(x=1)", "1 forwards", "lambda: 1"])
+def test_passes_refuse_anything_but_arithmetic(text):
+    with pytest.raises((ValueError, SyntaxError)):
+        Passes(forwards=text)
+
+
+def test_every_declared_count_names_only_parameters_and_sizes():
+    """A misspelt name in a declared count would silently become an unknown term: each name is a
+    parameter of the method or metric, or one of the sizes the planner fills in."""
+    import inspect
+
+    from xaibench.explainers import METHODS
+    from xaibench.metrics import METRICS
+    from xaibench.runner.config import method_factory
+
+    sizes = {"H", "W", "F", "features", "S", "L", "K"}
+    entries = [(n, METHODS.get(n).cost, method_factory(METHODS.get(n))) for n in METHODS]
+    entries += [(n, METRICS.get(n).info.cost, METRICS.get(n).fn) for n in METRICS]
+    for name, passes, fn in entries:
+        assert passes.names() <= sizes | set(inspect.signature(fn).parameters), name
+
+
+def test_a_cost_in_words_is_refused_at_declaration():
+    from xaibench.explainers.base import register
+    from xaibench.metrics.base import MetricInfo
+
+    with pytest.raises(TypeError, match="cost must be a Passes"):
+        MetricInfo("m", "faithfulness", True, (0.0, 1.0), ("model",), "steps + 1 forwards")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="cost must be a Passes"):
+        register("some_method", cost="1 forward", resolution="input")  # type: ignore[arg-type]
 
 
 def test_method_metric_and_pair_costs():

@@ -32,11 +32,11 @@ from xaibench.config import suggest  # noqa: E402
 from xaibench.devices import model_device  # noqa: E402
 from xaibench.errors import InputError, UnknownNameError, WeightsUnavailableError  # noqa: E402
 from xaibench.files import write_atomic  # noqa: E402
+from xaibench.modelspec import ModelSpec  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_NAMES = ("pretrained", "default", "imagenet")  # weights= values meaning "the usual pretrained ones"
-SCHEMES = ("torchvision", "timm", "file", "builtin")
 
 
 # --- wrappers ---------------------------------------------------------------------------------
@@ -219,7 +219,10 @@ def _arch(spec: str, num_classes: int | None, seed: int = 0) -> nn.Module:
 
 
 def _random_arch(spec: str, num_classes: int | None) -> nn.Module:
-    scheme, _, name = spec.partition(":")
+    parsed = ModelSpec.architecture(spec)
+    if parsed is None:
+        raise InputError(f"{spec!r} is not an architecture spec (torchvision:<name>, timm:<name>, builtin:<name>)")
+    scheme, name = parsed.kind, parsed.name
     if scheme == "torchvision":
         return Normalized(_torchvision_net(name, num_classes))
     if scheme == "timm":
@@ -227,12 +230,10 @@ def _random_arch(spec: str, num_classes: int | None) -> nn.Module:
         kwargs = {"num_classes": num_classes} if num_classes is not None else {}
         net = timm.create_model(name, pretrained=False, **kwargs)
         return Normalized(net, *_timm_mean_std(net))
-    if scheme == "builtin":
-        _builtin_name(name)
-        if num_classes not in (None, 10):
-            raise InputError(f"{spec} has 10 classes, got num_classes={num_classes}")
-        return DigitsCNN(10)
-    raise InputError(f"{spec!r} is not an architecture spec (torchvision:<name>, timm:<name>, builtin:<name>)")
+    _builtin_name(name)  # the remaining architecture kind: builtin
+    if num_classes not in (None, 10):
+        raise InputError(f"{spec} has 10 classes, got num_classes={num_classes}")
+    return DigitsCNN(10)
 
 
 def _builtin_name(name: str) -> str:
@@ -391,7 +392,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, spec: str, num_classes
         ``"builtin:digits-cnn"``. The state dict saved is that of the network inside the wrappers.
     num_classes: defaults to the last linear layer's output size (or ``net.num_classes``).
     """
-    if not isinstance(spec, str) or spec.partition(":")[0] not in ("torchvision", "timm", "builtin"):
+    if ModelSpec.architecture(spec) is None:
         raise InputError(f"save_model: spec must be torchvision:<name>, timm:<name> or builtin:<name>, got {spec!r}")
     net = unwrap(model)
     if num_classes is None:
@@ -417,7 +418,7 @@ def _load_file(path: Path) -> nn.Module:
     if not isinstance(obj, Mapping) or not {"spec", "state_dict"} <= set(obj):
         raise InputError(f"model file {path} is not a save_model file (needs keys 'spec', 'num_classes', 'state_dict')")
     spec = obj["spec"]
-    if not isinstance(spec, str) or spec.partition(":")[0] not in ("torchvision", "timm", "builtin"):
+    if ModelSpec.architecture(spec) is None:
         raise InputError(f"model file {path}: bad architecture spec {spec!r}")
     model = _arch(spec, obj.get("num_classes"))
     _load_state(model, obj["state_dict"], str(path))
@@ -431,7 +432,7 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(spec: str, num_classes: int | None = None, weights: str | None = None,
+def load_model(spec: str | ModelSpec, num_classes: int | None = None, weights: str | None = None,
                device: str | torch.device | None = None, seed: int = 0) -> nn.Module:
     """The classifier named by `spec`, in eval mode on `device`, taking images in [0, 1].
 
@@ -449,25 +450,17 @@ def load_model(spec: str, num_classes: int | None = None, weights: str | None = 
     seed: seeds the random initialisation of torchvision/timm models without weights (the same
         seed gives the same weights in every process; the runner passes the run seed).
     """
-    if not isinstance(spec, str) or ":" not in spec:
-        raise InputError(f"model spec must look like 'torchvision:resnet18', 'timm:<name>', 'file:<path>' or "
-                         f"'builtin:digits-cnn', got {spec!r}")
+    parsed = ModelSpec.parse(spec)
+    spec, scheme, name = str(parsed), parsed.kind, parsed.name
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
         raise InputError(f"num_classes must be a positive integer, got {num_classes!r}")
-    scheme, _, name = spec.partition(":")
-    if scheme not in SCHEMES:
-        hint = suggest(scheme, SCHEMES, n=2, cutoff=0.4, form="{}:")
-        raise UnknownNameError(f"unknown model kind {scheme + ':'!r} in {spec!r}.{hint} Known: "
-                               + ", ".join(s + ":" for s in SCHEMES))
-    if not name:
-        raise InputError(f"model spec {spec!r} names no model")
     is_path = weights is not None and weights.lower() not in PRETRAINED_NAMES and (
         os.sep in weights or Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors") or Path(weights).exists())
 
     if scheme == "file":
         if weights is not None:
             raise InputError("file: models carry their weights; do not pass weights=")
-        model = _load_file(Path(name).expanduser())
+        model = _load_file(parsed.path)
         if num_classes is not None and _num_classes(model) not in (None, num_classes):
             raise InputError(f"{spec} has {_num_classes(model)} classes, not num_classes={num_classes}")
     elif scheme == "builtin":

@@ -1,7 +1,7 @@
 """`xaibench plan CONFIG`: what a run will cost before it runs.
 
-Per method and metric, the forwards / backwards / explanations per image (the declared cost
-formulas of `xaibench.runner.cost`), their totals over the configured images, and a time estimate:
+Per method and metric, the forwards / backwards / explanations per image (the declared
+passes, evaluated by `xaibench.runner.cost`), their totals over the configured images, and a time estimate:
 one forward and one forward + backward of a batch are timed on the device (the calibration), and
 each step's passes are priced at those per-image times. ``--workers`` adds what N workers would
 take, each with the calibrated speed: model loading once per worker, then ``ceil(shards / N)``

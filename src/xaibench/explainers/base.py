@@ -34,6 +34,7 @@ from xaibench.checks import check_images, check_targets, evaluation_mode
 from xaibench.devices import model_device
 from xaibench.errors import InputError
 from xaibench.models import unwrap
+from xaibench.passes import Passes
 from xaibench.registry import Registry
 
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
@@ -44,14 +45,14 @@ SIGNS = ("all", "positive", "absolute")
 class MethodInfo:
     """Registry entry of an explanation method.
 
-    cost: forwards/backwards per image as a formula of the method's parameters.
+    cost: passes per image as expressions of the method's parameters (`xaibench.passes.Passes`).
     resolution: ``"input"`` (maps at input resolution) or ``"layer"`` (native resolution of the
     explained layer, upsampled to the input by default).
     """
 
     name: str
     cls: type[Explainer]
-    cost: str
+    cost: Passes
     resolution: str
     description: str
     aliases: tuple[str, ...] = ()
@@ -72,8 +73,10 @@ class MethodInfo:
 METHODS: Registry[MethodInfo] = Registry("method")
 
 
-def register(name: str, *, cost: str, resolution: str, aliases: tuple[str, ...] = ()):
+def register(name: str, *, cost: Passes, resolution: str, aliases: tuple[str, ...] = ()):
     """Class decorator: register an `Explainer` subclass under `name` (and its aliases)."""
+    if not isinstance(cost, Passes):
+        raise TypeError(f"{name}: cost must be a Passes, e.g. Passes(forwards='steps', backwards='steps'), got {cost!r}")
 
     def deco(cls: type[Explainer]) -> type[Explainer]:
         doc = inspect.getdoc(cls) or ""

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xaibench.explainers.base import Explainer, register
+from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
 
-@register("random", cost="0 forwards (1 forward once, to learn the number of classes)", resolution="input")
+@register("random", cost=Passes(note="1 forward once, to learn the number of classes"), resolution="input")
 class RandomExplainer(Explainer):
     """Uniform noise in [0, 1), drawn from a generator seeded by `seed` (ignores model and image).
 
@@ -33,7 +34,7 @@ class RandomExplainer(Explainer):
         return noise.to(inputs.device)
 
 
-@register("sobel", cost="0 forwards (1 forward once, to learn the number of classes)", resolution="input")
+@register("sobel", cost=Passes(note="1 forward once, to learn the number of classes"), resolution="input")
 class SobelExplainer(Explainer):
     """Edge magnitude sqrt(Gx^2 + Gy^2) of each channel (3x3 Sobel, replicate padding).
 

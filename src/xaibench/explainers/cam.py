@@ -33,6 +33,7 @@ from xaibench.explainers.base import (
     upsample,
     warn_without_relu,
 )
+from xaibench.passes import Passes
 
 
 def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
@@ -141,7 +142,7 @@ def _relu_cam(weights: Tensor, acts: Tensor) -> Tensor:
     return F.relu((weights * acts).sum(dim=1, keepdim=True))
 
 
-@register("gradcam", cost="1 forward + 1 backward", resolution="layer")
+@register("gradcam", cost=Passes(forwards="1", backwards="1"), resolution="layer")
 class GradCAMExplainer(CAMExplainer):
     """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_k mean_hw(dS/dA_k) A_k) at the target layer.
 
@@ -164,7 +165,7 @@ class GradCAMExplainer(CAMExplainer):
         return _relu_cam(grads.mean(dim=(2, 3)), acts)
 
 
-@register("gradcam_plus_plus", cost="1 forward + 1 backward", resolution="layer", aliases=("gradcam++",))
+@register("gradcam_plus_plus", cost=Passes(forwards="1", backwards="1"), resolution="layer", aliases=("gradcam++",))
 class GradCAMPlusPlusExplainer(CAMExplainer):
     """Grad-CAM++ (Chattopadhay et al. 2018) with the closed-form alpha of an exponential score.
 
@@ -181,7 +182,7 @@ class GradCAMPlusPlusExplainer(CAMExplainer):
         return _relu_cam(weights, acts)
 
 
-@register("layercam", cost="1 forward + 1 backward", resolution="layer")
+@register("layercam", cost=Passes(forwards="1", backwards="1"), resolution="layer")
 class LayerCAMExplainer(CAMExplainer):
     """LayerCAM (Jiang et al. 2021): ReLU(sum_k ReLU(dS/dA_k) * A_k), weights per position."""
 
@@ -190,7 +191,7 @@ class LayerCAMExplainer(CAMExplainer):
         return _relu_cam(F.relu(grads), acts)
 
 
-@register("scorecam", cost="1 + K forwards (K = channels of the layer, e.g. 512 for ResNet-18 layer4)",
+@register("scorecam", cost=Passes(forwards="1 + K", note="K = channels of the layer, e.g. 512 for ResNet-18 layer4"),
           resolution="layer")
 class ScoreCAMExplainer(CAMExplainer):
     """Score-CAM (Wang et al. 2020): channel weights are the target softmax probability of the input
@@ -221,7 +222,7 @@ class ScoreCAMExplainer(CAMExplainer):
             return _relu_cam(weights.view(b, k), acts)
 
 
-@register("guided_gradcam", cost="2 forwards + 2 backwards", resolution="input")
+@register("guided_gradcam", cost=Passes(forwards="2", backwards="2"), resolution="input")
 class GuidedGradCAMExplainer(CAMExplainer):
     """Guided Grad-CAM (Selvaraju et al. 2017): Guided Backprop times the Grad-CAM map upsampled
     bilinearly to the input. Raw attribution [B, C, H, W]; default map: max over channels of |a|.

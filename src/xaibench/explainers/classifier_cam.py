@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.explainers.base import network, register
 from xaibench.explainers.cam import CAMExplainer, get_module
+from xaibench.passes import Passes
 
 
-@register("cam", cost="1 forward", resolution="layer")
+@register("cam", cost=Passes(forwards="1"), resolution="layer")
 class ClassActivationMapExplainer(CAMExplainer):
     """CAM (Zhou et al. 2016): sum_k W[c, k] A_k with W the linear classifier after global average pooling.
 

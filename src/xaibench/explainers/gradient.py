@@ -32,6 +32,7 @@ from xaibench.explainers.base import (
     register,
     warn_without_relu,
 )
+from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
 
@@ -62,7 +63,7 @@ def positive_int(name: str, value: int) -> int:
     return value
 
 
-@register("saliency", cost="1 forward + 1 backward", resolution="input")
+@register("saliency", cost=Passes(forwards="1", backwards="1"), resolution="input")
 class SaliencyExplainer(Explainer):
     """Gradient of the target logit w.r.t. the input (Simonyan et al. 2014).
 
@@ -75,7 +76,7 @@ class SaliencyExplainer(Explainer):
         return Saliency(self.model).attribute(inputs, target=targets, abs=False)
 
 
-@register("input_x_gradient", cost="1 forward + 1 backward", resolution="input")
+@register("input_x_gradient", cost=Passes(forwards="1", backwards="1"), resolution="input")
 class InputXGradientExplainer(Explainer):
     """Input times gradient of the target logit. Default map: signed sum over channels."""
 
@@ -83,7 +84,7 @@ class InputXGradientExplainer(Explainer):
         return InputXGradient(self.model).attribute(inputs, target=targets)
 
 
-@register("integrated_gradients", cost="steps forwards + steps backwards", resolution="input")
+@register("integrated_gradients", cost=Passes(forwards="steps", backwards="steps"), resolution="input")
 class IntegratedGradientsExplainer(Explainer):
     """Integrated Gradients (Sundararajan et al. 2017) from a constant baseline image.
 
@@ -113,7 +114,7 @@ class IntegratedGradientsExplainer(Explainer):
         )
 
 
-@register("smoothgrad", cost="n_samples forwards + n_samples backwards", resolution="input")
+@register("smoothgrad", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input")
 class SmoothGradExplainer(Explainer):
     """SmoothGrad (Smilkov et al. 2017): mean gradient over Gaussian-noised copies of the input.
 
@@ -147,7 +148,7 @@ class SmoothGradExplainer(Explainer):
             )
 
 
-@register("guided_backprop", cost="1 forward + 1 backward", resolution="input")
+@register("guided_backprop", cost=Passes(forwards="1", backwards="1"), resolution="input")
 class GuidedBackpropExplainer(Explainer):
     """Guided Backpropagation (Springenberg et al. 2015): ReLU backward passes positive gradients only.
 
@@ -193,7 +194,7 @@ class ScaledOutput(nn.Module):
         return self.model(x) * self.factor[:, None].to(x.dtype)
 
 
-@register("deconvolution", cost="1 forward + 1 backward", resolution="input")
+@register("deconvolution", cost=Passes(forwards="1", backwards="1"), resolution="input")
 class DeconvolutionExplainer(GuidedBackpropExplainer):
     """Deconvolution (Zeiler & Fergus 2014): ReLU applied to the backward signal.
 
@@ -234,7 +235,7 @@ def split_reused_relus(model: nn.Module, inputs: Tensor) -> nn.Module:
     return model
 
 
-@register("deeplift", cost="2 forwards + 1 backward", resolution="input")
+@register("deeplift", cost=Passes(forwards="2", backwards="1"), resolution="input")
 class DeepLiftExplainer(Explainer):
     """DeepLIFT Rescale rule (Shrikumar et al. 2017) from a constant baseline image (Captum).
 
@@ -259,7 +260,7 @@ class DeepLiftExplainer(Explainer):
             return DeepLift(self._net).attribute(inputs, baselines=self.baseline, target=targets)
 
 
-@register("gradient_shap", cost="n_samples forwards + n_samples backwards", resolution="input")
+@register("gradient_shap", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input")
 class GradientShapExplainer(Explainer):
     """GradientSHAP (Lundberg & Lee 2017, Captum): expected gradients times (input - baseline).
 
@@ -296,7 +297,7 @@ class GradientShapExplainer(Explainer):
         return total / self.n_samples
 
 
-@register("occlusion", cost="1 + ceil((H-window)/stride+1) * ceil((W-window)/stride+1) forwards",
+@register("occlusion", cost=Passes(forwards="1 + ceil((H-window)/stride+1) * ceil((W-window)/stride+1)"),
           resolution="input")
 class OcclusionExplainer(Explainer):
     """Occlusion (Zeiler & Fergus 2014, Captum): logit drop when a window is set to `baseline`.
@@ -329,7 +330,7 @@ class OcclusionExplainer(Explainer):
         )
 
 
-@register("feature_ablation", cost="1 + ceil(H/patch) * ceil(W/patch) forwards", resolution="input")
+@register("feature_ablation", cost=Passes(forwards="1 + ceil(H/patch) * ceil(W/patch)"), resolution="input")
 class FeatureAblationExplainer(Explainer):
     """Feature ablation (Captum) on a grid of non-overlapping `patch` x `patch` squares.
 

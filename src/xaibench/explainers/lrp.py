@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.explainers.base import Explainer, network, no_inplace_relu, register
+from xaibench.passes import Passes
 
 CANONIZERS = ("auto", "vgg", "resnet", "none")
 HARMONY_L1_EPS = 1e-9  # harmony_finetune/utils.py, backprop_normalize: / (L1 norm + 1e-9)
@@ -145,7 +146,8 @@ class ZennitExplainer(RelevanceStart, Explainer):
         return self.started(inputs, targets)
 
 
-@register("excitation_backprop", cost="1 forward + 1 backward (contrast: 2 + 2)", resolution="input")
+@register("excitation_backprop", cost=Passes(forwards="1", backwards="1", note="contrast: 2 forwards, 2 backwards"),
+          resolution="input")
 class ExcitationBackpropExplainer(ZennitExplainer):
     """Excitation backprop (Zhang et al. 2018) through zennit: relevance of the target's output;
     ``contrast="logits"`` with ``init="logit"`` is HARMONY's contrastive excitation backprop."""
@@ -153,7 +155,7 @@ class ExcitationBackpropExplainer(ZennitExplainer):
     composite_name = "ExcitationBackprop"
 
 
-@register("lrp_epsilon_plus", cost="2 forwards + 2 backwards", resolution="input", aliases=("lrp",))
+@register("lrp_epsilon_plus", cost=Passes(forwards="2", backwards="2"), resolution="input", aliases=("lrp",))
 class LRPEpsilonPlusExplainer(ZennitExplainer):
     """Contrastive LRP epsilon-plus: relevance of the target minus that of all logits, each
     L1-normalised per image (zennit's EpsilonPlus composite); ``contrast="logits"`` with

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.explainers.base import Explainer, register
 from xaibench.explainers.gradient import positive_int, expansions_per_image, seeded_global_rng
+from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
 
@@ -42,7 +43,7 @@ def rise_masks(grids: Tensor, offsets: Tensor, size: tuple[int, int]) -> Tensor:
     return up[torch.arange(n, device=grids.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-@register("rise", cost="n_masks forwards", resolution="input")
+@register("rise", cost=Passes(forwards="n_masks"), resolution="input")
 class RISEExplainer(Explainer):
     """RISE (Petsiuk et al. 2018): mean of random masks weighted by the target probability they keep.
 
@@ -89,7 +90,7 @@ class RISEExplainer(Explainer):
         return (total / (self.n_masks * self.p))[:, None]
 
 
-@register("feature_permutation", cost="1 + ceil(H/patch) * ceil(W/patch) forwards", resolution="input")
+@register("feature_permutation", cost=Passes(forwards="1 + ceil(H/patch) * ceil(W/patch)"), resolution="input")
 class FeaturePermutationExplainer(Explainer):
     """Feature permutation (Captum): target-logit drop when a square is swapped between the batch's images.
 

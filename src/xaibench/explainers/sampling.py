@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from xaibench.explainers.base import register
 from xaibench.explainers.gradient import SmoothGradExplainer
+from xaibench.passes import Passes
 
 
-@register("smoothgrad_sq", cost="n_samples forwards + n_samples backwards", resolution="input",
+@register("smoothgrad_sq", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input",
           aliases=("smoothgrad_squared",))
 class SmoothGradSquaredExplainer(SmoothGradExplainer):
     """SmoothGrad-squared (Hooker et al. 2019): mean squared gradient over Gaussian-noised copies."""
@@ -25,7 +26,7 @@ class SmoothGradSquaredExplainer(SmoothGradExplainer):
     nt_type = "smoothgrad_sq"
 
 
-@register("vargrad", cost="n_samples forwards + n_samples backwards", resolution="input")
+@register("vargrad", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input")
 class VarGradExplainer(SmoothGradExplainer):
     """VarGrad (Adebayo et al. 2018): variance of the gradient over Gaussian-noised copies."""
 

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from xaibench.config import suggest
-from xaibench.errors import InputError
+from xaibench.errors import InputError, UnknownNameError
+from xaibench.modelspec import ModelSpec
 
 FORMAT = "xaibench-harmony-study"
 VERSION = 1
@@ -198,11 +199,14 @@ def _map_array(root: Path, rel: object, where: str) -> tuple[Path, tuple[int, in
 def _model_spec(root: Path, cond: dict, key: str, where: str) -> str:
     """A load_model spec; a ``file:`` path is relative to the folder and returned absolute."""
     spec = text_field(cond, key, where)
-    if spec.startswith("file:"):
-        _, resolved = _inside(root, spec[len("file:"):], f"{where}.{key}", kind="model file")
-        return f"file:{resolved}"
-    if ":" not in spec:
-        raise InputError(f"{where}: {key!r} must be a load_model spec such as 'file:models/finetuned.pt' or 'builtin:digits-cnn', got {spec!r}")
+    try:
+        parsed = ModelSpec.parse(spec)
+    except (InputError, UnknownNameError):
+        raise InputError(f"{where}: {key!r} must be a load_model spec such as 'file:models/finetuned.pt' or "
+                         f"'builtin:digits-cnn', got {spec!r}") from None
+    if parsed.kind == "file":
+        _, resolved = _inside(root, parsed.name, f"{where}.{key}", kind="model file")
+        return str(ModelSpec("file", str(resolved)))
     return spec
 
 

@@ -30,6 +30,7 @@ from xaibench.config import read_toml, unknown_key
 from xaibench.errors import InputError
 from xaibench.files import write_text
 from xaibench.harmony.dataset import FORMAT, VERSION, read_manifest
+from xaibench.modelspec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,15 @@ def _picture(image: torch.Tensor, size: int) -> np.ndarray:
 
 def _model_file(spec: str, out: Path, name: str) -> str:
     """A ``file:`` spec copied into the study folder (relative spec), other specs as they are."""
-    if not spec.startswith("file:"):
+    parsed = ModelSpec.parse(spec)
+    if parsed.kind != "file":
         return spec
-    source = Path(spec[len("file:"):]).expanduser()
-    if not source.is_file():
-        raise InputError(f"model file not found: {source} (spec {spec!r})")
+    if not parsed.path.is_file():
+        raise InputError(f"model file not found: {parsed.path} (spec {spec!r})")
     target = out / "models" / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return f"file:{target.relative_to(out).as_posix()}"
+    shutil.copyfile(parsed.path, target)
+    return str(ModelSpec("file", str(target)).relative_to(out))
 
 
 def create_harmony_dataset(conditions: list[StudyCondition], data: str, out: str | Path, *, split: str = "test",
@@ -194,18 +195,14 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
     if "data" not in raw or not raw.get("conditions"):
         raise InputError(f"{path}: needs 'data' (a data set spec) and at least one [[conditions]] table")
 
-    def spec(value: str) -> str:
-        if value.startswith("file:") and not Path(value[5:]).expanduser().is_absolute():
-            return f"file:{(path.parent / value[5:]).resolve()}"
-        return value
-
     conditions = []
     for i, c in enumerate(raw["conditions"]):
         _known(c, cond_keys, f"{path}: conditions[{i}]")
         missing = {"original", "finetuned", "metric", "method"} - set(c)
         if missing:
             raise InputError(f"{path}: conditions[{i}]: missing key(s) {', '.join(sorted(missing))}")
-        conditions.append(StudyCondition(**{**c, "original": spec(c["original"]), "finetuned": spec(c["finetuned"])}))
+        conditions.append(StudyCondition(**{**c, "original": str(ModelSpec.parse(c["original"], base=path.parent)),
+                                                  "finetuned": str(ModelSpec.parse(c["finetuned"], base=path.parent))}))
     return {**{k: v for k, v in raw.items() if k != "conditions"}, "conditions": conditions}
 
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from xaibench.checks import evaluation_mode
 from xaibench.errors import InputError
+from xaibench.passes import Passes
 from xaibench.registry import Registry
 
 VOCABULARY = ("model", "inputs", "attributions", "targets", "masks", "explainer", "labels")
@@ -57,7 +58,7 @@ class MetricInfo:
     higher_is_better: bool
     range: tuple[float, float]
     requires: tuple[str, ...]
-    cost: str  # forward/backward passes per image as a formula of the parameters, e.g. "steps + 1 forwards"
+    cost: Passes  # passes per image as expressions of the parameters, e.g. Passes(forwards="steps + 1")
     references: tuple[str, ...] = ()
     description: str = ""
     ranks_map: bool = False  # scores rank the map's features: a constant map gives NaN (`CONSTANT_MAP`)
@@ -65,6 +66,8 @@ class MetricInfo:
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
             raise ValueError(f"unknown category {self.category!r}; use one of {CATEGORIES}")
+        if not isinstance(self.cost, Passes):
+            raise TypeError(f"{self.name}: cost must be a Passes, e.g. Passes(forwards='steps + 1'), got {self.cost!r}")
         unknown = set(self.requires) - set(VOCABULARY)
         if unknown:
             raise ValueError(f"{self.name}: requires {sorted(unknown)} outside the vocabulary {VOCABULARY}")

@@ -17,6 +17,7 @@ from xaibench.checks import check_maps
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.metrics.localisation import finish
+from xaibench.passes import Passes
 
 ZERO_MAP = "all-zero map"
 
@@ -33,7 +34,7 @@ def _magnitudes(attributions: Tensor) -> Tensor:
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions",),
-        cost="no model passes",
+        cost=Passes(),
         references=("Chalasani et al. (2020). Concise explanations of neural networks using adversarial "
                     "training. ICML.",),
         description="Gini index of |a|: 0 for a uniform map, (n-1)/n when one pixel holds everything.",
@@ -60,7 +61,7 @@ def sparseness(attributions: Tensor) -> MetricResult:
         higher_is_better=False,
         range=(0.0, math.inf),
         requires=("attributions",),
-        cost="no model passes",
+        cost=Passes(),
         references=("Bhatt, Weller & Moura (2020). Evaluating and aggregating feature-based model explanations. "
                     "IJCAI.",),
         description="Shannon entropy (nats) of the fractional contributions |a| / sum |a|; at most log(pixels).",
@@ -82,7 +83,7 @@ def complexity(attributions: Tensor) -> MetricResult:
         higher_is_better=False,
         range=(0.0, math.inf),
         requires=("attributions",),
-        cost="no model passes",
+        cost=Passes(),
         references=("Nguyen & Martinez (2020). On quantitative aspects of model interpretability. arXiv:2007.07584.",),
         description="Number of pixels with |a| > eps (after division by max |a| when `normalise`).",
     )

@@ -36,6 +36,7 @@ from xaibench.metrics._subset_engine import (
     validate,
 )
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons, register_metric
+from xaibench.passes import Passes
 from xaibench.stats import pearson_rows, spearman_rows
 from xaibench.perturbation.forward import class_scores
 from xaibench.seeding import make_generator
@@ -113,7 +114,7 @@ def _random_subset_correlations(
         higher_is_better=True,
         range=(-1.0, 1.0),
         requires=_REQUIRES,
-        cost="nr_runs + 1 forwards",
+        cost=Passes(forwards="nr_runs + 1"),
         references=(
             "Bhatt, Weller & Moura (2020). Evaluating and aggregating feature-based model explanations. IJCAI.",
         ),
@@ -163,7 +164,7 @@ def faithfulness_correlation(
         higher_is_better=True,
         range=(-1.0, 1.0),
         requires=_REQUIRES,
-        cost="len(subset_sizes) * nr_runs + 1 forwards",
+        cost=Passes(forwards="len(subset_sizes) * nr_runs + 1"),
         references=(
             "Ancona, Ceolini, Oztireli & Gross (2018). Towards better understanding of gradient-based attribution "
             "methods for deep neural networks. ICLR.",
@@ -263,7 +264,7 @@ def _group_drops(
         higher_is_better=True,
         range=(-1.0, 1.0),
         requires=_REQUIRES,
-        cost="ceil(features / features_in_step) + 1 forwards",
+        cost=Passes(forwards="ceil(features / features_in_step) + 1"),
         references=(
             "Alvarez-Melis & Jaakkola (2018). Towards robust interpretability with self-explaining neural "
             "networks. NeurIPS.",
@@ -315,7 +316,8 @@ def faithfulness_estimate(
         higher_is_better=True,
         range=(-1.0, 1.0),
         requires=_REQUIRES,
-        cost="ceil(features / features_in_step) * nr_samples + 1 forwards (nr_samples = 1 for deterministic baselines)",
+        cost=Passes(forwards="ceil(features / features_in_step) * nr_samples + 1",
+                    note="nr_samples = 1 for deterministic baselines"),
         references=(
             "Nguyen & Martinez (2020). On quantitative aspects of model interpretability. arXiv:2007.07584.",
         ),

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
+from xaibench.passes import Passes
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.forward import class_scores
 from xaibench.perturbation.engine import (
@@ -131,7 +132,7 @@ def _run(
         higher_is_better=False,
         range=(0.0, float("inf")),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="steps + 1 forwards",
+        cost=Passes(forwards="steps + 1"),
         references=_REFS,
         description="Area under the target score while the most relevant features are removed.",
         ranks_map=True,
@@ -170,7 +171,7 @@ def deletion(
         higher_is_better=True,
         range=(0.0, float("inf")),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="steps + 1 forwards (+ 1 with normalize='original')",
+        cost=Passes(forwards="steps + 1", note="+ 1 with normalize='original'"),
         references=_REFS,
         description="Area under the target score while the most relevant features are revealed on the baseline.",
         ranks_map=True,

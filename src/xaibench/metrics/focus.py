@@ -14,6 +14,7 @@ from torch import Tensor
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.metrics.localisation import positive_mass, prepare
+from xaibench.passes import Passes
 
 
 def _check_tiles(masks: Tensor) -> None:
@@ -32,7 +33,7 @@ def _check_tiles(masks: Tensor) -> None:
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes (maps of mosaics)",
+        cost=Passes(note="maps of mosaics"),
         references=(
             "Arias-Duart, Pares, Garcia-Gasulla & Gimenez-Abalos (2022). Focus! Rating XAI methods and finding "
             "biases. FUZZ-IEEE.",

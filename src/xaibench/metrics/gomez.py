@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
 from xaibench.metrics.deletion import deletion, insertion
+from xaibench.passes import Passes
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import (
@@ -95,7 +96,7 @@ def _result(info: MetricInfo, score: Tensor, undefined: Tensor, reason: str, par
 @register_metric(
     MetricInfo(
         name="average_drop", category="faithfulness", higher_is_better=False, range=(0.0, 1.0), requires=_REQ,
-        cost="2 forwards", references=_CHATTO + _GOMEZ,
+        cost=Passes(forwards="2"), references=_CHATTO + _GOMEZ,
         description="Relative drop of the target score when only the salient part (soft mask) is kept.",
     )
 )
@@ -115,7 +116,7 @@ def average_drop(
 @register_metric(
     MetricInfo(
         name="increase_in_confidence", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
-        requires=_REQ, cost="2 forwards", references=_CHATTO + _GOMEZ,
+        requires=_REQ, cost=Passes(forwards="2"), references=_CHATTO + _GOMEZ,
         description="1 when keeping only the salient part (soft mask) increases the target score.",
     )
 )
@@ -133,7 +134,7 @@ def increase_in_confidence(
 @register_metric(
     MetricInfo(
         name="average_drop_in_deletion", category="faithfulness", higher_is_better=True,
-        range=(float("-inf"), 1.0), requires=_REQ, cost="2 forwards", references=_JUNG + _GOMEZ,
+        range=(float("-inf"), 1.0), requires=_REQ, cost=Passes(forwards="2"), references=_JUNG + _GOMEZ,
         description="Relative drop of the target score when the salient part (soft mask) is removed.",
     )
 )
@@ -180,7 +181,7 @@ def _correlation(
     return MetricResult(corr.float(), info, params, curves, reasons, {"auc": auc, "step_saliency": sal.float()})
 
 
-_CORR_COST = "ceil(F / (F // min(steps, F))) + 1 forwards, F = number of features (map pixels or patches)"
+_CORR_COST = Passes(forwards="ceil(F / (F // min(steps, F))) + 1", note="F = number of features: map pixels or patches")
 
 
 @register_metric(
@@ -246,7 +247,7 @@ def _deletion_like(mode: str, model: nn.Module, inputs: Tensor, attributions: Te
     return run(model, inputs, attributions, targets, normalize=None, **params).curves
 
 
-_VR_COST = "steps + 1 forwards (the deletion / insertion curve)"
+_VR_COST = Passes(forwards="steps + 1", note="the deletion / insertion curve")
 
 
 @register_metric(
@@ -297,7 +298,7 @@ def _single_validity(info: MetricInfo, delete: bool, model: nn.Module, inputs: T
 @register_metric(
     MetricInfo(
         name="average_drop_validity_rate", category="faithfulness", higher_is_better=True, range=(0.0, 1.0),
-        requires=_REQ, cost="2 forwards", references=_GOMEZ_RELIABILITY,
+        requires=_REQ, cost=Passes(forwards="2"), references=_GOMEZ_RELIABILITY,
         description="1 when the salient part alone (AD / IIC's masked image) scores higher than the image.",
     )
 )
@@ -315,7 +316,7 @@ def average_drop_validity_rate(
 @register_metric(
     MetricInfo(
         name="average_drop_in_deletion_validity_rate", category="faithfulness", higher_is_better=True,
-        range=(0.0, 1.0), requires=_REQ, cost="2 forwards", references=_GOMEZ_RELIABILITY,
+        range=(0.0, 1.0), requires=_REQ, cost=Passes(forwards="2"), references=_GOMEZ_RELIABILITY,
         description="1 when removing the salient part (ADD's masked image) lowers the target score.",
     )
 )

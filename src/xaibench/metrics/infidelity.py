@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from xaibench.errors import InputError
 from xaibench.metrics._subset_engine import block_size, check_positive, to_pixels, validate
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
+from xaibench.passes import Passes
 from xaibench.perturbation.forward import class_scores
 from xaibench.seeding import make_generator
 
@@ -58,7 +59,7 @@ def gaussian_perturbation(std: float) -> PerturbFn:
         higher_is_better=False,
         range=(0.0, float("inf")),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="n_perturb_samples + 1 forwards",
+        cost=Passes(forwards="n_perturb_samples + 1"),
         references=(
             "Yeh, Hsieh, Suggala, Inouye & Ravikumar (2019). On the (in)fidelity and sensitivity of "
             "explanations. NeurIPS.",

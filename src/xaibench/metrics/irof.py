@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, nan_reasons, register_metric
+from xaibench.passes import Passes
 from xaibench.perturbation.engine import (
     perturbation_curves,
     prepare,
@@ -37,7 +38,7 @@ from xaibench.perturbation.engine import (
         higher_is_better=True,
         range=(0.0, float("inf")),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="S + 1 forwards (S superpixels, about n_segments) + one SLIC per image on CPU",
+        cost=Passes(forwards="S + 1", note="S superpixels, about n_segments; + one SLIC per image on CPU"),
         references=(
             "Rieger, Hansen. IROF: a low resource evaluation metric for explanation methods. ICLR workshop 2020.",
         ),

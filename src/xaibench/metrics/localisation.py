@@ -39,6 +39,7 @@ from torch import Tensor
 from xaibench.checks import check_maps, check_masks
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
+from xaibench.passes import Passes
 from xaibench.stats import average_ranks
 
 EMPTY_MASK = "empty mask"
@@ -145,7 +146,7 @@ def _disc_dilate(masks: Tensor, radius: float) -> Tensor:
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_ZHANG,
         description="1 if a maximum of the map lies in the mask (optionally within `tolerance` pixels), else 0.",
     )
@@ -179,7 +180,7 @@ def pointing_game(attributions: Tensor, masks: Tensor, *, tolerance: float = 0.0
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_SCORECAM,
         description="Energy of the positive part of the map inside the mask (box) over its total energy.",
     )
@@ -199,7 +200,7 @@ def energy_pointing_game(attributions: Tensor, masks: Tensor) -> MetricResult:
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_ARRAS,
         description="Positive relevance inside the mask over the total positive relevance.",
     )
@@ -220,7 +221,7 @@ def relevance_mass_accuracy(attributions: Tensor, masks: Tensor) -> MetricResult
         higher_is_better=True,
         range=(0.0, math.inf),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_KOHLBRENNER,
         description="Inside-total ratio of positive relevance; `weighted` multiplies it by image size / mask size.",
     )
@@ -261,7 +262,7 @@ def top_hits(maps: Tensor, masks: Tensor, k: Tensor) -> Tensor:
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_ARRAS,
         description="Fraction of the |mask| highest-ranked pixels that lie in the mask.",
     )
@@ -285,7 +286,7 @@ def relevance_rank_accuracy(attributions: Tensor, masks: Tensor) -> MetricResult
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_THEINER,
         description="Fraction of the k highest-ranked pixels that lie in the mask.",
     )
@@ -323,7 +324,7 @@ def top_k_intersection(
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_FAWCETT,
         description="ROC AUC of the map as a score for mask pixels (ties count one half).",
     )

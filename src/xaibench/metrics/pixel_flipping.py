@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, register_metric
+from xaibench.passes import Passes
 from xaibench.perturbation.curves import trapezoid
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features, step_counts
 
@@ -74,7 +75,7 @@ def _aopc(curves: Tensor) -> Tensor:
         higher_is_better=False,
         range=(float("-inf"), float("inf")),
         requires=_REQ,
-        cost="ceil(H * W / features_per_step) + 1 forwards",
+        cost=Passes(forwards="ceil(H * W / features_per_step) + 1"),
         references=_BACH,
         description="Area under the target score while pixels are flipped to the baseline in MoRF order.",
         ranks_map=True,
@@ -108,7 +109,7 @@ def pixel_flipping(
         higher_is_better=True,
         range=(float("-inf"), float("inf")),
         requires=_REQ,
-        cost="min(regions_evaluation, ceil(H/patch_size) * ceil(W/patch_size)) + 1 forwards",
+        cost=Passes(forwards="min(regions_evaluation, ceil(H/patch_size) * ceil(W/patch_size)) + 1"),
         references=_SAMEK,
         description="AOPC while square regions are perturbed one by one in MoRF / LeRF / random order.",
         ranks_map=True,
@@ -151,7 +152,7 @@ def region_perturbation(
         higher_is_better=True,
         range=(float("-inf"), float("inf")),
         requires=_REQ,
-        cost="steps + 1 forwards",
+        cost=Passes(forwards="steps + 1"),
         references=_SAMEK,
         description="Area over the perturbation curve: mean drop of the target score over evenly spaced MoRF steps.",
         ranks_map=True,
@@ -187,7 +188,7 @@ def aopc(
         higher_is_better=True,
         range=(float("-inf"), float("inf")),
         requires=_REQ,
-        cost="2 * (steps + 1) forwards",
+        cost=Passes(forwards="2 * (steps + 1)"),
         references=(
             "Schulz, Sixt, Tombari, Landgraf. Restricting the Flow: Information Bottlenecks for Attribution. ICLR 2020.",
         ),

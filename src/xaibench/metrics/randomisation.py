@@ -32,6 +32,7 @@ from xaibench.explainers.base import network
 from xaibench.metrics import similarity as sim
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.metrics.robustness import explain_chunked
+from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
 Similarity = Callable[[Tensor, Tensor], Tensor]
@@ -192,7 +193,8 @@ def _finite_similarity(compare: Callable[[Tensor], Tensor], maps: Tensor) -> tup
 
 @register_metric(MetricInfo(
     name="model_parameter_randomisation", category="randomisation", higher_is_better=False, range=(-1.0, 1.0),
-    requires=("model", "inputs", "targets", "explainer"), cost="L + 1 explanations for L layers (2 with skip_layers)",
+    requires=("model", "inputs", "targets", "explainer"),
+    cost=Passes(explanations="L + 1", note="for L layers; 2 with skip_layers"),
     references=("Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim (2018). Sanity checks for saliency maps. "
                 "NeurIPS.",),
     description="Similarity between the original explanation and the explanations after randomising the model's "
@@ -303,7 +305,7 @@ def _constant_reasons(undefined: Tensor, maps: Tensor, off_maps: Tensor, off: Te
 
 @register_metric(MetricInfo(
     name="random_logit", category="randomisation", higher_is_better=False, range=(-1.0, 1.0),
-    requires=("model", "inputs", "targets", "explainer"), cost="2 explanations",
+    requires=("model", "inputs", "targets", "explainer"), cost=Passes(explanations="2"),
     references=("Sixt, Granz & Landgraf (2020). When explanations lie: why many modified BP attributions fail. "
                 "ICML.",),
     description="Similarity between the explanation of the target class and that of a random other class "

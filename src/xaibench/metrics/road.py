@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, metric_params, register_metric
+from xaibench.passes import Passes
 from xaibench.perturbation.engine import perturbation_curves, prepare, rank_features
 from xaibench.perturbation.imputation import linear_impute
 from xaibench.seeding import make_generator
@@ -57,7 +58,8 @@ def _impute(
         higher_is_better=False,
         range=(0.0, 1.0),
         requires=("model", "inputs", "attributions", "targets"),
-        cost="(len(percentages) + 1) * (2 if lerf else 1) forwards + one sparse solve per perturbed image",
+        cost=Passes(forwards="(len(percentages) + 1) * (2 if lerf else 1)",
+                    note="+ one sparse solve per perturbed image"),
         references=(
             "Rong, Leemann, Borisov, Kasneci, Kasneci. A Consistent and Efficient Evaluation Strategy for "
             "Attribution Methods. ICML 2022.",

@@ -28,6 +28,7 @@ from xaibench.checks import check_images, check_maps, check_targets, perturbed_i
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.metrics.infidelity import gaussian_perturbation
+from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
 PerturbFn = Callable[[Tensor, torch.Generator], Tensor]
@@ -196,7 +197,7 @@ _SENS_REQUIRES = ("model", "inputs", "targets", "explainer")
 
 @register_metric(MetricInfo(
     name="max_sensitivity", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations and forwards", references=_YEH,
+    requires=_SENS_REQUIRES, cost=Passes(forwards="n_samples + 1", explanations="n_samples + 1"), references=_YEH,
     description="Largest change ||e(x + u) - e(x)|| of the explanation over n_samples perturbations u uniform in an "
     "L-inf ball of radius `radius`, divided by ||e(x)|| when normalize=True (as Captum's sensitivity_max and "
     "Quantus' MaxSensitivity).",
@@ -226,7 +227,7 @@ def max_sensitivity(
 
 @register_metric(MetricInfo(
     name="avg_sensitivity", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations and forwards", references=_YEH,
+    requires=_SENS_REQUIRES, cost=Passes(forwards="n_samples + 1", explanations="n_samples + 1"), references=_YEH,
     description="Mean change ||e(x + u) - e(x)|| of the explanation over n_samples perturbations u uniform in an "
     "L-inf ball of radius `radius`, divided by ||e(x)|| when normalize=True (as Quantus' AvgSensitivity).",
 ))
@@ -251,7 +252,7 @@ def avg_sensitivity(
 
 @register_metric(MetricInfo(
     name="local_lipschitz", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations and forwards",
+    requires=_SENS_REQUIRES, cost=Passes(forwards="n_samples + 1", explanations="n_samples + 1"),
     references=("Alvarez-Melis & Jaakkola (2018). On the robustness of interpretability methods. "
                 "arXiv:1806.08049.",),
     description="Local Lipschitz estimate: max over n_samples Gaussian perturbations x' of "
@@ -333,7 +334,7 @@ def _stability(kind: str, model: nn.Module, inputs: Tensor, targets: Tensor,
 
 @register_metric(MetricInfo(
     name="relative_input_stability", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations, n_samples + 1 forwards", references=_AGARWAL,
+    requires=_SENS_REQUIRES, cost=Passes(forwards="n_samples + 1", explanations="n_samples + 1"), references=_AGARWAL,
     description="Relative input stability: max over perturbations x' that keep the predicted class of "
     "||(e - e')/e|| / max(||(x - x')/x||, eps_min) (as Quantus' RelativeInputStability).",
 ))
@@ -362,7 +363,7 @@ def relative_input_stability(
 
 @register_metric(MetricInfo(
     name="relative_output_stability", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations, n_samples + 1 forwards", references=_AGARWAL,
+    requires=_SENS_REQUIRES, cost=Passes(forwards="n_samples + 1", explanations="n_samples + 1"), references=_AGARWAL,
     description="Relative output stability: max over perturbations x' that keep the predicted class of "
     "||(e - e')/e|| / max(||h(x) - h(x')||, eps_min) with h the logits (as Quantus' RelativeOutputStability).",
 ))
@@ -395,7 +396,7 @@ def minmax01(maps: Tensor) -> Tensor:
 
 @register_metric(MetricInfo(
     name="noise_stability", category="robustness", higher_is_better=False, range=(0.0, float("inf")),
-    requires=_SENS_REQUIRES, cost="n_samples + 1 explanations",
+    requires=_SENS_REQUIRES, cost=Passes(explanations="n_samples + 1"),
     references=("autotimm.interpretation.ExplanationMetrics.sensitivity_n",),
     description="Mean absolute change of the min-max normalised map (in [0, 1]; normalise=False: the map as "
     "returned) under Gaussian noise of std noise_level, averaged over n_samples noisy copies; autotimm's "

@@ -36,6 +36,7 @@ from torch import Tensor
 from xaibench.errors import InputError
 from xaibench.metrics.base import MetricInfo, MetricResult, register_metric
 from xaibench.metrics.localisation import EMPTY_MASK, finish, prepare, reasons_for
+from xaibench.passes import Passes
 
 SCORES = ("iou_coverage", "ground_truth_coverage", "saliency_coverage")
 BINARIZATIONS = ("mean_std", "percentile", "threshold")
@@ -147,7 +148,7 @@ def _overlap(
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("attributions", "masks"),
-        cost="no model passes",
+        cost=Passes(),
         references=_BOGGUST,
         description="Shared Interest overlap of the binarised map and the mask: IoU, ground-truth or saliency "
         "coverage (`score`).",

@@ -20,6 +20,7 @@ from xaibench.checks import check_images, check_maps
 from xaibench.errors import InputError
 from xaibench.metrics._subset_engine import check_positive
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons, register_metric
+from xaibench.passes import Passes
 
 
 @register_metric(
@@ -29,7 +30,7 @@ from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons
         higher_is_better=True,
         range=(0.0, 1.0),
         requires=("model", "inputs", "attributions"),
-        cost="1 forward",
+        cost=Passes(forwards="1"),
         references=(
             "Dasgupta, Frost & Moshkovitz (2022). Framework for evaluating faithfulness of local explanations. ICML.",
         ),

@@ -21,6 +21,7 @@ import pandas as pd
 
 from xaibench.devices import resolve_device
 from xaibench.errors import InputError
+from xaibench.modelspec import ModelSpec
 from xaibench.runner import layout
 from xaibench.runner.config import RunConfig, load_config
 from xaibench.runner.cost import format_plan, plan_costs, step_units
@@ -114,7 +115,8 @@ def _data_changes(manifest: dict[str, Any], n_total: int, records: list[Any]) ->
 
 
 def _model_changed(cfg: RunConfig, out: Path, now: str, then: str) -> InputError:
-    random_init = cfg.model.get("weights") is None and cfg.model["spec"].split(":")[0] in ("torchvision", "timm")
+    kind = ModelSpec.parse(cfg.model["spec"]).kind
+    random_init = cfg.model.get("weights") is None and kind in ("torchvision", "timm")
     why = ("its random weights are drawn from the run seed, so the architecture's initialisation changed "
            "(another torchvision/timm version)" if random_init else "its weights changed (another weights file, "
            "retrained built-in model or library version)")

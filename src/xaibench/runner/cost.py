@@ -1,17 +1,17 @@
-"""Planned cost of a run: the declared cost formulas of methods and metrics, evaluated per image.
+"""Planned cost of a run: the declared passes of methods and metrics, evaluated per image.
 
-Methods (`MethodInfo.cost`) and metrics (`MetricInfo.cost`) declare their cost per image as a
-formula of their parameters, e.g. ``"steps + 1 forwards"``, ``"n_samples + 1 explanations and
-forwards"``, ``"1 forward + 1 backward"``. `evaluate_cost` turns such a formula into a `Cost`
-(forwards, backwards and explanations per image) with the parameters' values; `method_cost` and
-`metric_cost` look the formula up and fill in the parameters (the function's defaults updated by
-the given ones) and the sizes a formula may name:
+Methods (`MethodInfo.cost`) and metrics (`MetricInfo.cost`) declare their passes per image as
+`xaibench.passes.Passes`: one expression of their parameters per kind of pass, e.g.
+``Passes(forwards="steps + 1")`` or ``Passes(forwards="n_samples + 1", explanations="n_samples + 1")``.
+`evaluate_cost` turns them into a `Cost` (forwards, backwards and explanations per image) with
+the parameters' values; `method_cost` and `metric_cost` look the passes up and fill in the
+parameters (the function's defaults updated by the given ones) and the sizes a count may name:
 
 - ``H``, ``W``: the image size; ``F`` and ``features``: H * W (pixel features);
 - ``S``: ``n_segments`` (superpixels); ``L``: the number of layers a randomisation randomises
   (`randomised_layers`, needs the model); ``K``: the channels of a CAM layer (unknown here).
 
-A term whose formula names something unknown is left out and listed in `Cost.unknown`, so an
+A count that names something unknown is left out and listed in `Cost.unknown`, so an
 estimate is never silently complete. `pair_cost` expands a metric's explanations into the
 method's passes; `Cost.units` weighs a backward pass as two forwards (its usual FLOP ratio), the
 unit of `plan_costs` and of the progress bar's time estimate.
@@ -19,21 +19,17 @@ unit of `plan_costs` and of the progress bar's time estimate.
 
 from __future__ import annotations
 
-import ast
 import inspect
-import math
-import operator
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from xaibench.passes import KINDS, Passes
+
 BACKWARD_UNITS = 2.0  # a backward pass costs about two forwards
 NO_PASS_UNITS = 0.01  # a metric without model passes still takes some time
-
-_UNIT = r"(?P<unit>forwards?|backwards?|explanations?)(?P<also>\s+and\s+forwards)?"
 
 
 @dataclass(frozen=True)
@@ -68,56 +64,12 @@ def _num(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.3g}"
 
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv}
-_CALLS = {"ceil": math.ceil, "floor": math.floor, "min": min, "max": max, "len": len}
-
-
-def _eval(node: ast.AST, env: Mapping[str, Any]) -> Any:
-    if isinstance(node, ast.Expression):
-        return _eval(node.body, env)
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name):
-        if node.id not in env or env[node.id] is None:
-            raise KeyError(node.id)
-        return env[node.id]
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _BINOPS[type(node.op)](_eval(node.left, env), _eval(node.right, env))
-    if isinstance(node, ast.IfExp):
-        return _eval(node.body, env) if _eval(node.test, env) else _eval(node.orelse, env)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS:
-        return _CALLS[node.func.id](*(_eval(a, env) for a in node.args))
-    raise ValueError(ast.dump(node))
-
-
-def evaluate_cost(formula: str, env: Mapping[str, Any]) -> Cost:
-    """The `Cost` of a declared cost formula with the names in `env` (parameters and sizes).
-
-    The formula is a list of ``<expression> <forwards|backwards|explanations>`` terms joined by
-    ``+`` or ``,`` (``explanations and forwards`` counts both); text in parentheses after a unit
-    and text without a unit (``+ one SLIC per image on CPU``) is commentary.
-    """
-    text = re.sub(rf"({_UNIT})\s*\([^()]*\)", r"\1", formula.strip())
-    total, unknown, start = Cost(), [], 0
-    for match in re.finditer(rf"\b{_UNIT}\b", text):
-        expr = text[start:match.start()].strip().lstrip("+,").strip()
-        start = match.end()
-        expr = re.sub(r"^(for|with)\b.*", "", expr).strip()
-        if not expr:
-            continue
-        try:
-            value = float(_eval(ast.parse(expr, mode="eval"), env))
-        except (KeyError, ValueError, TypeError, SyntaxError, ZeroDivisionError):
-            unknown.append(f"{expr} {match.group('unit')}")
-            continue
-        unit = match.group("unit").rstrip("s")
-        term = {"forward": Cost(forwards=value), "backward": Cost(backwards=value),
-                "explanation": Cost(explanations=value)}[unit]
-        if match.group("also"):
-            term = term + Cost(forwards=value)
-        total = total + term
-    return Cost(total.forwards, total.backwards, total.explanations, tuple(unknown))
+def evaluate_cost(passes: Passes, env: Mapping[str, Any]) -> Cost:
+    """The `Cost` of declared `Passes` with the names in `env` (parameters and sizes); a count that
+    names something unknown is left out and listed in `Cost.unknown`."""
+    counts = passes.evaluate(env)
+    unknown = tuple(f"{getattr(passes, kind)} {kind}" for kind in KINDS if counts[kind] is None)
+    return Cost(*(counts[kind] or 0.0 for kind in KINDS), unknown)
 
 
 def _params(fn: Any, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,7 +116,7 @@ def metric_cost(metric: str, params: Mapping[str, Any] | None = None, *,
     entry = METRICS.get(metric)
     env = {**_params(entry.fn, params or {}), **_sizes(image_size)}
     env.setdefault("S", env.get("n_segments"))
-    if model is not None and "L" in entry.info.cost:
+    if model is not None and "L" in entry.info.cost.names():
         try:
             env["L"] = randomised_layers(model, env.get("layers"))
         except Exception:  # a bad layer name is reported when the metric runs; here it is unknown

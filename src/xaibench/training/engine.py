@@ -41,6 +41,7 @@ from xaibench.data import load_dataset
 from xaibench.errors import InputError
 from xaibench.files import write_atomic
 from xaibench.models import architecture, load_model, save_model
+from xaibench.modelspec import ModelSpec
 from xaibench.seeding import derive_seed
 from xaibench.training.calibration import confidence_adaptive_error, confidence_calibration_error, top_label
 from xaibench.training.config import TrainConfig, as_train_config, load_train_config
@@ -140,7 +141,7 @@ def initial_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     under the seed, or a ``file:`` model / the given ``weights`` to start from."""
     m = cfg.model
     spec, classes = m["spec"], m["num_classes"]
-    scheme = spec.partition(":")[0]
+    scheme = ModelSpec.parse(spec).kind
     if classes is None and scheme in ("torchvision", "timm"):
         classes = num_classes
     if m["weights"] is None and scheme != "file":

@@ -21,14 +21,15 @@ import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 
 from xaibench.errors import InputError
+from xaibench.modelspec import ModelSpec
 
 
 def arch_spec(spec: str) -> str:
     """The architecture spec stored in the model file (a ``file:`` model's own)."""
-    scheme, _, rest = spec.partition(":")
-    if scheme != "file":
+    parsed = ModelSpec.parse(spec)
+    if parsed.kind != "file":
         return spec
-    obj = torch.load(Path(rest).expanduser(), map_location="cpu", weights_only=True)
+    obj = torch.load(parsed.path, map_location="cpu", weights_only=True)
     return str(obj["spec"])
 
 
