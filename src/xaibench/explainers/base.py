@@ -37,6 +37,7 @@ from xaibench.registry import Registry
 
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
 SIGNS = ("all", "positive", "absolute")
+ARCHITECTURES = ("any", "cnn", "vit")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class MethodInfo:
     cost: forwards/backwards per image as a formula of the method's parameters.
     resolution: ``"input"`` (maps at input resolution) or ``"layer"`` (native resolution of the
     explained layer, upsampled to the input by default).
+    architectures: the networks the method applies to (`ARCHITECTURES`): ``"any"``, ``"cnn"``
+    (spatial feature maps) or ``"vit"`` (timm vision transformers: attention or token methods).
     """
 
     name: str
@@ -54,6 +57,7 @@ class MethodInfo:
     resolution: str
     description: str
     aliases: tuple[str, ...] = ()
+    architectures: str = "any"
 
     @property
     def params(self) -> dict[str, tuple[Any, str]]:
@@ -71,12 +75,15 @@ class MethodInfo:
 METHODS: Registry[MethodInfo] = Registry("method")
 
 
-def register(name: str, *, cost: str, resolution: str, aliases: tuple[str, ...] = ()):
+def register(name: str, *, cost: str, resolution: str, aliases: tuple[str, ...] = (), architectures: str = "any"):
     """Class decorator: register an `Explainer` subclass under `name` (and its aliases)."""
+    if architectures not in ARCHITECTURES:
+        raise ValueError(f"architectures must be one of {ARCHITECTURES}, got {architectures!r}")
 
     def deco(cls: type[Explainer]) -> type[Explainer]:
         doc = inspect.getdoc(cls) or ""
-        info = MethodInfo(name, cls, cost, resolution, doc.split("\n\n")[0].replace("\n", " "), aliases)
+        info = MethodInfo(name, cls, cost, resolution, doc.split("\n\n")[0].replace("\n", " "), aliases,
+                          architectures)
         cls.name = name
         for key in (name, *aliases):
             METHODS.add(key, info)

@@ -35,7 +35,7 @@ from xaibench.explainers.base import (
 )
 
 
-def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
+def vit_module(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of the first timm-style vision transformer inside `model`, if any."""
     for name, m in network(model).named_modules():
         if hasattr(m, "blocks") and hasattr(m, "patch_embed") and hasattr(m, "num_prefix_tokens"):
@@ -45,7 +45,7 @@ def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 def find_layer(model: nn.Module, inputs: Tensor) -> str:
     """Name of the default CAM layer of `model` for images like `inputs` (see the module doc)."""
-    vit = _vit(model)
+    vit = vit_module(model)
     if vit is not None:
         prefix = f"{vit[0]}." if vit[0] else ""
         return f"{prefix}blocks.{len(vit[1].blocks) - 1}.norm1"
@@ -85,7 +85,7 @@ class CAMExplainer(Explainer):
             get_module(model, layer)
         self.layer = layer
         self.upsample = bool(upsample)
-        vit = _vit(model)
+        vit = vit_module(model)
         self._prefix_tokens = int(vit[1].num_prefix_tokens) if vit is not None else 0
         self.params.update(layer=layer, upsample=upsample)
 
@@ -134,7 +134,7 @@ class CAMExplainer(Explainer):
         return upsample(maps, size) if self.upsample else maps
 
 
-def _relu_cam(weights: Tensor, acts: Tensor) -> Tensor:
+def relu_cam(weights: Tensor, acts: Tensor) -> Tensor:
     """ReLU(sum_k w_k A_k) as [B, 1, h, w]; `weights` [B, K] or elementwise [B, K, h, w]."""
     if weights.ndim == 2:
         weights = weights[:, :, None, None]
@@ -161,7 +161,7 @@ class GradCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets, self.create_graph)
-        return _relu_cam(grads.mean(dim=(2, 3)), acts)
+        return relu_cam(grads.mean(dim=(2, 3)), acts)
 
 
 @register("gradcam_plus_plus", cost="1 forward + 1 backward", resolution="layer", aliases=("gradcam++",))
@@ -178,7 +178,7 @@ class GradCAMPlusPlusExplainer(CAMExplainer):
         denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
         weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
-        return _relu_cam(weights, acts)
+        return relu_cam(weights, acts)
 
 
 @register("layercam", cost="1 forward + 1 backward", resolution="layer")
@@ -187,7 +187,7 @@ class LayerCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        return _relu_cam(F.relu(grads), acts)
+        return relu_cam(F.relu(grads), acts)
 
 
 @register("scorecam", cost="1 + K forwards (K = channels of the layer, e.g. 512 for ResNet-18 layer4)",
@@ -218,7 +218,7 @@ class ScoreCAMExplainer(CAMExplainer):
                 masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1), 0)
                 weights[start:start + self.max_batch] = self.model(inputs[i] * masks).softmax(1).gather(
                     1, targets[i][:, None]).squeeze(1)
-            return _relu_cam(weights.view(b, k), acts)
+            return relu_cam(weights.view(b, k), acts)
 
 
 @register("guided_gradcam", cost="2 forwards + 2 backwards", resolution="input")
@@ -237,7 +237,7 @@ class GuidedGradCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        cam = upsample(_relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0], inputs.shape[2:])
+        cam = upsample(relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0], inputs.shape[2:])
         with no_inplace_relu(self.model):
             guided = GuidedBackprop(self.model).attribute(inputs, target=targets)
         return guided * cam[:, None]
