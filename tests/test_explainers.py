@@ -18,7 +18,8 @@ from xaibench.models import Normalized
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 UNIQUE = sorted({info.name for _, info in METHODS.items()})
-SEEDED = {"smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap", "random", "feature_permutation"}
+SEEDED = {"smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap", "random", "feature_permutation",
+          "expected_gradients", "lime", "kernel_shap"}
 
 
 class SmallNet(torch.nn.Module):
@@ -192,7 +193,9 @@ def test_every_method_runs_with_right_shapes(kind: str, models: dict) -> None:
     model, size = models[kind]
     x, t = _x(2, size), torch.tensor([1, 3])
     for name in [n for n in UNIQUE if METHODS.get(n).architectures in ("any", "vit" if kind == "timm_vit" else "cnn")]:
-        params = {"n_samples": 2} if name in ("smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap") else {}
+        params = {"n_samples": 2} if name in ("smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap",
+                                               "expected_gradients") else {}
+        params |= {"n_samples": 8, "compactness": 100.0} if name in ("lime", "kernel_shap") else {}
         params |= {"steps": 4} if name == "integrated_gradients" else {}
         params |= {"n_masks": 64} if name == "rise" else {}
         with warnings.catch_warnings():  # a ViT has no nn.ReLU: guided methods say they equal saliency

@@ -128,6 +128,7 @@ _CAPTUM_NOTICES = (
     r"Input Tensor \d+ did not already require gradients",
     r"Setting backward hooks on ReLU activations",
     r"Setting forward, backward hooks and attributes on non-linear",
+    r"You are providing multiple inputs for Lime / Kernel SHAP",
 )
 
 
