@@ -62,6 +62,16 @@ def find_layer(model: nn.Module, inputs: Tensor) -> str:
     return name
 
 
+def token_grid(tokens: Tensor, size: tuple[int, int], what: str) -> Tensor:
+    """Patch tokens [B, n, D] as [B, D, h, w], h * w = n with h / w the aspect ratio of `size` (H, W)."""
+    n = tokens.shape[1]
+    h = max(1, round((n * size[0] / size[1]) ** 0.5))
+    w = n // h
+    if h * w != n:
+        raise InputError(f"cannot arrange the {n} tokens of {what} on a grid")
+    return tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The layer called `name` in the user's network (`network`); an unknown name lists the closest."""
     modules = dict(network(model).named_modules())
@@ -100,14 +110,7 @@ class CAMExplainer(Explainer):
             return out
         if out.ndim != 3:
             raise InputError(f"layer {self.layer!r} returns shape {tuple(out.shape)}; need [B,K,h,w] or [B,T,D]")
-        tokens = out[:, self._prefix_tokens:]
-        n = tokens.shape[1]
-        ratio = inputs.shape[3] / inputs.shape[2]
-        h = max(1, round((n / ratio) ** 0.5))
-        w = n // h
-        if h * w != n:
-            raise InputError(f"cannot arrange {n} tokens of layer {self.layer!r} on a grid")
-        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
+        return token_grid(out[:, self._prefix_tokens:], (inputs.shape[2], inputs.shape[3]), f"layer {self.layer!r}")
 
     def _forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, raw layer output) of one forward pass."""
