@@ -82,14 +82,14 @@ class SurrogateExplainer(Explainer):
         return attr[:, :1]
 
 
-@register("lime", cost="n_samples forwards", resolution="input")
+@register("lime", cost="n_samples forwards + one SLIC per image on CPU", resolution="input")
 class LimeExplainer(SurrogateExplainer):
     """LIME (Ribeiro et al. 2016) over SLIC superpixels: Lasso surrogate of the target logit (Captum)."""
 
     engine = Lime
 
 
-@register("kernel_shap", cost="n_samples forwards", resolution="input", aliases=("kernelshap",))
+@register("kernel_shap", cost="n_samples forwards + one SLIC per image on CPU", resolution="input", aliases=("kernelshap",))
 class KernelShapExplainer(SurrogateExplainer):
     """KernelSHAP (Lundberg & Lee 2017) over SLIC superpixels: Shapley-kernel weighted regression (Captum)."""
 

@@ -459,7 +459,7 @@ def _criteria_section(results: pd.DataFrame) -> str:
     table = table.reindex(index=list(dict.fromkeys(agg.rankings["method"])),
                           columns=list(dict.fromkeys(agg.rankings["criterion"]))).fillna("")
     counts = agg.rankings.groupby("criterion", sort=False)[["n_metrics", "n_images"]].first()
-    sizes = "; ".join(f"{c}: {r.n_metrics} metric{'s' * (r.n_metrics != 1)}, {r.n_images} images" for c, r in counts.iterrows())
+    sizes = "; ".join(f"{c}: {r.n_metrics} metric{'' if r.n_metrics == 1 else 's'}, {r.n_images} images" for c, r in counts.iterrows())
     disagree = (_table(agg.disagreements) if not agg.disagreements.empty
                 else '<p class="note">No pair of metrics orders the methods more often reversed than alike.</p>')
     return (note + _table(table.reset_index(), sticky=True, table_id="criteria-table")
