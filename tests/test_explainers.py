@@ -134,7 +134,7 @@ def test_layer_names_are_the_networks_own_inside_xaibench_wrappers(tv_resnet: to
 
 
 OWN = sorted({info.name for _, info in METHODS.items() if info.cls.__module__.rsplit(".", 1)[-1]
-              in ("gradient", "cam", "baselines")})
+              in ("gradient", "cam", "cam_family", "baselines")})
 
 
 @pytest.mark.parametrize("name", OWN)

@@ -119,5 +119,7 @@ def test_errors_name_the_parameter() -> None:
         xaibench.explainer("lime", model, n_segments=12)(_x(1), 0)  # noise: SLIC merges it into one
     with pytest.raises(InputError, match="baselines must be one of"):
         xaibench.explainer("expected_gradients", model, baselines="train")
+    with pytest.raises(InputError, match="at least 2 images"):
+        xaibench.explainer("expected_gradients", model)(_x(1), 0)
     with pytest.raises(InputError, match="per image"):
         xaibench.explainer("expected_gradients", model, baselines=torch.zeros(2, 3, 8, 8))(_x(1), 0)

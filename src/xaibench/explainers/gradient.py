@@ -305,6 +305,9 @@ class GradientShapExplainer(Explainer):
                                  f"{tuple(inputs.shape[1:])}")
             return self.baselines.to(inputs.device, inputs.dtype)
         if self.baselines == "batch":
+            if inputs.shape[0] < 2:
+                raise InputError(f"{self.name} with baselines='batch' draws baselines from the other images of the "
+                                 "call: it needs at least 2 images per call, got 1 (or pass baselines=<images>)")
             return inputs.detach()
         return torch.stack([torch.zeros_like(inputs[0]), torch.ones_like(inputs[0])])
 

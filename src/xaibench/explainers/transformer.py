@@ -216,7 +216,8 @@ class GradAttentionRolloutExplainer(TransformerExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         with torch.enable_grad(), attention_maps(self.vit) as maps:
-            score = self.model(inputs).gather(1, targets[:, None]).sum()
+            x = inputs.detach().requires_grad_(True)  # a graph even when the weights are frozen
+            score = self.model(x).gather(1, targets[:, None]).sum()
             grads = torch.autograd.grad(score, maps)
         relevance = gradient_rollout([m.detach() for m in maps], [g.detach() for g in grads])
         return self._token_map(relevance[:, 0], inputs)
