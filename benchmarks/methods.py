@@ -5,7 +5,7 @@ data resized to 3xSxS in [0, 1] (SLIC needs real images: it merges noise into on
 0..4 cycled, best of R wall times (ours and the reference interleaved):
 
 - CAM family against pytorch-grad-cam 1.5.7 (same model, target layer ``layer4``; FullGrad on every
-  bias layer); agreement = largest |minmax(ours) - theirs| per pixel (grad-cam's maps are min-max
+  bias layer); agreement = largest absolute difference between minmax(ours) and theirs (grad-cam's maps are min-max
   scaled, ours are not; Eigen-CAM up to the SVD's sign per image). grad-cam's Ablation-CAM ablates
   `max_batch` channels of one image per forward, ours `max_batch` (image, channel) rows. Score-CAM
   differs by definition: grad-cam weights the channels by a softmax over channels of the masked
@@ -92,7 +92,7 @@ def cams(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, repeats: int,
         else:
             diff = float(np.abs(mine - theirs).max())
         rows.append({"method": name, "reference": f"grad-cam {ref}", "ours_s": ours_s, "reference_s": theirs_s,
-                     "agreement": f"max |diff| {diff:.1e}"})
+                     "agreement": f"max abs diff {diff:.1e}"})
     return rows
 
 
@@ -118,7 +118,7 @@ def surrogates(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, repeats
         theirs_s, theirs = _best(captum, repeats)
         rows.append({"method": name, "reference": f"Captum {engine.__name__} per image, perturbations_per_eval=1",
                      "ours_s": ours_s, "reference_s": theirs_s,
-                     "agreement": f"max |diff| {float((mine - theirs).abs().max()):.1e}"})
+                     "agreement": f"max abs diff {float((mine - theirs).abs().max()):.1e}"})
     return rows
 
 
