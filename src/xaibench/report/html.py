@@ -460,12 +460,12 @@ def _criteria_section(results: pd.DataFrame) -> str:
                           columns=list(dict.fromkeys(agg.rankings["criterion"]))).fillna("")
     counts = agg.rankings.groupby("criterion", sort=False)[["n_metrics", "n_images"]].first()
     sizes = "; ".join(f"{c}: {r.n_metrics} metric{'' if r.n_metrics == 1 else 's'}, {r.n_images} images" for c, r in counts.iterrows())
-    disagree = (_table(agg.disagreements) if not agg.disagreements.empty
+    disagree = (html_table(agg.disagreements) if not agg.disagreements.empty
                 else '<p class="note">No pair of metrics orders the methods more often reversed than alike.</p>')
-    return (note + _table(table.reset_index(), sticky=True, table_id="criteria-table")
+    return (note + html_table(table.reset_index(), sticky=True, table_id="criteria-table")
             + f'<p class="note">{_e(sizes)}.</p><h3>Metrics that disagree (Kendall tau &lt; 0)</h3>' + disagree
             + "<details><summary>Each metric against its criterion's median ranking (Kendall tau)</summary>"
-            + _table(agg.consensus) + "</details>")
+            + html_table(agg.consensus) + "</details>")
 
 
 def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
