@@ -28,7 +28,10 @@ def test_demo_shows_the_shortcut(tmp_path, capsys) -> None:
     assert "model: accuracy" in printed and "Wilson CI" in printed and "inconclusive (n = 24" in printed
     assert "mean over the non-control methods" in printed
     for which, path in result.reports.items():
-        assert path.is_file() and path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>"), which
+        page = path.read_text(encoding="utf-8")
+        assert path.is_file() and page.startswith("<!DOCTYPE html>"), which
+        criteria = page[page.index('<section id="criteria">'):]
+        assert all(c in criteria[:criteria.index("</section>")] for c in ("faithfulness", "localisation", "complexity"))
     summary = result.alignment_summary().set_index(["model", "metric"])
     assert len(summary) == 6  # 2 models x 3 size-aware alignment metrics
     for metric in summary.index.get_level_values("metric").unique():

@@ -94,6 +94,17 @@ def test_numbers_come_from_the_reliability_summary(report):
     assert parse_config(CONFIG).hash[:16] in page
 
 
+def test_criteria_section_shows_the_aggregate_ranking(report):
+    from xaibench.reliability import aggregate_criteria
+
+    agg = aggregate_criteria(xaibench.load_results(report.parent))
+    section = _section(report.read_text(encoding="utf-8"), "criteria")
+    assert set(agg.rankings["criterion"]) == {"faithfulness", "localisation"}
+    for r in agg.rankings.itertuples(index=False):
+        assert f"{r.median_rank:.1f} [{r.low:.1f}, {r.high:.1f}]" in section
+    assert "Metrics that disagree" in section
+
+
 def test_summary_says_what_was_run_and_the_verdicts(report):
     summary = _section(report.read_text(encoding="utf-8"), "summary")
     assert "builtin:digits-spurious-cnn" in summary and "builtin:digits-spurious" in summary

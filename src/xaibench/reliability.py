@@ -41,12 +41,14 @@ __all__ = [
     "AccuracyCheck",
     "AlphaStatistic",
     "ConfidenceInterval",
+    "CriterionAggregate",
     "MeanStatistic",
     "PairedDifference",
     "ReliabilitySummary",
     "Verdict",
     "accuracy_check",
     "adjust_p",
+    "aggregate_criteria",
     "alpha_verdicts",
     "benjamini_hochberg",
     "bootstrap_ci",
@@ -1091,3 +1093,143 @@ def correlation_verdict(x: Any, y: Any, *, method: str = "spearman", level: floa
     else:
         text, conclusive = stated, True
     return Correlation(r, low, high, p, n, method, conclusive, text)
+
+
+# --------------------------------------------------------------------------- aggregation across metrics
+
+CRITERIA = ("faithfulness", "robustness", "localisation", "complexity")
+
+
+class MedianRankStatistic:
+    """Median over metrics of each method's rank by mean score: data [n_images, n_metrics, n_methods] of
+    goodness (higher = better) -> [n_methods] (vectorised over a leading resample axis)."""
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        means = data.mean(axis=-3)  # [..., n_metrics, n_methods]
+        ranks = stats.rankdata(-means, axis=-1, method="average")
+        return np.median(ranks, axis=-2)
+
+
+@dataclass(frozen=True)
+class CriterionAggregate:
+    """What `aggregate_criteria` computes.
+
+    - ``rankings``: criterion, method, median_rank (median over the criterion's metrics of the method's
+      rank by mean score, 1 = best, ties averaged), low, high (percentile bootstrap over images),
+      rank (1 = best median rank, "min" rule), n_metrics, n_images
+    - ``agreement``: metric x metric Kendall tau-b of the method rankings by mean (direction-aware)
+    - ``disagreements``: metric_a, metric_b, criterion_a, criterion_b, tau for every pair with tau < 0
+      (the metrics order more method pairs the opposite way than the same way), most negative first
+    - ``consensus``: criterion, metric, tau of the metric's ranking with its criterion's median ranks
+    - ``notes``: metrics, methods or images left out and why
+    """
+
+    rankings: pd.DataFrame
+    agreement: pd.DataFrame
+    disagreements: pd.DataFrame
+    consensus: pd.DataFrame
+    level: float = 0.95
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def aggregate_criteria(
+    results: pd.DataFrame,
+    *,
+    categories: Mapping[str, str] | None = None,
+    level: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> CriterionAggregate:
+    """Per criterion, one ranking of the methods over that criterion's metrics (Klein et al. 2024, LATEC:
+    single metrics disagree too often to rank methods alone), and where metrics disagree.
+
+    A metric's criterion is ``categories[metric]``, else the ``category`` column of ``results`` (the
+    metric's `MetricInfo.category`); only `CRITERIA` are aggregated. Per criterion: each metric ranks
+    the methods by their mean score over images (direction-aware, ties averaged); a method's
+    aggregate is the median of its ranks over the metrics; the interval resamples the images (the
+    same resample for every metric of the criterion, ``n_boot`` draws with ``seed``, percentile
+    interval at ``level``). It uses the methods scored by every metric of the criterion and the
+    images on which all of them have a score for every such method. The agreement matrix and the
+    disagreements cover every metric of ``results``.
+    """
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level: expected 0 < level < 1, got {level}")
+    missing = [c for c in _REQUIRED if c not in results.columns]
+    if missing:
+        raise InputError(f"results: missing column(s) {', '.join(missing)}; load them with xaibench.load_results")
+    notes: list[str] = []
+    metrics = list(pd.unique(results["metric"]))
+    if categories is None:
+        if "category" not in results.columns:
+            raise InputError("results: no category column; pass categories={metric: criterion}")
+        categories = results.groupby("metric", sort=False)["category"].first().to_dict()
+    unknown = [m for m in metrics if m not in categories]
+    if unknown:
+        raise InputError(f"categories: no criterion for metric(s) {', '.join(map(str, unknown))}")
+    if "higher_is_better" in results.columns:
+        direction = results.groupby("metric", sort=False)["higher_is_better"].first().astype(bool).to_dict()
+    else:
+        direction = {m: True for m in metrics}
+        notes.append("no higher_is_better column: every metric is taken as higher-is-better")
+    sign = {m: 1.0 if direction[m] else -1.0 for m in metrics}
+    groups = dict(tuple(results.groupby("metric", sort=False)))
+
+    goodness: dict[str, pd.Series] = {}
+    for metric in metrics:
+        means = groups[metric].groupby("method", sort=False)["score"].mean().dropna() * sign[metric]
+        if len(means):
+            goodness[metric] = means
+    agreement = _agreement(goodness)
+
+    other = [m for m in metrics if categories[m] not in CRITERIA]
+    if other:
+        notes.append(f"not aggregated (criterion not one of {', '.join(CRITERIA)}): {', '.join(f'{m} ({categories[m]})' for m in other)}")
+    rank_rows, consensus_rows = [], []
+    for criterion in CRITERIA:
+        members = [m for m in metrics if categories[m] == criterion]
+        if not members:
+            continue
+        methods = [m for m in pd.unique(results["method"])
+                   if all(m in set(groups[k]["method"]) for k in members)]
+        if len(methods) < 2:
+            notes.append(f"{criterion}: fewer than 2 methods scored by all its metrics; not aggregated")
+            continue
+        tables = [groups[k].groupby(["image_id", "method"], sort=False)["score"].mean().unstack("method")
+                  .reindex(columns=methods) * sign[k] for k in members]
+        images = tables[0].index
+        for t in tables[1:]:
+            images = images.intersection(t.index)
+        cube = np.stack([t.reindex(images).to_numpy(dtype=np.float64) for t in tables], axis=1)  # [n, M, K]
+        complete = ~np.isnan(cube).any(axis=(1, 2))
+        if int((~complete).sum()):
+            notes.append(f"{criterion}: {int((~complete).sum())} of {len(images)} shared images lack a score; left out")
+        cube = cube[complete]
+        if cube.shape[0] < 2:
+            notes.append(f"{criterion}: fewer than 2 images scored by all its metrics and methods; not aggregated")
+            continue
+        ci = bootstrap_ci(MedianRankStatistic(), cube, n_boot=n_boot, level=level, seed=seed, method="percentile")
+        median = np.asarray(ci.estimate)
+        order = pd.Series(median).rank(method="min").astype(int).to_numpy()
+        for k, method in enumerate(methods):
+            rank_rows.append({"criterion": criterion, "method": method, "median_rank": float(median[k]),
+                              "low": float(ci.low[k]), "high": float(ci.high[k]), "rank": int(order[k]),
+                              "n_metrics": len(members), "n_images": int(cube.shape[0])})
+        for j, metric in enumerate(members):
+            tau = stats.kendalltau(cube[:, j].mean(0), -median).statistic
+            consensus_rows.append({"criterion": criterion, "metric": metric, "tau": float(tau)})
+
+    pairs = []
+    for i, a in enumerate(agreement.index):
+        for b in agreement.index[i + 1:]:
+            tau = agreement.loc[a, b]
+            if np.isfinite(tau) and tau < 0:
+                pairs.append({"metric_a": a, "metric_b": b, "criterion_a": categories[a],
+                              "criterion_b": categories[b], "tau": float(tau)})
+    disagreements = pd.DataFrame(pairs, columns=["metric_a", "metric_b", "criterion_a", "criterion_b", "tau"])
+    return CriterionAggregate(
+        rankings=pd.DataFrame(rank_rows, columns=["criterion", "method", "median_rank", "low", "high", "rank",
+                                                  "n_metrics", "n_images"]),
+        agreement=agreement,
+        disagreements=disagreements.sort_values("tau", kind="stable").reset_index(drop=True),
+        consensus=pd.DataFrame(consensus_rows, columns=["criterion", "metric", "tau"]),
+        level=level, notes=tuple(notes))

@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handle)
 
 
+ARCHITECTURE_TEXT = {"any": "any", "cnn": "convolutional only", "vit": "timm vision transformers only"}
+
+
 def format_methods(names: list[str] | None = None) -> str:
     """A readable table: one block per method (aliases, resolution, cost, parameters)."""
     from xaibench.explainers import METHODS
@@ -32,7 +35,8 @@ def format_methods(names: list[str] | None = None) -> str:
         alias = f" (alias: {', '.join(info.aliases)})" if info.aliases else ""
         control = " [control: a model-independent baseline, never ranked best in reports]" if is_control(name) else ""
         lines.append(f"{name:<{width}}  {info.description}{alias}{control}")
-        lines.append(f"{'':<{width}}  resolution: {info.resolution}   cost per image: {info.cost}")
+        lines.append(f"{'':<{width}}  resolution: {info.resolution}   cost per image: {info.cost}   "
+                     f"networks: {ARCHITECTURE_TEXT[info.architectures]}")
         for pname, (default, doc) in info.params.items():
             lines.append(f"{'':<{width}}    {pname}={default!r}  {doc}")
         lines.append("")

@@ -54,6 +54,7 @@ import pandas as pd
 
 from xaibench.config import REQUIRED, config_hash, load_toml, paths_relative_to, section
 from xaibench.errors import InputError, XaibenchError
+from xaibench.modelspec import ModelSpec
 from xaibench.runner import layout
 from xaibench.seeding import derive_seed
 
@@ -363,8 +364,8 @@ def dry_run(cfg: ExperimentConfig) -> None:
         try:
             if where.rsplit(".", 1)[-1] in DATA_TABLES:
                 check_spec(spec)
-            elif spec.startswith("file:") and not Path(spec[5:]).expanduser().is_file():
-                raise InputError(f"model file {spec[5:]} does not exist")
+            elif (model := ModelSpec.parse(spec)).kind == "file" and not model.path.is_file():
+                raise InputError(f"model file {model.name} does not exist")
         except XaibenchError as err:
             raise type(err)(f"config [{where}]: {err}") from None
 

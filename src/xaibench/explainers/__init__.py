@@ -16,7 +16,7 @@ from xaibench.config import suggest
 from xaibench.errors import InputError
 from xaibench.explainers import baselines, cam, gradient  # noqa: F401  (registration)
 from xaibench.explainers import classifier_cam, perturbative, sampling  # noqa: F401  (registration)
-from xaibench.explainers import lrp  # noqa: F401  (registration)
+from xaibench.explainers import cam_family, lrp, surrogate, transformer  # noqa: F401  (registration)
 from xaibench.explainers.base import METHODS, Explainer, MethodInfo, apply_sign, reduce_channels
 from xaibench.explainers.cam import find_layer
 

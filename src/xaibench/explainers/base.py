@@ -39,6 +39,7 @@ from xaibench.registry import Registry
 
 REDUCTIONS = ("sum", "abs_sum", "max_abs")
 SIGNS = ("all", "positive", "absolute")
+ARCHITECTURES = ("any", "cnn", "vit")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class MethodInfo:
     cost: passes per image as expressions of the method's parameters (`xaibench.passes.Passes`).
     resolution: ``"input"`` (maps at input resolution) or ``"layer"`` (native resolution of the
     explained layer, upsampled to the input by default).
+    architectures: the networks the method applies to (`ARCHITECTURES`): ``"any"``, ``"cnn"``
+    (spatial feature maps) or ``"vit"`` (timm vision transformers: attention or token methods).
     """
 
     name: str
@@ -56,6 +59,7 @@ class MethodInfo:
     resolution: str
     description: str
     aliases: tuple[str, ...] = ()
+    architectures: str = "any"
 
     @property
     def params(self) -> dict[str, tuple[Any, str]]:
@@ -73,14 +77,17 @@ class MethodInfo:
 METHODS: Registry[MethodInfo] = Registry("method")
 
 
-def register(name: str, *, cost: Passes, resolution: str, aliases: tuple[str, ...] = ()):
+def register(name: str, *, cost: Passes, resolution: str, aliases: tuple[str, ...] = (), architectures: str = "any"):
     """Class decorator: register an `Explainer` subclass under `name` (and its aliases)."""
     if not isinstance(cost, Passes):
         raise TypeError(f"{name}: cost must be a Passes, e.g. Passes(forwards='steps', backwards='steps'), got {cost!r}")
+    if architectures not in ARCHITECTURES:
+        raise ValueError(f"architectures must be one of {ARCHITECTURES}, got {architectures!r}")
 
     def deco(cls: type[Explainer]) -> type[Explainer]:
         doc = inspect.getdoc(cls) or ""
-        info = MethodInfo(name, cls, cost, resolution, doc.split("\n\n")[0].replace("\n", " "), aliases)
+        info = MethodInfo(name, cls, cost, resolution, doc.split("\n\n")[0].replace("\n", " "), aliases,
+                          architectures)
         cls.name = name
         for key in (name, *aliases):
             METHODS.add(key, info)
@@ -125,6 +132,7 @@ _CAPTUM_NOTICES = (
     r"Input Tensor \d+ did not already require gradients",
     r"Setting backward hooks on ReLU activations",
     r"Setting forward, backward hooks and attributes on non-linear",
+    r"You are providing multiple inputs for Lime / Kernel SHAP",
 )
 
 

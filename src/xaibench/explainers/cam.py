@@ -36,7 +36,7 @@ from xaibench.explainers.base import (
 from xaibench.passes import Passes
 
 
-def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
+def vit_module(model: nn.Module) -> tuple[str, nn.Module] | None:
     """(name, module) of the first timm-style vision transformer inside `model`, if any."""
     for name, m in network(model).named_modules():
         if hasattr(m, "blocks") and hasattr(m, "patch_embed") and hasattr(m, "num_prefix_tokens"):
@@ -46,7 +46,7 @@ def _vit(model: nn.Module) -> tuple[str, nn.Module] | None:
 
 def find_layer(model: nn.Module, inputs: Tensor) -> str:
     """Name of the default CAM layer of `model` for images like `inputs` (see the module doc)."""
-    vit = _vit(model)
+    vit = vit_module(model)
     if vit is not None:
         prefix = f"{vit[0]}." if vit[0] else ""
         return f"{prefix}blocks.{len(vit[1].blocks) - 1}.norm1"
@@ -61,6 +61,16 @@ def find_layer(model: nn.Module, inputs: Tensor) -> str:
         if o is out and n.count(".") < name.count("."):
             name = n
     return name
+
+
+def token_grid(tokens: Tensor, size: tuple[int, int], what: str) -> Tensor:
+    """Patch tokens [B, n, D] as [B, D, h, w], h * w = n with h / w the aspect ratio of `size` (H, W)."""
+    n = tokens.shape[1]
+    h = max(1, round((n * size[0] / size[1]) ** 0.5))
+    w = n // h
+    if h * w != n:
+        raise InputError(f"cannot arrange the {n} tokens of {what} on a grid")
+    return tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -86,7 +96,7 @@ class CAMExplainer(Explainer):
             get_module(model, layer)
         self.layer = layer
         self.upsample = bool(upsample)
-        vit = _vit(model)
+        vit = vit_module(model)
         self._prefix_tokens = int(vit[1].num_prefix_tokens) if vit is not None else 0
         self.params.update(layer=layer, upsample=upsample)
 
@@ -101,14 +111,7 @@ class CAMExplainer(Explainer):
             return out
         if out.ndim != 3:
             raise InputError(f"layer {self.layer!r} returns shape {tuple(out.shape)}; need [B,K,h,w] or [B,T,D]")
-        tokens = out[:, self._prefix_tokens:]
-        n = tokens.shape[1]
-        ratio = inputs.shape[3] / inputs.shape[2]
-        h = max(1, round((n / ratio) ** 0.5))
-        w = n // h
-        if h * w != n:
-            raise InputError(f"cannot arrange {n} tokens of layer {self.layer!r} on a grid")
-        return tokens.reshape(tokens.shape[0], h, w, tokens.shape[2]).permute(0, 3, 1, 2)
+        return token_grid(out[:, self._prefix_tokens:], (inputs.shape[2], inputs.shape[3]), f"layer {self.layer!r}")
 
     def _forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, raw layer output) of one forward pass."""
@@ -135,7 +138,7 @@ class CAMExplainer(Explainer):
         return upsample(maps, size) if self.upsample else maps
 
 
-def _relu_cam(weights: Tensor, acts: Tensor) -> Tensor:
+def relu_cam(weights: Tensor, acts: Tensor) -> Tensor:
     """ReLU(sum_k w_k A_k) as [B, 1, h, w]; `weights` [B, K] or elementwise [B, K, h, w]."""
     if weights.ndim == 2:
         weights = weights[:, :, None, None]
@@ -162,7 +165,7 @@ class GradCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets, self.create_graph)
-        return _relu_cam(grads.mean(dim=(2, 3)), acts)
+        return relu_cam(grads.mean(dim=(2, 3)), acts)
 
 
 @register("gradcam_plus_plus", cost=Passes(forwards="1", backwards="1"), resolution="layer", aliases=("gradcam++",))
@@ -179,7 +182,7 @@ class GradCAMPlusPlusExplainer(CAMExplainer):
         denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
         weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
-        return _relu_cam(weights, acts)
+        return relu_cam(weights, acts)
 
 
 @register("layercam", cost=Passes(forwards="1", backwards="1"), resolution="layer")
@@ -188,7 +191,7 @@ class LayerCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        return _relu_cam(F.relu(grads), acts)
+        return relu_cam(F.relu(grads), acts)
 
 
 @register("scorecam", cost=Passes(forwards="1 + K", note="K = channels of the layer, e.g. 512 for ResNet-18 layer4"),
@@ -219,7 +222,7 @@ class ScoreCAMExplainer(CAMExplainer):
                 masks = torch.where(span > 0, (masks - lo) / torch.where(span > 0, span, 1), 0)
                 weights[start:start + self.max_batch] = self.model(inputs[i] * masks).softmax(1).gather(
                     1, targets[i][:, None]).squeeze(1)
-            return _relu_cam(weights.view(b, k), acts)
+            return relu_cam(weights.view(b, k), acts)
 
 
 @register("guided_gradcam", cost=Passes(forwards="2", backwards="2"), resolution="input")
@@ -238,7 +241,7 @@ class GuidedGradCAMExplainer(CAMExplainer):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         acts, grads = self._activations_and_grads(inputs, targets)
-        cam = upsample(_relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0], inputs.shape[2:])
+        cam = upsample(relu_cam(grads.mean(dim=(2, 3)), acts)[:, 0], inputs.shape[2:])
         with no_inplace_relu(self.model):
             guided = GuidedBackprop(self.model).attribute(inputs, target=targets)
         return guided * cam[:, None]

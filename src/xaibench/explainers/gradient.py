@@ -260,33 +260,61 @@ class DeepLiftExplainer(Explainer):
             return DeepLift(self._net).attribute(inputs, baselines=self.baseline, target=targets)
 
 
+BASELINE_SETS = ("black_white", "batch")
+
+
 @register("gradient_shap", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input")
 class GradientShapExplainer(Explainer):
     """GradientSHAP (Lundberg & Lee 2017, Captum): expected gradients times (input - baseline).
 
-    Baselines are drawn from {black, white}, the path point uniformly (Captum draws these from
-    numpy's global RNG, seeded from `seed` and restored), with Gaussian noise of
-    std `noise` added to the input. The samples are split into chunks of at most `max_batch`
-    rows and averaged (exact: the estimator is a mean). Default map: signed sum over channels.
+    Each sample draws a baseline x' from the baseline set and a path point a ~ U(0, 1) (Captum
+    draws these from numpy's global RNG, seeded from `seed` and restored), adds Gaussian noise of
+    std `noise` to the input, and contributes (x - x') * dS/dx at x' + a (x - x'). With
+    ``noise=0`` this is Expected Gradients (Erion et al. 2021) with the baseline distribution
+    `baselines`: ``"black_white"`` ({black, white}), ``"batch"`` (the images of the call, the
+    data set's distribution as in the paper) or a tensor [N, C, H, W] of images (Python API, e.g.
+    training images). The samples are split into chunks of at most `max_batch` rows and averaged
+    (exact: the estimator is a mean). Default map: signed sum over channels.
     """
 
     PARAMS = {
         "n_samples": "number of (baseline, path point) samples per image",
         "noise": "standard deviation of the Gaussian noise added to the input, in pixel units",
+        "baselines": "baseline distribution: 'black_white', 'batch' (the call's images) or a tensor [N, C, H, W]",
     }
 
     def __init__(self, model: nn.Module, *, n_samples: int = 16, noise: float = 0.0,
-                 seed: int | torch.Generator | None = 0, reduce: str | None = None,
-                 sign: str | None = None, max_batch: int = 64) -> None:
+                 baselines: str | Tensor = "black_white", seed: int | torch.Generator | None = 0,
+                 reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
         self.n_samples = positive_int("n_samples", n_samples)
         self.noise = float(noise)
+        if isinstance(baselines, Tensor):
+            if baselines.ndim != 4 or baselines.shape[0] < 1:
+                raise InputError(f"baselines must be images [N, C, H, W], got shape {tuple(baselines.shape)}")
+        elif baselines not in BASELINE_SETS:
+            raise InputError(f"baselines must be one of {BASELINE_SETS} or a tensor [N, C, H, W], got {baselines!r}")
+        self.baselines = baselines
         self.generator = make_generator(seed)
-        self.params.update(n_samples=n_samples, noise=noise, seed=seed if isinstance(seed, int) else None)
+        self.params.update(n_samples=n_samples, noise=noise, seed=seed if isinstance(seed, int) else None,
+                           baselines=baselines if isinstance(baselines, str) else "tensor")
+
+    def _baseline_set(self, inputs: Tensor) -> Tensor:
+        if isinstance(self.baselines, Tensor):
+            if self.baselines.shape[1:] != inputs.shape[1:]:
+                raise InputError(f"baselines have shape {tuple(self.baselines.shape[1:])} per image, the inputs "
+                                 f"{tuple(inputs.shape[1:])}")
+            return self.baselines.to(inputs.device, inputs.dtype)
+        if self.baselines == "batch":
+            if inputs.shape[0] < 2:
+                raise InputError(f"{self.name} with baselines='batch' draws baselines from the other images of the "
+                                 "call: it needs at least 2 images per call, got 1 (or pass baselines=<images>)")
+            return inputs.detach()
+        return torch.stack([torch.zeros_like(inputs[0]), torch.ones_like(inputs[0])])
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         gs = GradientShap(self.model)
-        baselines = torch.stack([torch.zeros_like(inputs[0]), torch.ones_like(inputs[0])])
+        baselines = self._baseline_set(inputs)
         chunk = expansions_per_image(self.max_batch, inputs.shape[0])
         total = torch.zeros_like(inputs)
         with seeded_global_rng(self.generator, inputs.device):
@@ -295,6 +323,23 @@ class GradientShapExplainer(Explainer):
                 total += n * gs.attribute(inputs, baselines=baselines, n_samples=n, stdevs=self.noise,
                                           target=targets)
         return total / self.n_samples
+
+
+@register("expected_gradients", cost=Passes(forwards="n_samples", backwards="n_samples"), resolution="input")
+class ExpectedGradientsExplainer(GradientShapExplainer):
+    """Expected Gradients (Erion et al. 2021): GradientSHAP without noise, baselines drawn from the data.
+
+    Default baseline distribution: the images of the call (``baselines="batch"``: a map depends on
+    its batch); ``baselines=`` a tensor of images [N, C, H, W] draws from those. Default map: signed
+    sum over channels.
+    """
+
+    def __init__(self, model: nn.Module, *, n_samples: int = 16, baselines: str | Tensor = "batch",
+                 seed: int | torch.Generator | None = 0, reduce: str | None = None, sign: str | None = None,
+                 max_batch: int = 64) -> None:
+        super().__init__(model, n_samples=n_samples, noise=0.0, baselines=baselines, seed=seed, reduce=reduce,
+                         sign=sign, max_batch=max_batch)
+        del self.params["noise"]
 
 
 @register("occlusion", cost=Passes(forwards="1 + ceil((H-window)/stride+1) * ceil((W-window)/stride+1)"),

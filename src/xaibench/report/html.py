@@ -482,6 +482,33 @@ def _gallery(out: Path, cfg: dict[str, Any], results: pd.DataFrame, images: dict
     )
 
 
+def _criteria_section(results: pd.DataFrame) -> str:
+    """Per criterion, the median rank of each method over that criterion's metrics with its bootstrap
+    interval, and the metric pairs whose method rankings disagree (`reliability.aggregate_criteria`)."""
+    from xaibench.reliability import aggregate_criteria
+
+    agg = aggregate_criteria(results)
+    note = ('<p class="note">One metric\'s ranking is not enough (metrics of one criterion often disagree): per '
+            "criterion, each method's median over the criterion's metrics of its rank by mean score (1 = best) "
+            f"and its {agg.level:.0%} bootstrap interval over images. Randomisation metrics are sanity checks, "
+            "not aggregated.</p>")
+    if agg.rankings.empty:
+        return note + '<p class="note">No criterion has 2 methods and 2 images scored by all its metrics.</p>'
+    cell = agg.rankings.assign(value=[f"{m:.1f} [{lo:.1f}, {hi:.1f}]" for m, lo, hi
+                                      in agg.rankings[["median_rank", "low", "high"]].itertuples(index=False)])
+    table = cell.pivot(index="method", columns="criterion", values="value")
+    table = table.reindex(index=list(dict.fromkeys(agg.rankings["method"])),
+                          columns=list(dict.fromkeys(agg.rankings["criterion"]))).fillna("")
+    counts = agg.rankings.groupby("criterion", sort=False)[["n_metrics", "n_images"]].first()
+    sizes = "; ".join(f"{c}: {r.n_metrics} metric{'' if r.n_metrics == 1 else 's'}, {r.n_images} images" for c, r in counts.iterrows())
+    disagree = (html_table(agg.disagreements) if not agg.disagreements.empty
+                else '<p class="note">No pair of metrics orders the methods more often reversed than alike.</p>')
+    return (note + html_table(table.reset_index(), sticky=True, table_id="criteria-table")
+            + f'<p class="note">{_e(sizes)}.</p><h3>Metrics that disagree (Kendall tau &lt; 0)</h3>' + disagree
+            + "<details><summary>Each metric against its criterion's median ranking (Kendall tau)</summary>"
+            + html_table(agg.consensus) + "</details>")
+
+
 def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     """Write DIR/report.html for the run in `out` and return its path (`gallery_size` images, at most 12)."""
     from xaibench.reliability import summarize
@@ -540,6 +567,7 @@ def build_report(out: str | Path, *, gallery_size: int = 6) -> Path:
     sections.append(("agreement", "Agreement between metrics",
                      '<p class="note">Kendall tau between the method rankings of each pair of metrics '
                      "(1: same order, -1: reversed).</p>" + _img(plots.agreement_figure(rel.agreement), "agreement plot")))
+    sections.append(("criteria", "Ranking per criterion (all its metrics)", _criteria_section(results)))
     sections.append(("size", "Minimum benchmark size",
                      '<p class="note">The <i>top method</i> here is the method ranked first on the most images '
                      "(its first-place rate), not the one with the best mean score: a method that wins often by a "

@@ -29,6 +29,8 @@ from typing import Any
 
 import pandas as pd
 
+from xaibench.errors import XaibenchError
+from xaibench.modelspec import ModelSpec
 from xaibench.reliability import AccuracyCheck, accuracy_check, alpha_verdicts
 
 CONTROLS = ("random", "sobel")  # registry names of the model-independent baseline methods
@@ -140,13 +142,15 @@ def weights_origin(model: dict[str, Any], seed: int) -> tuple[str, bool]:
     from xaibench.models import PRETRAINED_NAMES
 
     spec, weights = str(model.get("spec", "?")), model.get("weights")
-    scheme, _, name = spec.partition(":")
+    try:
+        parsed = ModelSpec.parse(spec)
+    except XaibenchError:
+        return f"unknown (model spec {spec!r})", False
+    scheme, name = parsed.kind, parsed.name
     if scheme == "builtin":
         return f"trained by xaibench: the built-in recipe of {name} (cached model file)", False
     if scheme == "file":
         return f"model file {name} (written by save_model, e.g. by xaibench train)", False
-    if scheme not in ("torchvision", "timm"):
-        return f"unknown (model spec {spec!r})", False
     if weights is None:
         return f"random initialisation (seed {seed}): no trained weights", True
     if str(weights).lower() in PRETRAINED_NAMES or str(weights).isupper():
