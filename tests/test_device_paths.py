@@ -138,7 +138,7 @@ def test_one_finetuning_step(on_device, tmp_path, digits_file):
     """HARMONY fine-tuning (gradients through Grad-CAM maps) one step on the device, then evaluation."""
     from xaibench.training.finetune import finetune
 
-    cfg = {"metric": "rma", "method": "gradcam", "iterations": 1, "batch_size": 4, "lr": 1e-3, "val_every": 1,
+    cfg = {"metric": "rma", "method": "gradcam", "preset": "xaibench", "iterations": 1, "batch_size": 4, "lr": 1e-3, "val_every": 1,
            "val_batches": 1, "device": on_device, "model": {"spec": digits_file},
            "data": {"spec": "builtin:digits", "n": 12, "val_fraction": 0.34, "test_n": 4},
            "evaluation": {"bootstrap": 10, "gallery": 1}}
@@ -193,3 +193,17 @@ def test_runner_end_to_end(on_device, tmp_path, digits_file):
         rows[d] = load_results(out).sort_values(["method", "metric", "image_id"]).reset_index(drop=True)
     assert len(rows[on_device]) == 6 * 2 * 2 and rows[on_device]["score"].notna().all()
     _close(torch.tensor(rows[on_device]["score"].to_numpy()), torch.tensor(rows["cpu"]["score"].to_numpy()))
+
+
+def test_finetuning_that_keeps_the_original_says_so(tmp_path, digits_file):
+    """HARMONY's schedule validates after update val_every + 1: one iteration never validates, and
+    the run warns that the saved model is the original instead of passing it off as fine-tuned."""
+    from xaibench.training.finetune import finetune
+
+    cfg = {"metric": "rma", "method": "gradcam", "preset": "harmony", "iterations": 1, "batch_size": 4,
+           "val_every": 1, "val_batches": 1, "device": "cpu", "model": {"spec": digits_file},
+           "data": {"spec": "builtin:digits", "n": 12, "val_fraction": 0.34, "test_n": 4},
+           "evaluation": {"bootstrap": 10, "gallery": 0}}
+    with pytest.warns(UserWarning, match=r"kept the original weights: 0 validation\(s\).*HARMONY's schedule"):
+        result = finetune(cfg, tmp_path / "ft", progress=False)
+    assert result.evaluation["selected_step"] == 0

@@ -94,7 +94,7 @@ def test_render_is_white_to_red_after_max_abs_normalisation():
 def finetuned(tmp_path_factory):
     from xaibench.training.finetune import finetune
 
-    cfg = {"metric": "rma", "method": "gradcam", "iterations": 2, "batch_size": 8, "lr": 1e-3, "val_every": 2,
+    cfg = {"metric": "rma", "method": "gradcam", "preset": "xaibench", "iterations": 2, "batch_size": 8, "lr": 1e-3, "val_every": 2,
            "val_batches": 1, "device": "cpu", "model": {"spec": "builtin:digits-cnn"},
            "data": {"spec": "builtin:digits", "n": 40, "val_fraction": 0.2, "test_n": 8},
            "evaluation": {"bootstrap": 20, "gallery": 0}}

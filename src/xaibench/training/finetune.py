@@ -622,6 +622,13 @@ def finetune(config: FinetuneConfig | Mapping[str, Any] | str | Path, out_dir: s
         table = log.table()
         device = module.device
         selected = _select(module, best, table, cfg)
+        if selected == 0:
+            ran = int((table["step"] > 0).sum())
+            warnings.warn(f"fine-tuning kept the original weights: {ran} validation(s) after step 0 "
+                          + ("and none improved the metric with the required agreement" if ran else
+                             f"(none is scheduled within {cfg.iterations} iterations at val_every = {cfg.val_every}"
+                             + (", HARMONY's schedule validates after update val_every + 1" if harmony else "") + ")"),
+                          stacklevel=2)
         table["selected"] = table["step"] == selected
         save_model(module.learn, out / MODEL_FILE, spec=arch_spec(cfg.model["spec"]))
         write_atomic(out / LOG_FILE, lambda p: table.to_csv(p, index=False))
