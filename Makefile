@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,timm,web,ray,lrp,attnlrp,docs]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,timm,web,ray,lrp,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
