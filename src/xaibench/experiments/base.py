@@ -72,6 +72,7 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentDir",
     "Figure",
+    "Plot",
     "Recipe",
     "Step",
     "StepContext",
@@ -108,7 +109,18 @@ class Figure:
     caption: str = ""
 
 
-Block = Text | Table | Figure
+@dataclass(frozen=True)
+class Plot:
+    """A figure as data: the report draws `data` with the drawer `kind` of `xaibench.report.plots`
+    (``EXPERIMENT_PLOTS``), passing `options` as keyword arguments."""
+
+    kind: str
+    data: pd.DataFrame
+    caption: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+Block = Text | Table | Figure | Plot
 
 
 # --- config, steps, recipe ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """`build_experiment_report(DIR)` -> DIR/report.html for an experiment directory: the recipe's section
-(tables and figures it describes as data) with the run's provenance, in the style of the run report.
+(tables, and figures it describes as data: `Plot` blocks drawn here) with the run's provenance, in the style of the run report.
 Provenance columns are shown once, at the end, not in every table."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import html
 import json
 from pathlib import Path
 
-from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
+from xaibench.experiments import ExperimentDir, Figure, Plot, Table, Text, recipes
 from xaibench.experiments.base import Block
 from xaibench.files import write_text
 from xaibench.report.html import CSS, html_table
-from xaibench.report.plots import to_data_uri
+from xaibench.report.plots import EXPERIMENT_PLOTS, to_data_uri
 
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
 
@@ -33,9 +33,10 @@ def render_block(block: Block) -> str:
         return f"<p>{html.escape(block.text)}</p>"
     if isinstance(block, Table):
         return _table(block)
-    if isinstance(block, Figure):
+    if isinstance(block, Figure | Plot):
+        figure = EXPERIMENT_PLOTS[block.kind](block.data, **block.options) if isinstance(block, Plot) else block.figure
         caption = html.escape(block.caption)
-        img = f'<img class="plot" alt="{caption}" src="{to_data_uri(block.figure)}">'
+        img = f'<img class="plot" alt="{caption}" src="{to_data_uri(figure)}">'
         return img + (f'<p class="note">{caption}</p>' if caption else "")
     raise TypeError(f"not a report block: {type(block).__name__}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -230,3 +231,66 @@ def map_tile(heatmap: torch.Tensor, size: tuple[int, int], masks: list[torch.Ten
     sheet.paste(Image.fromarray(picture), (0, 0))
     sheet.paste(Image.fromarray(np.repeat(bar, BAR, axis=0)), (0, cell + 3))
     return _encode(sheet), vmin, vmax
+
+
+# --- experiment figures (the recipes' `Plot` blocks) ---------------------------------------------
+
+
+def alignment_bars(summary: pd.DataFrame, *, mask: str = "mask") -> plt.Figure:
+    """Two panels, EA_IoU and EA_PG: one group of bars per (model, test set) row of `summary`, one bar
+    per human explanation (column `mask`), in the colour-blind-safe palette, with a legend."""
+    keys = [k for k in ("model", "test_set") if k in summary.columns]
+    groups = list(dict.fromkeys(summary[keys].itertuples(index=False, name=None)))
+    masks = list(dict.fromkeys(summary[mask]))
+    width = 0.8 / max(len(masks), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(groups) * 2), 3.4), squeeze=False)
+    for ax, (column, title) in zip(axes[0], (("iou", "EA_IoU"), ("pg", "EA_PG"))):
+        for j, m in enumerate(masks):
+            rows = summary[summary[mask] == m].set_index(keys)
+            values = [float(rows.loc[g, column]) if g in rows.index else np.nan for g in groups]
+            ax.bar(np.arange(len(groups)) + (j - (len(masks) - 1) / 2) * width, values, width,
+                   color=PALETTE[j % len(PALETTE)], label=str(m))
+        ax.set_xticks(range(len(groups)), ["\n".join(map(str, g)) for g in groups], fontsize=7, rotation=30,
+                      ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.25)
+    axes[0, 1].legend(title="human explanation", fontsize=8, title_fontsize=8, frameon=False,
+                      loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, label: str = "model",
+            xlabel: str = "", ylabel: str = "") -> plt.Figure:
+    """A scatter of `y` against `x` per model, marker area ~ sqrt(`size`) when given."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sizes = None
+    if size is not None:
+        root = summary[size].astype(float).pow(0.5)
+        sizes = 30 + 300 * root / max(float(root.max()), 1e-12)
+    ax.scatter(summary[x], summary[y], s=sizes, alpha=0.7)
+    middle = float(summary[x].astype(float).median()) if len(summary) else 0.0
+    for _, row in summary.iterrows():  # labels on the inner side of their point, the margins keep them inside
+        left = len(summary) > 1 and float(row[x]) > middle
+        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(-6 if left else 6, 4),
+                    textcoords="offset points", ha="right" if left else "left")
+    ax.margins(x=0.25, y=0.15)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    fig.tight_layout()
+    return fig
+
+
+def bars(table: pd.DataFrame, *, ylabel: str = "") -> plt.Figure:
+    """Grouped bars: one group per row of `table`, one bar per column (pandas' bar plot)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT_PLOTS: dict[str, Callable[..., plt.Figure]] = {"alignment_bars": alignment_bars, "scatter": scatter,
+                                                          "bars": bars}
+"""The drawers of an experiment report's `xaibench.experiments.Plot` blocks, by kind."""
