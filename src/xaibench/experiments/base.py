@@ -71,7 +71,6 @@ __all__ = [
     "Block",
     "ExperimentConfig",
     "ExperimentDir",
-    "Figure",
     "Plot",
     "Recipe",
     "Step",
@@ -102,25 +101,17 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Figure:
-    """A matplotlib figure with a caption (encoded as an inline PNG by the report, then closed)."""
-
-    figure: Any
-    caption: str = ""
-
-
-@dataclass(frozen=True)
 class Plot:
-    """A figure as data: the report draws `data` with the drawer `kind` of `xaibench.report.plots`
-    (``EXPERIMENT_PLOTS``), passing `options` as keyword arguments."""
+    """A figure as data: the report draws `data` (a table; for an image grid, named image batches) with
+    the drawer `kind` of `xaibench.report.plots` (``EXPERIMENT_PLOTS``), `options` as keyword arguments."""
 
     kind: str
-    data: pd.DataFrame
+    data: Any
     caption: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-Block = Text | Table | Figure | Plot
+Block = Text | Table | Plot
 
 
 # --- config, steps, recipe ------------------------------------------------------------------------

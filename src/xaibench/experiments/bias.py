@@ -171,9 +171,9 @@ def _runs(ctx: StepContext) -> list[al.Run]:
     for model in SETTINGS:
         for test in SETTINGS:
             run_data = {"spec": f"subset:{subsets}", "split": f"test-{test}", "image_size": data["image_size"]}
-            config = al.benchmark_config({"spec": f"file:{located_path(ctx.root, models[model])}"}, run_data, data["masks"],
-                                         ctx.cfg["saliency"], batch=ctx.cfg["batch"],
-                                         name=f"{model} model, {test} test")
+            model_table = {"spec": f"file:{located_path(ctx.root, models[model])}"}
+            config = al.benchmark_config(model_table, run_data, data["masks"], ctx.cfg["saliency"],
+                                         batch=ctx.cfg["batch"], name=f"{model} model, {test} test")
             runs.append(al.Run(f"{model}-model-{test}-test", {"model": model, "test_set": test}, config))
     return runs
 

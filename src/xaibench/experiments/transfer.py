@@ -94,8 +94,9 @@ def _runs(ctx: StepContext) -> list[al.Run]:
     """One benchmark per model on the source."""
     source = section("[source].", ctx.cfg["source"], SOURCE)
     mask = source.pop("mask")
-    return [al.Run(label, {"model": label}, al.benchmark_config(_model(ctx.cfg, label, ctx.root), source, [mask],
-                                                                ctx.cfg["saliency"], batch=ctx.cfg["batch"], name=label))
+    return [al.Run(label, {"model": label},
+                   al.benchmark_config(_model(ctx.cfg, label, ctx.root), source, [mask], ctx.cfg["saliency"],
+                                       batch=ctx.cfg["batch"], name=label))
             for label in ctx.cfg["models"]]
 
 
