@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
 
 from xaibench.cli import main
 from xaibench.errors import InputError, UnknownNameError
-from xaibench.experiments import REQUIRED, Figure, Recipe, Step, Table, Text, load_table, recipes, run_experiment
+from xaibench.experiments import REQUIRED, Plot, Recipe, Step, Table, Text, load_table, recipes, run_experiment
 from xaibench.experiments.base import run_recipe
 
 CALLS: list[str] = []
@@ -30,9 +29,8 @@ def _total(ctx):
 
 
 def _report(exp):
-    fig, ax = plt.subplots()
-    ax.plot(exp.table("values")["v"])
-    return [Text("toy"), Table(exp.table("total")[["total"]], "sum"), Figure(fig, "values")]
+    return [Text("toy"), Table(exp.table("total")[["total"]], "sum"),
+            Plot("bars", exp.table("values")[["v"]], "values")]
 
 
 TOY = Recipe(

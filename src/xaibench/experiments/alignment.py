@@ -30,12 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from xaibench.errors import InputError
-from xaibench.experiments.base import REQUIRED, Step, StepContext
+from xaibench.experiments.base import (
+    REQUIRED,
+    Block,
+    ExperimentConfig,
+    ExperimentDir,
+    Recipe,
+    Schema,
+    Step,
+    StepContext,
+    Text,
+)
 from xaibench.metrics.shared_interest import CASES, shared_interest_cases
 
 SALIENCY: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -53,12 +62,6 @@ KINDS = (*SCORES, "pg")
 NO_CASE = "none"
 MODEL_KEYS = ("spec", "weights", "num_classes")
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
-
-
-def evaluate_then_summarise(evaluate: Callable[[StepContext], None], summarise: Callable[[StepContext], None],
-                            needs: tuple[str, ...] = ()) -> list[Step]:
-    """The steps every alignment recipe ends with: run the benchmarks, then summarise them."""
-    return [Step("evaluate", evaluate, needs=needs), Step("summarise", summarise, needs=("evaluate",))]
 
 
 def check_saliency(name: str) -> None:
@@ -257,59 +260,68 @@ def rounded(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return frame.round({c: digits for c in frame.columns if frame[c].dtype.kind == "f"})
 
 
-def alignment_bars(summary: pd.DataFrame, *, mask: str = "mask") -> Any:
-    """Two panels, EA_IoU and EA_PG: one group of bars per (model, test set) row of `summary`, one bar
-    per human explanation (column `mask`), in the colour-blind-safe palette, with a legend."""
-    import matplotlib
+@dataclass(frozen=True)
+class AlignmentRecipe:
+    """One alignment recipe, declared: `recipe()` makes it a registered `Recipe`.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    - `saliency`: the default saliency setting; `sections`: the config sections beside ``saliency``
+      and ``batch``; `check`: checks beyond the schema (config errors before anything runs; the
+      saliency setting is checked first for every recipe);
+    - `runs`: the benchmarks of the ``evaluate`` step; `annotate`: extra columns of its per-image
+      rows (default none);
+    - `by`: the grouping of the summary; `tables`: the summary tables from the per-image rows, by
+      name (``cases``, Shared Interest's cases per `by` and mask, is written after them);
+    - `intro`: the report's first paragraph; `results`: the table the report waits for; `blocks`:
+      the rest of the report section (tables, and figures as data the report layer draws);
+    - `before`: steps before ``evaluate`` (it needs them all); `beside`: steps after them that
+      ``summarise`` also needs.
+    """
 
-    from xaibench.colours import PALETTE
+    name: str
+    summary: str
+    example: str
+    saliency: str
+    sections: Schema
+    check: Callable[[ExperimentConfig], None]
+    runs: Callable[[StepContext], list[Run]]
+    by: tuple[str, ...]
+    tables: Callable[[ExperimentDir, pd.DataFrame], dict[str, pd.DataFrame]]
+    intro: str
+    blocks: Callable[[ExperimentDir], list[Block]]
+    results: str = "alignment"
+    annotate: Callable[[StepContext, pd.DataFrame], pd.DataFrame] | None = None
+    before: tuple[Step, ...] = ()
+    beside: tuple[Step, ...] = ()
 
-    keys = [k for k in ("model", "test_set") if k in summary.columns]
-    groups = list(dict.fromkeys(summary[keys].itertuples(index=False, name=None)))
-    masks = list(dict.fromkeys(summary[mask]))
-    width = 0.8 / max(len(masks), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(groups) * 2), 3.4), squeeze=False)
-    for ax, (column, title) in zip(axes[0], (("iou", "EA_IoU"), ("pg", "EA_PG"))):
-        for j, m in enumerate(masks):
-            rows = summary[summary[mask] == m].set_index(keys)
-            values = [float(rows.loc[g, column]) if g in rows.index else np.nan for g in groups]
-            ax.bar(np.arange(len(groups)) + (j - (len(masks) - 1) / 2) * width, values, width,
-                   color=PALETTE[j % len(PALETTE)], label=str(m))
-        ax.set_xticks(range(len(groups)), ["\n".join(map(str, g)) for g in groups], fontsize=7, rotation=30,
-                      ha="right")
-        ax.set_ylim(0, 1)
-        ax.set_title(title, fontsize=10)
-        ax.grid(axis="y", alpha=0.25)
-    axes[0, 1].legend(title="human explanation", fontsize=8, title_fontsize=8, frameon=False,
-                      loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    return fig
+    def validate(self, cfg: ExperimentConfig) -> None:
+        check_saliency(cfg["saliency"])
+        self.check(cfg)
+
+    def evaluate(self, ctx: StepContext) -> None:
+        images = run_all(ctx, self.runs(ctx))
+        ctx.write_table("alignment_images", images if self.annotate is None else self.annotate(ctx, images))
+
+    def summarise(self, ctx: StepContext) -> None:
+        images = ctx.experiment.table("alignment_images")
+        for name, table in self.tables(ctx.experiment, images).items():
+            ctx.write_table(name, table)
+        ctx.write_table("cases", case_counts(images, self.by))
+
+    def plan(self, cfg: ExperimentConfig) -> list[Step]:
+        return [*self.before, Step("evaluate", self.evaluate, needs=tuple(s.name for s in self.before)),
+                *self.beside, Step("summarise", self.summarise, needs=("evaluate", *(s.name for s in self.beside)))]
+
+    def report(self, exp: ExperimentDir) -> list[Block]:
+        if not exp.has_table(self.results):
+            return [Text(self.intro), Text("No results yet.")]
+        return [Text(self.intro), *self.blocks(exp)]
+
+    def recipe(self) -> Recipe:
+        return Recipe(name=self.name, summary=self.summary, schema=schema(self.saliency, **self.sections),
+                      plan=self.plan, report=self.report, example=self.example, validate=self.validate)
 
 
-def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, label: str = "model",
-            xlabel: str = "", ylabel: str = "") -> Any:
-    """A matplotlib scatter of `y` against `x` per model, marker area ~ sqrt(`size`) when given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    sizes = None
-    if size is not None:
-        root = summary[size].astype(float).pow(0.5)
-        sizes = 30 + 300 * root / max(float(root.max()), 1e-12)
-    ax.scatter(summary[x], summary[y], s=sizes, alpha=0.7)
-    middle = float(summary[x].astype(float).median()) if len(summary) else 0.0
-    for _, row in summary.iterrows():  # labels on the inner side of their point, the margins keep them inside
-        left = len(summary) > 1 and float(row[x]) > middle
-        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(-6 if left else 6, 4),
-                    textcoords="offset points", ha="right" if left else "left")
-    ax.margins(x=0.25, y=0.15)
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel or y)
-    fig.tight_layout()
-    return fig
+def check_runs(runs: Sequence[Run]) -> None:
+    """`validate_benchmark` of every run."""
+    for run in runs:
+        validate_benchmark(run.config)

@@ -71,7 +71,7 @@ __all__ = [
     "Block",
     "ExperimentConfig",
     "ExperimentDir",
-    "Figure",
+    "Plot",
     "Recipe",
     "Step",
     "StepContext",
@@ -101,14 +101,17 @@ class Table:
 
 
 @dataclass(frozen=True)
-class Figure:
-    """A matplotlib figure with a caption (encoded as an inline PNG by the report, then closed)."""
+class Plot:
+    """A figure as data: the report draws `data` (a table; for an image grid, named image batches) with
+    the drawer `kind` of `xaibench.report.plots` (``EXPERIMENT_PLOTS``), `options` as keyword arguments."""
 
-    figure: Any
+    kind: str
+    data: Any
     caption: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
-Block = Text | Table | Figure
+Block = Text | Table | Plot
 
 
 # --- config, steps, recipe ------------------------------------------------------------------------

@@ -33,12 +33,10 @@ from xaibench.experiments.base import (
     Block,
     ExperimentConfig,
     ExperimentDir,
-    Figure,
-    Recipe,
+    Plot,
     Step,
     StepContext,
     Table,
-    Text,
     located_path,
     stored_path,
 )
@@ -54,6 +52,7 @@ DATA = {
 }
 SIZES = {"major": ((int,), REQUIRED), "minor": ((int,), REQUIRED), "balanced": ((int,), REQUIRED)}
 SETTINGS = ("biased", "balanced")
+BY = ("model", "test_set")
 SUBSETS = "subsets.json"
 
 
@@ -73,10 +72,9 @@ def _train_config(cfg: ExperimentConfig, subsets: str, setting: str) -> dict[str
     return {"seed": cfg.seed, "device": cfg.device, **train, "data": table}
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def _check(cfg: ExperimentConfig) -> None:
     from xaibench.training import parse_train_config
 
-    al.check_saliency(cfg["saliency"])
     data = _data(cfg)
     al.check_names(data["groups"], "[data].groups")
     al.check_names(data["masks"], "[data].masks")
@@ -164,63 +162,62 @@ def train_models(ctx: StepContext) -> None:
     ctx.write_table("models", pd.DataFrame(rows))
 
 
-def evaluate(ctx: StepContext) -> None:
+def _runs(ctx: StepContext) -> list[al.Run]:
+    """One benchmark per model x test set: the trained models on the sampled test subsets."""
     data = _data(ctx.cfg)
     subsets = (ctx.experiment.folder("sample") / SUBSETS).resolve()
     models = ctx.experiment.table("models").set_index("setting")["model_path"]
-    groups = _pool(ctx.cfg, data["test_split"]).set_index("id")["group"]
     runs = []
     for model in SETTINGS:
         for test in SETTINGS:
             run_data = {"spec": f"subset:{subsets}", "split": f"test-{test}", "image_size": data["image_size"]}
-            config = al.benchmark_config({"spec": f"file:{located_path(ctx.root, models[model])}"}, run_data, data["masks"],
-                                         ctx.cfg["saliency"], batch=ctx.cfg["batch"],
-                                         name=f"{model} model, {test} test")
+            model_table = {"spec": f"file:{located_path(ctx.root, models[model])}"}
+            config = al.benchmark_config(model_table, run_data, data["masks"], ctx.cfg["saliency"],
+                                         batch=ctx.cfg["batch"], name=f"{model} model, {test} test")
             runs.append(al.Run(f"{model}-model-{test}-test", {"model": model, "test_set": test}, config))
-    images = al.run_all(ctx, runs)
+    return runs
+
+
+def _with_groups(ctx: StepContext, images: pd.DataFrame) -> pd.DataFrame:
+    """The per-image rows with each image's group."""
+    groups = _pool(ctx.cfg, _data(ctx.cfg)["test_split"]).set_index("id")["group"]
     images.insert(2, "group", images["image_id"].map(groups))
-    ctx.write_table("alignment_images", images)
+    return images
 
 
-def summarise(ctx: StepContext) -> None:
-    images = ctx.experiment.table("alignment_images")
-    ctx.write_table("alignment", al.summarise(images, ["model", "test_set"]))
-    ctx.write_table("alignment_groups", al.summarise(images, ["model", "test_set", "group", "label"]))
-    ctx.write_table("cases", al.case_counts(images, ["model", "test_set"]))
+def _tables(exp: ExperimentDir, images: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {"alignment": al.summarise(images, BY), "alignment_groups": al.summarise(images, [*BY, "group", "label"])}
 
 
-def plan(cfg: ExperimentConfig) -> list[Step]:
-    return [Step("sample", sample), Step("train", train_models, needs=("sample",)),
-            *al.evaluate_then_summarise(evaluate, summarise, needs=("sample", "train"))]
-
-
-def report(exp: ExperimentDir) -> list[Block]:
-    blocks: list[Block] = [Text(
-        "A model trained where the group attribute predicts the label (biased) and one trained on balanced "
-        "data, each scored on a biased and a balanced test set: accuracy and explanation alignment (IoU of the "
-        "binarised saliency, pointing game) with the task region and the bias region, for the predicted class."
-    )]
-    if not exp.has_table("alignment"):
-        return blocks + [Text("No results yet.")]
+def _blocks(exp: ExperimentDir) -> list[Block]:
     columns = ["model", "test_set", "mask", "accuracy", "iou", "pg", "gtc", "sc", "images", "undefined"]
-    blocks.append(Table(al.rounded(exp.table("alignment")[columns]), "Overall, per model x test set x mask."))
-    blocks.append(Figure(al.alignment_bars(exp.table("alignment")), "Explanation alignment per model and test set, "
-                         "one bar per region (task and bias)."))
     groups = exp.table("alignment_groups")
     groups = groups[groups["mask"] == exp.config["data"]["masks"][0]]
-    blocks.append(Table(al.rounded(groups[["model", "test_set", "group", "label", "images", "accuracy", "iou", "pg"]]),
-                        "Per (group, label) with the task region: minority cells expose the biased model."))
-    blocks.append(Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case."))
-    return blocks
+    return [
+        Table(al.rounded(exp.table("alignment")[columns]), "Overall, per model x test set x mask."),
+        Plot("alignment_bars", exp.table("alignment"), "Explanation alignment per model and test set, one bar per "
+             "region (task and bias)."),
+        Table(al.rounded(groups[["model", "test_set", "group", "label", "images", "accuracy", "iou", "pg"]]),
+              "Per (group, label) with the task region: minority cells expose the biased model."),
+        Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case."),
+    ]
 
 
-RECIPE = Recipe(
+RECIPE = al.AlignmentRecipe(
     name="bias",
     summary="bias detection: group-wise accuracy and alignment with the task region of a model trained on "
             "biased data and one trained on balanced data",
-    schema=al.schema("gradcam", data=((dict,), REQUIRED), sizes=((dict,), REQUIRED), train=((dict,), REQUIRED)),
-    plan=plan,
-    report=report,
     example="experiment-bias.toml",
-    validate=validate,
-)
+    saliency="gradcam",
+    sections={"data": ((dict,), REQUIRED), "sizes": ((dict,), REQUIRED), "train": ((dict,), REQUIRED)},
+    check=_check,
+    runs=_runs,
+    annotate=_with_groups,
+    by=BY,
+    tables=_tables,
+    intro="A model trained where the group attribute predicts the label (biased) and one trained on balanced "
+          "data, each scored on a biased and a balanced test set: accuracy and explanation alignment (IoU of the "
+          "binarised saliency, pointing game) with the task region and the bias region, for the predicted class.",
+    blocks=_blocks,
+    before=(Step("sample", sample), Step("train", train_models, needs=("sample",))),
+).recipe()

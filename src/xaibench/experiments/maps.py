@@ -62,7 +62,7 @@ from xaibench.experiments.base import (
     REQUIRED,
     ExperimentConfig,
     ExperimentDir,
-    Figure,
+    Plot,
     Recipe,
     Step,
     StepContext,
@@ -482,8 +482,6 @@ def _ceiling_note(table: pd.DataFrame, what: str) -> Text | None:
 
 
 def _report(exp: ExperimentDir) -> list[Any]:
-    import matplotlib.pyplot as plt
-
     blocks: list[Any] = []
     if not exp.committed("analysis"):
         return [Text("The analysis step has not finished yet.")]
@@ -500,15 +498,7 @@ def _report(exp: ExperimentDir) -> list[Any]:
                             "highlighted only when its interval lies above the runner-up's.",
                             {(i, "model"): "best" for i in shown_best}))
         blocks.append(Text(" ".join(claims)))
-        fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(ranking)))
-        labels = [f"{r.observer}: {r.model}" for r in ranking.itertuples()]
-        y = np.arange(len(ranking))
-        ax.errorbar(ranking["consistency"], y, xerr=[ranking["consistency"] - ranking["low"],
-                                                      ranking["high"] - ranking["consistency"]], fmt="o")
-        ax.set_yticks(y, labels)
-        ax.invert_yaxis()
-        ax.set_xlabel("consistency with observer (noise-corrected)")
-        blocks.append(Figure(fig, "Model ranking with 95 % intervals."))
+        blocks.append(Plot("consistency_intervals", ranking, "Model ranking with 95 % intervals."))
         note = _ceiling_note(ranking, "Model consistency")
         if note:
             blocks.append(note)
@@ -517,21 +507,12 @@ def _report(exp: ExperimentDir) -> list[Any]:
     emi_table = exp.table("emi_consistency")
     if len(emi_table):
         for obs, part in emi_table.groupby("observer"):
-            fig, ax = plt.subplots(figsize=(6.5, 3.6))
             best = ranking[(ranking["observer"] == obs) & ranking["best"]]["model"]
             # the best model's curves; without one (undefined consistency) the first model's, never a mix
             shown = part[part["model"] == (best.iloc[0] if len(best) else part["model"].iloc[0])]
-            for method, rows in shown.groupby("method"):
-                rows = rows.sort_values("percentile")
-                ax.plot(100 - rows["percentile"], rows["consistency"], marker="o", label=method)
-            ax.set_xlabel("% of pixels visible in the EMI")
-            ax.set_ylabel("I1 consistency")
-            if (shown["consistency"] > 1).any():
-                ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
-            ax.legend(fontsize=8)
-            blocks.append(Figure(fig, f"Consistency with {obs} on EMIs of {shown['source'].iloc[0]}'s maps, per "
-                                      f"method and percentile (model: {shown['model'].iloc[0]}; dashed: 1, the "
-                                      "noise ceiling)."))
+            blocks.append(Plot("emi_consistency", shown, f"Consistency with {obs} on EMIs of "
+                               f"{shown['source'].iloc[0]}'s maps, per method and percentile (model: "
+                               f"{shown['model'].iloc[0]}; dashed: 1, the noise ceiling)."))
             note = _ceiling_note(shown.sort_values("consistency", ascending=False), f"EMI consistency with {obs}")
             if note:
                 blocks.append(note)
@@ -548,9 +529,7 @@ def _report(exp: ExperimentDir) -> list[Any]:
     return blocks
 
 
-def _emi_gallery(exp: ExperimentDir, best: str, worst: str) -> Figure:
-    import matplotlib.pyplot as plt
-
+def _emi_gallery(exp: ExperimentDir, best: str, worst: str) -> Plot:
     from xaibench.maps import emi
 
     cfg = ExperimentConfig("maps", exp.config)
@@ -564,14 +543,8 @@ def _emi_gallery(exp: ExperimentDir, best: str, worst: str) -> Figure:
     for method in (best, worst):
         maps = torch.load(_maps_path(exp.root, source, method), weights_only=True)[:k].float()
         rows[f"{method} (p{p:g})"] = emi(images[:k], maps, p, fill=fill)
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.7 * len(rows)), squeeze=False)
-    for r, (title, batch) in enumerate(rows.items()):
-        for c in range(k):
-            axes[r, c].imshow(batch[c].permute(1, 2, 0).clamp(0, 1).numpy())
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-        axes[r, 0].set_ylabel(title, fontsize=8)
-    return Figure(fig, f"EMIs of {source}'s maps at percentile {p:g}: highest proxy ({best}) and lowest ({worst}).")
+    return Plot("image_rows", rows,
+                f"EMIs of {source}'s maps at percentile {p:g}: highest proxy ({best}) and lowest ({worst}).")
 
 
 RECIPE = Recipe(

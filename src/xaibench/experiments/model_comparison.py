@@ -13,21 +13,11 @@ built-in digit CNNs.
 
 from __future__ import annotations
 
+import pandas as pd
 
 from xaibench.config import section
 from xaibench.experiments import alignment as al
-from xaibench.experiments.base import (
-    REQUIRED,
-    Block,
-    ExperimentConfig,
-    ExperimentDir,
-    Figure,
-    Recipe,
-    Step,
-    StepContext,
-    Table,
-    Text,
-)
+from xaibench.experiments.base import REQUIRED, Block, ExperimentConfig, ExperimentDir, Plot, Table
 
 DATA = {**al.DATA, "mask": ((str,), REQUIRED)}
 
@@ -38,58 +28,44 @@ def _runs(cfg: ExperimentConfig) -> list[al.Run]:
     return al.model_runs(cfg, data, [mask])
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    al.check_saliency(cfg["saliency"])
+def _check(cfg: ExperimentConfig) -> None:
     al.check_models(cfg["models"])
-    for run in _runs(cfg):
-        al.validate_benchmark(run.config)
+    al.check_runs(_runs(cfg))
 
 
-def evaluate(ctx: StepContext) -> None:
-    ctx.write_table("alignment_images", al.run_all(ctx, _runs(ctx.cfg)))
+def _summary(exp: ExperimentDir, images: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    return {"alignment": al.summarise(images, ["model"]).merge(al.shown(exp.table("model_sizes")), on="model")}
 
 
-def summarise(ctx: StepContext) -> None:
-    images = ctx.experiment.table("alignment_images")
-    sizes = al.shown(ctx.experiment.table("model_sizes"))
-    summary = al.summarise(images, ["model"]).merge(sizes, on="model")
-    ctx.write_table("alignment", summary)
-    ctx.write_table("cases", al.case_counts(images, ["model"]))
-
-
-def plan(cfg: ExperimentConfig) -> list[Step]:
-    return al.evaluate_then_summarise(evaluate, summarise)
-
-
-def report(exp: ExperimentDir) -> list[Block]:
-    blocks: list[Block] = [Text(
-        "Accuracy and explanation alignment of each model on one data set: mean Shared Interest IoU, "
-        "ground-truth coverage (gtc), saliency coverage (sc) of the binarised saliency and pointing-game hit "
-        "rate (pg), for the predicted class. Images with an empty mask are excluded from the alignment means "
-        "and counted (undefined)."
-    )]
-    if not exp.has_table("alignment"):
-        return blocks + [Text("No results yet.")]
+def _blocks(exp: ExperimentDir) -> list[Block]:
     summary = exp.table("alignment")
     columns = ["model", "parameters", "images", "accuracy", "iou", "gtc", "sc", "pg", "undefined"]
-    blocks.append(Table(al.rounded(summary[columns]), "One row per model."))
-    blocks.append(Table(al.rounded(al.correlations(summary, ("iou", "pg"), "accuracy")),
-                        "Does alignment go with accuracy across the models? Spearman with its 95 % bootstrap "
-                        "interval over the models and permutation p, n = models; below 5 models the verdict is "
-                        "'too few models to conclude'."))
-    for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG")):
-        fig = al.scatter(summary, score, "accuracy", size="parameters", xlabel=name, ylabel="accuracy")
-        blocks.append(Figure(fig, f"{name} against accuracy; marker area ~ sqrt(parameters)."))
-    blocks.append(Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case."))
-    return blocks
+    return [
+        Table(al.rounded(summary[columns]), "One row per model."),
+        Table(al.rounded(al.correlations(summary, ("iou", "pg"), "accuracy")),
+              "Does alignment go with accuracy across the models? Spearman with its 95 % bootstrap interval over "
+              "the models and permutation p, n = models; below 5 models the verdict is 'too few models to "
+              "conclude'."),
+        *(Plot("scatter", summary, f"{name} against accuracy; marker area ~ sqrt(parameters).",
+               {"x": score, "y": "accuracy", "size": "parameters", "xlabel": name, "ylabel": "accuracy"})
+          for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG"))),
+        Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case."),
+    ]
 
 
-RECIPE = Recipe(
+RECIPE = al.AlignmentRecipe(
     name="model-comparison",
     summary="model comparison: accuracy and explanation alignment of many models on one data set with masks",
-    schema=al.schema("gradcam", models=((dict,), REQUIRED), data=((dict,), REQUIRED)),
-    plan=plan,
-    report=report,
     example="experiment-model-comparison.toml",
-    validate=validate,
-)
+    saliency="gradcam",
+    sections={"models": ((dict,), REQUIRED), "data": ((dict,), REQUIRED)},
+    check=_check,
+    runs=lambda ctx: _runs(ctx.cfg),
+    by=("model",),
+    tables=_summary,
+    intro="Accuracy and explanation alignment of each model on one data set: mean Shared Interest IoU, "
+          "ground-truth coverage (gtc), saliency coverage (sc) of the binarised saliency and pointing-game hit "
+          "rate (pg), for the predicted class. Images with an empty mask are excluded from the alignment means "
+          "and counted (undefined).",
+    blocks=_blocks,
+).recipe()

@@ -72,7 +72,7 @@ from xaibench.experiments.base import (
     Block,
     ExperimentConfig,
     ExperimentDir,
-    Figure,
+    Plot,
     Recipe,
     Step,
     StepContext,
@@ -629,42 +629,6 @@ def reliability_tables(scores: pd.DataFrame, setting_order: list[str], *, level:
 # --- report ------------------------------------------------------------------------------------
 
 
-def heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_order: list[str]) -> Any:
-    """Settings x metrics heat map of the alpha difference to Baseline (x100): * an effect (significant after
-    correction and beyond the spread between seeds), ° significant but not beyond the seed spread (or
-    the spread unknown with one model per setting)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sub = diffs[diffs.group == group]
-    rows = [s for s in setting_order if s in set(sub.setting)]
-    cols = [m for m in metric_order if m in set(sub.metric)]
-    value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
-    mark = sub.assign(mark=np.where(sub["effect"] == "effect", "*", np.where(sub["significant"], "°", ""))).pivot(
-        index="setting", columns="metric", values="mark").reindex(index=rows, columns=cols).fillna("")
-    limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
-    from xaibench.colours import text_colour
-
-    fig, ax = plt.subplots(figsize=(2.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
-    cmap = plt.get_cmap("RdBu")
-    im = ax.imshow(value.to_numpy(dtype=float), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            v = value.iat[i, j]
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:+.0f}{mark.iat[i, j]}", ha="center", va="center", fontsize=8,
-                        fontweight="bold" if mark.iat[i, j] == "*" else "normal",
-                        color=text_colour(cmap((v + limit) / (2 * limit))))
-    fig.colorbar(im, ax=ax, fraction=0.046, label="alpha - alpha(Baseline), x100")
-    ax.set_xticks(range(len(cols)), [c.upper().replace("_NC", "-nc") for c in cols], fontsize=8)
-    ax.set_yticks(range(len(rows)), [r.upper() for r in rows], fontsize=8)
-    ax.set_title(f"{group}: alpha - alpha(Baseline), x100", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def _comparison_table(diffs: pd.DataFrame) -> pd.DataFrame:
     """One row per setting and metric: the difference with its interval, adjusted p, seed spread, verdict."""
     def interval(r: pd.Series) -> str:
@@ -734,9 +698,10 @@ def report(exp: ExperimentDir) -> list[Block]:
                             "over the images of each method, then over the group's methods."))
     for group in pd.unique(alpha.group):
         if not diffs.empty and (diffs.group == group).any():
-            blocks.append(Figure(heatmap(diffs, group, order, metric_order),
-                                 f"{group}: alpha difference to Baseline x100 (settings x metrics); * an effect "
-                                 "(significant after correction and beyond the seed spread), ° significant only."))
+            blocks.append(Plot("alpha_heatmap", diffs, f"{group}: alpha difference to Baseline x100 (settings x "
+                               "metrics); * an effect (significant after correction and beyond the seed spread), ° "
+                               "significant only.",
+                               {"group": group, "setting_order": order, "metric_order": metric_order}))
         cells = alpha[alpha.group == group].assign(value=lambda f: f.apply(_interval, axis=1))
         wide = cells.pivot(index="setting", columns="metric", values="value").reindex(index=order, columns=metric_order)
         blocks.append(Table(wide.reset_index(), f"{group}: alpha [{100 * cfg['level']:.0f}% BCa interval]."))

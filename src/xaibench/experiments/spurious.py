@@ -18,24 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from xaibench.config import section
 from xaibench.errors import InputError
 from xaibench.experiments import alignment as al
-from xaibench.experiments.base import (
-    REQUIRED,
-    Block,
-    ExperimentConfig,
-    ExperimentDir,
-    Figure,
-    Recipe,
-    Step,
-    StepContext,
-    Table,
-    Text,
-)
+from xaibench.experiments.base import REQUIRED, Block, ExperimentConfig, ExperimentDir, Plot, Table
 
 DATA = {**{k: v for k, v in al.DATA.items() if k != "split"}, "masks": ((list,), ["digit", "square"])}
+BY = ("model", "test_set")
 
 
 def _data(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -55,61 +44,42 @@ def _runs(cfg: ExperimentConfig) -> list[al.Run]:
     return out
 
 
-def validate(cfg: ExperimentConfig) -> None:
-    al.check_saliency(cfg["saliency"])
+def _check(cfg: ExperimentConfig) -> None:
     al.check_models(cfg["models"])
     if not cfg["test_sets"] or not all(isinstance(v, str) for v in cfg["test_sets"].values()):
         raise InputError("config [test_sets]: label = \"split\" entries are required, e.g. correlated = \"correlated\"")
     al.check_names(_data(cfg)["masks"], "[data].masks")
-    for run in _runs(cfg):
-        al.validate_benchmark(run.config)
+    al.check_runs(_runs(cfg))
 
 
-def evaluate(ctx: StepContext) -> None:
-    ctx.write_table("alignment_images", al.run_all(ctx, _runs(ctx.cfg)))
-
-
-def summarise(ctx: StepContext) -> None:
-    images = ctx.experiment.table("alignment_images")
-    ctx.write_table("alignment", al.summarise(images, ["model", "test_set"]))
-    ctx.write_table("cases", al.case_counts(images, ["model", "test_set"]))
-
-
-def plan(cfg: ExperimentConfig) -> list[Step]:
-    return al.evaluate_then_summarise(evaluate, summarise)
-
-
-def report(exp: ExperimentDir) -> list[Block]:
-    blocks: list[Block] = [Text(
-        "Explanation alignment of each model with each human explanation on each test set: accuracy, mean "
-        "Shared Interest IoU of the binarised saliency (EA_IoU) and pointing-game hit rate (EA_PG), for the "
-        "predicted class. A model that uses the shortcut aligns with the square, not the digit, and loses its "
-        "accuracy where the square's colour is random."
-    )]
-    if not exp.has_table("alignment"):
-        return blocks + [Text("No results yet.")]
+def _blocks(exp: ExperimentDir) -> list[Block]:
     summary = exp.table("alignment")
     table = summary[["model", "test_set", "mask", "accuracy", "iou", "pg", "gtc", "sc", "images", "undefined"]]
     table = al.rounded(table.rename(columns={"mask": "ground truth", "iou": "EA_IoU", "pg": "EA_PG"}))
-    blocks.append(Table(table, "One row per model x test set x ground truth (the paper's table); gtc / sc: "
-                        "mean ground-truth / saliency coverage; undefined: images excluded (empty mask or constant "
-                        "map)."))
-    blocks.append(Figure(al.alignment_bars(summary), "Explanation alignment per model and test set, one bar per "
-                         "human explanation."))
-    cases = al.shown(exp.table("cases"))
-    blocks.append(Table(cases, "Shared Interest's eight recurring cases: images per case (coverages >= 0.5 count "
-                        "as high)."))
-    return blocks
+    return [
+        Table(table, "One row per model x test set x ground truth (the paper's table); gtc / sc: mean ground-truth / "
+              "saliency coverage; undefined: images excluded (empty mask or constant map)."),
+        Plot("alignment_bars", summary, "Explanation alignment per model and test set, one bar per human explanation."),
+        Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases: images per case (coverages >= "
+              "0.5 count as high)."),
+    ]
 
 
-RECIPE = Recipe(
+RECIPE = al.AlignmentRecipe(
     name="spurious",
     summary="spurious correlation: alignment of a normal and a shortcut model with the digit and the square, "
             "on correlated and uncorrelated test sets",
-    schema=al.schema("vanilla_gradient", models=((dict,), REQUIRED), data=((dict,), REQUIRED),
-                     test_sets=((dict,), {"correlated": "correlated", "uncorrelated": "uncorrelated"})),
-    plan=plan,
-    report=report,
     example="experiment-spurious.toml",
-    validate=validate,
-)
+    saliency="vanilla_gradient",
+    sections={"models": ((dict,), REQUIRED), "data": ((dict,), REQUIRED),
+              "test_sets": ((dict,), {"correlated": "correlated", "uncorrelated": "uncorrelated"})},
+    check=_check,
+    runs=lambda ctx: _runs(ctx.cfg),
+    by=BY,
+    tables=lambda exp, images: {"alignment": al.summarise(images, BY)},
+    intro="Explanation alignment of each model with each human explanation on each test set: accuracy, mean "
+          "Shared Interest IoU of the binarised saliency (EA_IoU) and pointing-game hit rate (EA_PG), for the "
+          "predicted class. A model that uses the shortcut aligns with the square, not the digit, and loses its "
+          "accuracy where the square's colour is random.",
+    blocks=_blocks,
+).recipe()

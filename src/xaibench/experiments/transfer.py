@@ -28,18 +28,7 @@ import torch
 from xaibench.config import section
 from xaibench.errors import InputError
 from xaibench.experiments import alignment as al
-from xaibench.experiments.base import (
-    REQUIRED,
-    Block,
-    ExperimentConfig,
-    ExperimentDir,
-    Figure,
-    Recipe,
-    Step,
-    StepContext,
-    Table,
-    Text,
-)
+from xaibench.experiments.base import REQUIRED, Block, ExperimentConfig, ExperimentDir, Plot, Step, StepContext, Table
 
 SOURCE = {**al.DATA, "mask": ((str,), REQUIRED)}
 TARGET = {
@@ -64,10 +53,9 @@ def _model(cfg: ExperimentConfig, label: str, root: Any) -> dict[str, Any]:
     return table
 
 
-def validate(cfg: ExperimentConfig) -> None:
+def _check(cfg: ExperimentConfig) -> None:
     from xaibench.training import parse_train_config
 
-    al.check_saliency(cfg["saliency"])
     source = section("[source].", cfg["source"], SOURCE)
     target = section("[target].", cfg["target"], TARGET)
     if target["shots"] < 1:
@@ -102,14 +90,14 @@ def train_models(ctx: StepContext) -> None:
                                                                   "train_config_hash"]))
 
 
-def evaluate(ctx: StepContext) -> None:
+def _runs(ctx: StepContext) -> list[al.Run]:
+    """One benchmark per model on the source."""
     source = section("[source].", ctx.cfg["source"], SOURCE)
     mask = source.pop("mask")
-    ctx.write_table("alignment_images", al.run_all(ctx, [
-        al.Run(label, {"model": label}, al.benchmark_config(_model(ctx.cfg, label, ctx.root), source, [mask],
-                                                            ctx.cfg["saliency"], batch=ctx.cfg["batch"], name=label))
-        for label in ctx.cfg["models"]
-    ]))
+    return [al.Run(label, {"model": label},
+                   al.benchmark_config(_model(ctx.cfg, label, ctx.root), source, [mask], ctx.cfg["saliency"],
+                                       batch=ctx.cfg["batch"], name=label))
+            for label in ctx.cfg["models"]]
 
 
 @torch.no_grad()
@@ -169,51 +157,44 @@ def transfer(ctx: StepContext) -> None:
     ctx.write_table("transfer", pd.DataFrame(rows))
 
 
-def summarise(ctx: StepContext) -> None:
-    exp = ctx.experiment
-    summary = al.summarise(exp.table("alignment_images"), ["model"])
+def _tables(exp: ExperimentDir, images: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    summary = al.summarise(images, ["model"])
     summary = summary.merge(al.shown(exp.table("model_sizes")), on="model")
     summary = summary.merge(al.shown(exp.table("transfer")), on="model")
-    ctx.write_table("alignment", summary)
-    ctx.write_table("correlation", al.correlations(summary, ("iou", "pg"), "transfer_accuracy"))
-    ctx.write_table("cases", al.case_counts(exp.table("alignment_images"), ["model"]))
+    return {"alignment": summary, "correlation": al.correlations(summary, ("iou", "pg"), "transfer_accuracy")}
 
 
-def plan(cfg: ExperimentConfig) -> list[Step]:
-    return [Step("train", train_models), Step("evaluate", evaluate, needs=("train",)),
-            Step("transfer", transfer, needs=("train",)), Step("summarise", summarise, needs=("evaluate", "transfer"))]
-
-
-def report(exp: ExperimentDir) -> list[Block]:
-    blocks: list[Block] = [Text(
-        "Explanation alignment of each model on the source data set (IoU of the binarised saliency and pointing "
-        "game with the source masks, predicted class) against its few-shot accuracy on the target data set "
-        "(logistic regression on the model's outputs of the shot images per class)."
-    )]
-    if not exp.has_table("alignment"):
-        return blocks + [Text("No results yet.")]
+def _blocks(exp: ExperimentDir) -> list[Block]:
     summary = exp.table("alignment")
     columns = ["model", "parameters", "accuracy", "iou", "pg", "transfer_accuracy", "shots", "images", "undefined"]
-    blocks.append(Table(al.rounded(summary[columns]),
-                        "accuracy, iou, pg: on the source; transfer_accuracy: on the target."))
-    blocks.append(Table(al.rounded(al.shown(exp.table("correlation"))), "Correlation over the models of source "
-                        "alignment and transfer accuracy: Spearman with its 95 % bootstrap interval over the models "
-                        "and permutation p, n = models; below 5 models the verdict is 'too few models to conclude' "
-                        "(no association could reach p < 0.05)."))
-    for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG")):
-        fig = al.scatter(summary, score, "transfer_accuracy", size="parameters", xlabel=f"{name} on the source",
-                         ylabel="few-shot accuracy on the target")
-        blocks.append(Figure(fig, f"Transfer accuracy against {name}; marker area ~ sqrt(parameters)."))
-    blocks.append(Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases on the source."))
-    return blocks
+    return [
+        Table(al.rounded(summary[columns]), "accuracy, iou, pg: on the source; transfer_accuracy: on the target."),
+        Table(al.rounded(al.shown(exp.table("correlation"))), "Correlation over the models of source alignment and "
+              "transfer accuracy: Spearman with its 95 % bootstrap interval over the models and permutation p, "
+              "n = models; below 5 models the verdict is 'too few models to conclude' (no association could reach "
+              "p < 0.05)."),
+        *(Plot("scatter", summary, f"Transfer accuracy against {name}; marker area ~ sqrt(parameters).",
+               {"x": score, "y": "transfer_accuracy", "size": "parameters", "xlabel": f"{name} on the source",
+                "ylabel": "few-shot accuracy on the target"})
+          for score, name in (("iou", "EA_IoU"), ("pg", "EA_PG"))),
+        Table(al.shown(exp.table("cases")), "Shared Interest's eight recurring cases on the source."),
+    ]
 
 
-RECIPE = Recipe(
+RECIPE = al.AlignmentRecipe(
     name="transfer",
     summary="transfer: does explanation alignment on a source data set predict few-shot accuracy on a target?",
-    schema=al.schema("gradcam", models=((dict,), REQUIRED), source=((dict,), REQUIRED), target=((dict,), REQUIRED)),
-    plan=plan,
-    report=report,
     example="experiment-transfer.toml",
-    validate=validate,
-)
+    saliency="gradcam",
+    sections={"models": ((dict,), REQUIRED), "source": ((dict,), REQUIRED), "target": ((dict,), REQUIRED)},
+    check=_check,
+    runs=_runs,
+    by=("model",),
+    tables=_tables,
+    intro="Explanation alignment of each model on the source data set (IoU of the binarised saliency and pointing "
+          "game with the source masks, predicted class) against its few-shot accuracy on the target data set "
+          "(logistic regression on the model's outputs of the shot images per class).",
+    blocks=_blocks,
+    before=(Step("train", train_models),),
+    beside=(Step("transfer", transfer, needs=("train",)),),
+).recipe()

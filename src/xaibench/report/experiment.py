@@ -1,6 +1,6 @@
 """`build_experiment_report(DIR)` -> DIR/report.html for an experiment directory: the recipe's section
-(tables and figures it describes as data) with the run's provenance, in the style of the run report.
-Provenance columns are shown once, at the end, not in every table."""
+(tables, and figures it describes as data: `Plot` blocks drawn here) with the run's provenance, in the
+style of the run report. Provenance columns are shown once, at the end, not in every table."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import html
 import json
 from pathlib import Path
 
-from xaibench.experiments import ExperimentDir, Figure, Table, Text, recipes
+import matplotlib.pyplot as plt
+
+from xaibench.experiments import ExperimentDir, Plot, Table, Text, recipes
 from xaibench.experiments.base import Block
 from xaibench.files import write_text
 from xaibench.report.html import CSS, html_table
-from xaibench.report.plots import to_data_uri
+from xaibench.report.plots import EXPERIMENT_PLOTS, to_data_uri
 
 PROVENANCE = ("experiment", "config_hash", "seed", "xaibench_version", "torch_version", "python_version", "step")
 
@@ -27,15 +29,20 @@ def _table(block: Table) -> str:
     return caption + html_table(frame, dict(block.highlight))
 
 
+def draw(block: Plot) -> plt.Figure:
+    """The matplotlib figure of a `Plot` block (its drawer in `EXPERIMENT_PLOTS`)."""
+    return EXPERIMENT_PLOTS[block.kind](block.data, **block.options)
+
+
 def render_block(block: Block) -> str:
     """HTML of one report block."""
     if isinstance(block, Text):
         return f"<p>{html.escape(block.text)}</p>"
     if isinstance(block, Table):
         return _table(block)
-    if isinstance(block, Figure):
+    if isinstance(block, Plot):
         caption = html.escape(block.caption)
-        img = f'<img class="plot" alt="{caption}" src="{to_data_uri(block.figure)}">'
+        img = f'<img class="plot" alt="{caption}" src="{to_data_uri(draw(block))}">'
         return img + (f'<p class="note">{caption}</p>' if caption else "")
     raise TypeError(f"not a report block: {type(block).__name__}")
 

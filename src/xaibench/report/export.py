@@ -193,8 +193,8 @@ def export_run(run: str | Path, dest: str | Path) -> list[Path]:
 
 def export_experiment(out: str | Path, dest: str | Path) -> list[Path]:
     """Every table (CSV + LaTeX) and figure (SVG + PDF) of the report section of the experiment in `out`."""
-    from xaibench.experiments import ExperimentDir, Figure, Table, recipes
-    from xaibench.report.experiment import PROVENANCE
+    from xaibench.experiments import ExperimentDir, Plot, Table, recipes
+    from xaibench.report.experiment import PROVENANCE, draw
 
     exp, dest = ExperimentDir(out), Path(dest)
     blocks = recipes().get(exp.manifest["recipe"]).report(exp)
@@ -203,8 +203,8 @@ def export_experiment(out: str | Path, dest: str | Path) -> list[Path]:
         if isinstance(block, Table):
             frame = block.frame.drop(columns=[c for c in PROVENANCE if c in block.frame.columns])
             written += write_table(frame, dest, f"table{k:02d}", block.caption or f"Table {k}.")
-        elif isinstance(block, Figure):
-            written += write_figure(block.figure, dest, f"figure{k:02d}", block.caption)
+        elif isinstance(block, Plot):
+            written += write_figure(draw(block), dest, f"figure{k:02d}", block.caption)
     return written
 
 

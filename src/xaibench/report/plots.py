@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import matplotlib
@@ -230,3 +231,138 @@ def map_tile(heatmap: torch.Tensor, size: tuple[int, int], masks: list[torch.Ten
     sheet.paste(Image.fromarray(picture), (0, 0))
     sheet.paste(Image.fromarray(np.repeat(bar, BAR, axis=0)), (0, cell + 3))
     return _encode(sheet), vmin, vmax
+
+
+# --- experiment figures (the recipes' `Plot` blocks) ---------------------------------------------
+
+
+def alignment_bars(summary: pd.DataFrame, *, mask: str = "mask") -> plt.Figure:
+    """Two panels, EA_IoU and EA_PG: one group of bars per (model, test set) row of `summary`, one bar
+    per human explanation (column `mask`), in the colour-blind-safe palette, with a legend."""
+    keys = [k for k in ("model", "test_set") if k in summary.columns]
+    groups = list(dict.fromkeys(summary[keys].itertuples(index=False, name=None)))
+    masks = list(dict.fromkeys(summary[mask]))
+    width = 0.8 / max(len(masks), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.1 * len(groups) * 2), 3.4), squeeze=False)
+    for ax, (column, title) in zip(axes[0], (("iou", "EA_IoU"), ("pg", "EA_PG"))):
+        for j, m in enumerate(masks):
+            rows = summary[summary[mask] == m].set_index(keys)
+            values = [float(rows.loc[g, column]) if g in rows.index else np.nan for g in groups]
+            ax.bar(np.arange(len(groups)) + (j - (len(masks) - 1) / 2) * width, values, width,
+                   color=PALETTE[j % len(PALETTE)], label=str(m))
+        ax.set_xticks(range(len(groups)), ["\n".join(map(str, g)) for g in groups], fontsize=7, rotation=30,
+                      ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.25)
+    axes[0, 1].legend(title="human explanation", fontsize=8, title_fontsize=8, frameon=False,
+                      loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def scatter(summary: pd.DataFrame, x: str, y: str, *, size: str | None = None, label: str = "model",
+            xlabel: str = "", ylabel: str = "") -> plt.Figure:
+    """A scatter of `y` against `x` per model, marker area ~ sqrt(`size`) when given."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    sizes = None
+    if size is not None:
+        root = summary[size].astype(float).pow(0.5)
+        sizes = 30 + 300 * root / max(float(root.max()), 1e-12)
+    ax.scatter(summary[x], summary[y], s=sizes, alpha=0.7)
+    middle = float(summary[x].astype(float).median()) if len(summary) else 0.0
+    for _, row in summary.iterrows():  # labels on the inner side of their point, the margins keep them inside
+        left = len(summary) > 1 and float(row[x]) > middle
+        ax.annotate(str(row[label]), (row[x], row[y]), fontsize=8, xytext=(-6 if left else 6, 4),
+                    textcoords="offset points", ha="right" if left else "left")
+    ax.margins(x=0.25, y=0.15)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    fig.tight_layout()
+    return fig
+
+
+def bars(table: pd.DataFrame, *, ylabel: str = "") -> plt.Figure:
+    """Grouped bars: one group per row of `table`, one bar per column (pandas' bar plot)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def alpha_heatmap(diffs: pd.DataFrame, group: str, setting_order: list[str], metric_order: list[str]) -> plt.Figure:
+    """Settings x metrics heat map of the alpha difference to Baseline (x100): * an effect (significant after
+    correction and beyond the spread between seeds), ° significant but not beyond the seed spread (or
+    the spread unknown with one model per setting)."""
+    sub = diffs[diffs.group == group]
+    rows = [s for s in setting_order if s in set(sub.setting)]
+    cols = [m for m in metric_order if m in set(sub.metric)]
+    value = sub.pivot(index="setting", columns="metric", values="difference").reindex(index=rows, columns=cols)
+    mark = sub.assign(mark=np.where(sub["effect"] == "effect", "*", np.where(sub["significant"], "°", ""))).pivot(
+        index="setting", columns="metric", values="mark").reindex(index=rows, columns=cols).fillna("")
+    limit = max(1.0, float(np.nanmax(np.abs(value.to_numpy())))) if value.size else 1.0
+    fig, ax = plt.subplots(figsize=(2.0 + 0.8 * len(cols), 0.8 + 0.45 * len(rows)))
+    cmap = plt.get_cmap("RdBu")
+    im = ax.imshow(value.to_numpy(dtype=float), cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = value.iat[i, j]
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:+.0f}{mark.iat[i, j]}", ha="center", va="center", fontsize=8,
+                        fontweight="bold" if mark.iat[i, j] == "*" else "normal",
+                        color=text_colour(cmap((v + limit) / (2 * limit))))
+    fig.colorbar(im, ax=ax, fraction=0.046, label="alpha - alpha(Baseline), x100")
+    ax.set_xticks(range(len(cols)), [c.upper().replace("_NC", "-nc") for c in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), [r.upper() for r in rows], fontsize=8)
+    ax.set_title(f"{group}: alpha - alpha(Baseline), x100", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def consistency_intervals(ranking: pd.DataFrame) -> plt.Figure:
+    """One row per (observer, model) of `ranking`: its consistency with the 95 % interval (low, high)."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(ranking)))
+    labels = [f"{r.observer}: {r.model}" for r in ranking.itertuples()]
+    y = np.arange(len(ranking))
+    ax.errorbar(ranking["consistency"], y, xerr=[ranking["consistency"] - ranking["low"],
+                                                  ranking["high"] - ranking["consistency"]], fmt="o")
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("consistency with observer (noise-corrected)")
+    return fig
+
+
+def emi_consistency(shown: pd.DataFrame) -> plt.Figure:
+    """Consistency against the % of pixels visible in the EMI, one line per method; dashed at 1 (the
+    noise ceiling) when a value exceeds it."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for method, rows in shown.groupby("method"):
+        rows = rows.sort_values("percentile")
+        ax.plot(100 - rows["percentile"], rows["consistency"], marker="o", label=method)
+    ax.set_xlabel("% of pixels visible in the EMI")
+    ax.set_ylabel("I1 consistency")
+    if (shown["consistency"] > 1).any():
+        ax.axhline(1.0, color="0.5", lw=0.8, ls="--")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def image_rows(rows: dict[str, torch.Tensor]) -> plt.Figure:
+    """A grid of images: one row per entry of `rows` (title -> images [k, 3, H, W] in [0, 1])."""
+    k = len(next(iter(rows.values())))
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.7 * len(rows)), squeeze=False)
+    for r, (title, batch) in enumerate(rows.items()):
+        for c in range(k):
+            axes[r, c].imshow(batch[c].permute(1, 2, 0).clamp(0, 1).numpy())
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(title, fontsize=8)
+    return fig
+
+
+EXPERIMENT_PLOTS: dict[str, Callable[..., plt.Figure]] = {"alignment_bars": alignment_bars, "scatter": scatter,
+                                                          "bars": bars, "alpha_heatmap": alpha_heatmap,
+                                                          "consistency_intervals": consistency_intervals,
+                                                          "emi_consistency": emi_consistency, "image_rows": image_rows}
+"""The drawers of an experiment report's `xaibench.experiments.Plot` blocks, by kind."""
