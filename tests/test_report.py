@@ -413,3 +413,17 @@ def test_demo_summary_and_report_give_the_same_alignment_numbers():
     assert table.set_index("metric").loc["pointing_game"].to_dict() == pytest.approx({"digit": 0.35, "square": 0.6})
     assert demo.set_index("metric").loc["pointing_game", ["digit", "square"]].to_dict() == pytest.approx(
         {"digit": 0.35, "square": 0.6})
+
+
+def test_curves_undefined_everywhere_are_left_out_of_the_figure():
+    """An all-NaN mean curve (MPRT on a model that always predicts one class) is not drawn; the
+    other methods' curves are, and the figure renders (matplotlib fails on markers of an all-NaN line)."""
+    import numpy as np
+
+    from xaibench.report.plots import CurvePanel, curves_figure, curves_plot
+
+    panel = CurvePanel("mprt", ["logits", "fc", "conv"], "layers randomised", "similarity",
+                       {"gradcam": np.full(3, np.nan), "saliency": np.array([1.0, 0.5, 0.2])})
+    fig = curves_plot([panel], ["gradcam", "saliency"], set())
+    assert [len(ax.lines) for ax in fig.axes if ax.get_title() == "mprt"] == [1]
+    assert curves_figure([panel], ["gradcam", "saliency"], set()).startswith("data:image/png;base64,")

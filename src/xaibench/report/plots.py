@@ -95,7 +95,8 @@ def curves_plot(panels: list[CurvePanel], methods: list[str], controls: set[str]
         named = bool(panel.x) and isinstance(panel.x[0], str)
         xs = np.arange(len(panel.x)) if named else np.asarray(panel.x, dtype=float)
         for k, method in enumerate(methods):
-            if method in panel.means:
+            # a curve undefined everywhere (e.g. MPRT of a model that predicts one class) has nothing to draw
+            if method in panel.means and np.isfinite(np.asarray(panel.means[method], dtype=float)).any():
                 ax.plot(xs, panel.means[method], **_style(method, k, controls))
         if named:
             ax.set_xticks(xs, panel.x, rotation=45, ha="right", fontsize=7)
