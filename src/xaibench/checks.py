@@ -112,6 +112,13 @@ def check_same_batch(a: Tensor, b: Tensor, names: tuple[str, str]) -> None:
                          "the same batch")
 
 
+def check_positive_int(value: object, name: str) -> int:
+    """A positive int (a number of steps, samples, a window or patch size, a batch bound)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def check_count(value: object, name: str, minimum: int = 1) -> int:
     """An int >= `minimum` (a count of bins, samples, repeats, ...); returned as int."""
     if isinstance(value, bool) or not isinstance(value, Integral):

@@ -23,6 +23,7 @@ from captum.attr import (
 )
 from torch import Tensor, nn
 
+from xaibench.checks import check_positive_int
 from xaibench.errors import InputError
 from xaibench.explainers.base import (
     Explainer,
@@ -55,12 +56,6 @@ def seeded_global_rng(gen: torch.Generator, device: torch.device) -> Iterator[No
 def expansions_per_image(max_batch: int, batch: int) -> int:
     """Expansions per image that keep batch * expansions <= max_batch (at least 1)."""
     return max(1, max_batch // batch)
-
-
-def positive_int(name: str, value: int) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @register("saliency", cost=Passes(forwards="1", backwards="1"), resolution="input")
@@ -102,7 +97,7 @@ class IntegratedGradientsExplainer(Explainer):
                  method: str = "gausslegendre", reduce: str | None = None, sign: str | None = None,
                  max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.steps = positive_int("steps", steps)
+        self.steps = check_positive_int(steps, "steps")
         self.baseline = float(baseline)
         self.method = method
         self.params.update(steps=steps, baseline=baseline, method=method)
@@ -134,7 +129,7 @@ class SmoothGradExplainer(Explainer):
                  seed: int | torch.Generator | None = 0, reduce: str | None = None,
                  sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_samples = positive_int("n_samples", n_samples)
+        self.n_samples = check_positive_int(n_samples, "n_samples")
         self.noise = float(noise)
         self.generator = make_generator(seed)
         self.params.update(n_samples=n_samples, noise=noise, seed=seed if isinstance(seed, int) else None)
@@ -287,7 +282,7 @@ class GradientShapExplainer(Explainer):
                  baselines: str | Tensor = "black_white", seed: int | torch.Generator | None = 0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_samples = positive_int("n_samples", n_samples)
+        self.n_samples = check_positive_int(n_samples, "n_samples")
         self.noise = float(noise)
         if isinstance(baselines, Tensor):
             if baselines.ndim != 4 or baselines.shape[0] < 1:
@@ -360,8 +355,8 @@ class OcclusionExplainer(Explainer):
     def __init__(self, model: nn.Module, *, window: int = 16, stride: int = 8, baseline: float = 0.0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.window = positive_int("window", window)
-        self.stride = positive_int("stride", stride)
+        self.window = check_positive_int(window, "window")
+        self.stride = check_positive_int(stride, "stride")
         self.baseline = float(baseline)
         self.params.update(window=window, stride=stride, baseline=baseline)
 
@@ -391,7 +386,7 @@ class FeatureAblationExplainer(Explainer):
     def __init__(self, model: nn.Module, *, patch: int = 8, baseline: float = 0.0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.patch = positive_int("patch", patch)
+        self.patch = check_positive_int(patch, "patch")
         self.baseline = float(baseline)
         self.params.update(patch=patch, baseline=baseline)
 

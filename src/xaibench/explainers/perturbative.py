@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from captum.attr import FeaturePermutation
 from torch import Tensor, nn
 
+from xaibench.checks import check_positive_int
 from xaibench.errors import InputError
 from xaibench.explainers.base import Explainer, register
-from xaibench.explainers.gradient import positive_int, expansions_per_image, seeded_global_rng
+from xaibench.explainers.gradient import expansions_per_image, seeded_global_rng
 from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
@@ -60,8 +61,8 @@ class RISEExplainer(Explainer):
                  seed: int | torch.Generator | None = 0, reduce: str | None = None, sign: str | None = None,
                  max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_masks = positive_int("n_masks", n_masks)
-        self.grid = positive_int("grid", grid)
+        self.n_masks = check_positive_int(n_masks, "n_masks")
+        self.grid = check_positive_int(grid, "grid")
         if not 0.0 < float(p) <= 1.0:
             raise InputError(f"p must be in (0, 1], got {p!r}")
         self.p = float(p)
@@ -102,7 +103,7 @@ class FeaturePermutationExplainer(Explainer):
     def __init__(self, model: nn.Module, *, patch: int = 8, seed: int | torch.Generator | None = 0,
                  reduce: str | None = None, sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.patch = positive_int("patch", patch)
+        self.patch = check_positive_int(patch, "patch")
         self.generator = make_generator(seed)
         self.params.update(patch=patch, seed=seed if isinstance(seed, int) else None)
 

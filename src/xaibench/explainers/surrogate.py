@@ -29,9 +29,10 @@ import torch
 from captum.attr import KernelShap, Lime
 from torch import Tensor, nn
 
+from xaibench.checks import check_positive_int
 from xaibench.errors import InputError
 from xaibench.explainers.base import Explainer, register
-from xaibench.explainers.gradient import positive_int, seeded_global_rng
+from xaibench.explainers.gradient import seeded_global_rng
 from xaibench.passes import Passes
 from xaibench.seeding import make_generator
 
@@ -61,8 +62,8 @@ class SurrogateExplainer(Explainer):
                  baseline: float = 0.0, seed: int | torch.Generator | None = 0, reduce: str | None = None,
                  sign: str | None = None, max_batch: int = 64) -> None:
         super().__init__(model, reduce=reduce, sign=sign, max_batch=max_batch)
-        self.n_samples = positive_int("n_samples", n_samples)
-        self.n_segments = positive_int("n_segments", n_segments)
+        self.n_samples = check_positive_int(n_samples, "n_samples")
+        self.n_segments = check_positive_int(n_segments, "n_segments")
         self.compactness = float(compactness)
         self.baseline = float(baseline)
         self.generator = make_generator(seed)

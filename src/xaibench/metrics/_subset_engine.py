@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_images, check_maps, check_targets
+from xaibench.checks import check_images, check_maps, check_positive_int, check_targets
 from xaibench.errors import InputError
 from xaibench.perturbation.baselines import fill
 from xaibench.perturbation.forward import class_scores
@@ -48,7 +48,7 @@ def validate(
     check_maps(attributions, batch=inputs.shape[0])
     if output not in OUTPUTS:
         raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
-    check_positive(max_batch, "max_batch")
+    check_positive_int(max_batch, "max_batch")
     block_size(inputs, attributions)
     with torch.no_grad():
         n_classes = int(model(inputs[:1]).shape[1])
@@ -86,12 +86,6 @@ def check_count(value: int | float, n_features: int, name: str) -> int:
     if not 1 <= count <= n_features:
         raise InputError(f"{name}={value} gives {count} features; the maps have {n_features} features")
     return count
-
-
-def check_positive(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def perturbed_scores(

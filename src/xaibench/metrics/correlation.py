@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from xaibench.checks import check_positive_int
 from xaibench.errors import InputError
 from xaibench.metrics._subset_engine import (
     RANDOM_BASELINES,
     block_size,
     check_count,
-    check_positive,
     perturbed_scores,
     random_subsets,
     ranks_desc,
@@ -143,7 +143,7 @@ def faithfulness_correlation(
     subset_size: number of features (int) or fraction of the features (float in (0, 1]).
     """
     t, attr, block = _prepare(model, inputs, attributions, targets, output, abs, max_batch)
-    check_positive(nr_runs, "nr_runs")
+    check_positive_int(nr_runs, "nr_runs")
     size = check_count(subset_size, attr.shape[1], "subset_size")
     scores = _random_subset_correlations(
         model, inputs, attr, t, block, tuple(attributions.shape[-2:]), [size], nr_runs,
@@ -196,7 +196,7 @@ def sensitivity_n(
     A score is NaN when the correlation is undefined at any n (the curve shows which).
     """
     t, attr, block = _prepare(model, inputs, attributions, targets, output, abs, max_batch)
-    check_positive(nr_runs, "nr_runs")
+    check_positive_int(nr_runs, "nr_runs")
     if isinstance(subset_sizes, (int, float)) or len(subset_sizes) == 0:
         raise InputError(f"subset_sizes must be a non-empty sequence, got {subset_sizes!r}")
     sizes = [check_count(s, attr.shape[1], "subset_sizes entry") for s in subset_sizes]
@@ -294,7 +294,7 @@ def faithfulness_estimate(
     for random baselines.
     """
     t, attr, block = _prepare(model, inputs, attributions, targets, output, abs, max_batch)
-    k = check_count(check_positive(features_in_step, "features_in_step"), attr.shape[1], "features_in_step")
+    k = check_count(check_positive_int(features_in_step, "features_in_step"), attr.shape[1], "features_in_step")
     n_steps, groups, att_sums = _groups(attr, k, descending=True)
     drops = _group_drops(
         model, inputs, t, groups, n_steps, 1, block, tuple(attributions.shape[-2:]),
@@ -348,8 +348,8 @@ def monotonicity_correlation(
     it is scored once. Ties in the order are broken by feature index; ranks use average ranks.
     """
     t, attr, block = _prepare(model, inputs, attributions, targets, output, abs, max_batch)
-    check_positive(nr_samples, "nr_samples")
-    k = check_count(check_positive(features_in_step, "features_in_step"), attr.shape[1], "features_in_step")
+    check_positive_int(nr_samples, "nr_samples")
+    k = check_count(check_positive_int(features_in_step, "features_in_step"), attr.shape[1], "features_in_step")
     samples = nr_samples if baseline in RANDOM_BASELINES else 1
     n_steps, groups, att_sums = _groups(attr, k, descending=False)
     drops = _group_drops(

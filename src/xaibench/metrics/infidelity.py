@@ -22,8 +22,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from xaibench.checks import check_positive_int
 from xaibench.errors import InputError
-from xaibench.metrics._subset_engine import block_size, check_positive, to_pixels, validate
+from xaibench.metrics._subset_engine import block_size, to_pixels, validate
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, register_metric
 from xaibench.passes import Passes
 from xaibench.perturbation.forward import class_scores
@@ -90,7 +91,7 @@ def infidelity(
     ``repeat_interleave`` expansion. Default: `gaussian_perturbation(std)`.
     """
     t, _ = validate(model, inputs, attributions, targets, output, max_batch)
-    check_positive(n_perturb_samples, "n_perturb_samples")
+    check_positive_int(n_perturb_samples, "n_perturb_samples")
     perturb = gaussian_perturbation(std) if perturb_func is None else perturb_func
     block = block_size(inputs, attributions)
     attr = attributions.detach().to(inputs.device, inputs.dtype)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xaibench.checks import check_images, check_maps
+from xaibench.checks import check_images, check_maps, check_positive_int
 from xaibench.errors import InputError
-from xaibench.metrics._subset_engine import check_positive
 from xaibench.metrics.base import MetricInfo, MetricResult, info_of, nan_reasons, register_metric
 from xaibench.passes import Passes
 
@@ -55,7 +54,7 @@ def sufficiency(
     """
     check_images(inputs, model=model)
     check_maps(attributions, batch=inputs.shape[0])
-    check_positive(max_batch, "max_batch")
+    check_positive_int(max_batch, "max_batch")
     if inputs.shape[0] < 2:
         raise InputError("sufficiency compares images of a batch: it needs at least 2 images")
     if not threshold >= 0:
